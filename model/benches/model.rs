@@ -1,0 +1,160 @@
+//! Model benchmark: forward time and per-token generation time of the `tiny` and `mid` configs on
+//! flex (CPU), and the same configs in PyTorch in the same run when a Python with torch and
+//! transformers is available (`BLIP3_PYTHON`, default `python3`), reported as a ratio.
+//!
+//! Run: `cargo bench -p blip3-model` (set `BLIP3_BENCH_CONFIGS=tiny` to skip `mid`).
+//! Speed is measured here, never in tests.
+
+use std::process::Command;
+use std::time::Instant;
+
+use blip3_model::{
+    GenerationConfig, ImageInput, KvCache, LogitsFor, MultimodalInput, XGenMMConfig,
+};
+use burn::prelude::*;
+use burn::tensor::Distribution;
+
+/// Text tokens per prompt and generated tokens per measurement.
+const TEXT_TOKENS: usize = 32;
+const NEW_TOKENS: usize = 16;
+
+struct Timing {
+    forward_ms: f64,
+    token_ms: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn input(cfg: &XGenMMConfig, device: &Device) -> MultimodalInput {
+    let s = cfg.vision.image_size;
+    // A 2x2 any-res image: global view + 4 crops.
+    let pixels = Tensor::<4>::random([5, 3, s, s], Distribution::Uniform(-1.0, 1.0), device);
+    let image = cfg.initial_tokenizer_len as u32;
+    let mut ids: Vec<u32> = (0..TEXT_TOKENS as u32).map(|i| 10 + i % 200).collect();
+    ids[4] = image;
+    MultimodalInput {
+        input_ids: vec![ids],
+        images: vec![vec![ImageInput {
+            pixels,
+            grid: Some((2, 2)),
+            original_size: (2 * s, 2 * s),
+        }]],
+        labels: None,
+    }
+}
+
+fn bench_rust(name: &str, cfg: &XGenMMConfig, reps: usize) -> Timing {
+    let device = Device::flex();
+    let model = cfg.init(&device);
+    let inp = input(cfg, &device);
+    // Warm-up (materialises the lazily initialised weights).
+    let _ = model.forward(&inp).expect("forward").logits.into_data();
+    let mut fwd = Vec::new();
+    for _ in 0..reps {
+        let t0 = Instant::now();
+        let out = model.forward(&inp).expect("forward");
+        let _ = out.logits.into_data();
+        fwd.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    // Incremental decoding: time per token after the prefill.
+    let mut tok = Vec::new();
+    for _ in 0..reps.min(3) {
+        let mut cache = KvCache::new();
+        let _ = model
+            .prefill(&inp, &mut cache)
+            .expect("prefill")
+            .0
+            .into_data();
+        let t0 = Instant::now();
+        for i in 0..NEW_TOKENS {
+            let l = model
+                .decode_step(&[(i % 100) as u32 + 10], &[true], &mut cache)
+                .expect("step");
+            let _ = l.into_data();
+        }
+        tok.push(t0.elapsed().as_secs_f64() * 1e3 / NEW_TOKENS as f64);
+    }
+    let _ = (LogitsFor::All, GenerationConfig::default());
+    let t = Timing {
+        forward_ms: median(fwd),
+        token_ms: median(tok),
+    };
+    println!(
+        "rust/flex  {name:5}  forward {:9.2} ms   decode {:8.2} ms/token   ({} params)",
+        t.forward_ms,
+        t.token_ms,
+        model.num_params()
+    );
+    t
+}
+
+fn bench_torch(name: &str, cfg: &XGenMMConfig, reps: usize) -> Option<Timing> {
+    let python = std::env::var("BLIP3_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/torch_reference.py");
+    let cfg_json = serde_json::to_string(&cfg.to_hf_value()).ok()?;
+    let out = Command::new(&python)
+        .arg(script)
+        .arg(&cfg_json)
+        .arg(TEXT_TOKENS.to_string())
+        .arg(NEW_TOKENS.to_string())
+        .arg(reps.to_string())
+        .output();
+    let out = match out {
+        Ok(o) if o.status.success() => o,
+        Ok(o) => {
+            eprintln!(
+                "torch reference skipped ({python}): {}",
+                String::from_utf8_lossy(&o.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+            );
+            return None;
+        }
+        Err(e) => {
+            eprintln!("torch reference skipped: cannot run {python}: {e}");
+            return None;
+        }
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(text.lines().last()?).ok()?;
+    let t = Timing {
+        forward_ms: v["forward_ms"].as_f64()?,
+        token_ms: v["token_ms"].as_f64()?,
+    };
+    println!(
+        "torch/cpu  {name:5}  forward {:9.2} ms   decode {:8.2} ms/token   (torch {} threads)",
+        t.forward_ms, t.token_ms, v["threads"]
+    );
+    Some(t)
+}
+
+fn main() {
+    let which = std::env::var("BLIP3_BENCH_CONFIGS").unwrap_or_else(|_| "tiny,mid".into());
+    println!(
+        "blip3 model benchmark: 1 image (2x2 any-res, 5 views) + {TEXT_TOKENS} text tokens; \
+         decode = {NEW_TOKENS} tokens with the KV cache; medians; threads: RAYON_NUM_THREADS={}",
+        std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default".into())
+    );
+    for name in which.split(',') {
+        let (cfg, reps) = match name.trim() {
+            "tiny" => (XGenMMConfig::tiny(1968), 20),
+            "mid" => (XGenMMConfig::mid(), 5),
+            other => {
+                eprintln!("unknown config {other}");
+                continue;
+            }
+        };
+        let r = bench_rust(name, &cfg, reps);
+        if let Some(t) = bench_torch(name, &cfg, reps) {
+            println!(
+                "ratio      {name:5}  forward torch/rust = {:.2}x   decode torch/rust = {:.2}x  (>1 means blip3 is faster)",
+                t.forward_ms / r.forward_ms,
+                t.token_ms / r.token_ms
+            );
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! Text generation: greedy or temperature / top-k / top-p sampling with a seed, batched prompts
+//! with left padding, a KV cache (each new token costs one position), stop ids supplied by the
+//! caller from the tokenizer (`<|end|>`, EOS), and a callback that receives tokens as they come.
+
+use burn::prelude::*;
+
+use crate::error::ModelError;
+use crate::phi3::KvCache;
+use crate::xgenmm::{MultimodalInput, XGenMM};
+
+/// Decoding settings.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct GenerationConfig {
+    /// Maximum tokens generated per row.
+    pub max_new_tokens: usize,
+    /// Sampling temperature; `None` or `0` means greedy decoding.
+    pub temperature: Option<f32>,
+    /// Keep only the `k` most likely tokens before sampling.
+    pub top_k: Option<usize>,
+    /// Keep the smallest set of tokens whose probability reaches `p` before sampling.
+    pub top_p: Option<f32>,
+    /// Seed of the sampler.
+    pub seed: u64,
+    /// Ids that end a row (from the tokenizer: `<|end|>`, EOS). The stop id is included in the
+    /// output.
+    pub stop_ids: Vec<u32>,
+    /// Id fed to rows that already stopped (masked out).
+    pub pad_id: u32,
+    /// Record this many top log-probabilities per generated step (0 = none).
+    pub top_logprobs: usize,
+}
+
+impl Default for GenerationConfig {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 64,
+            temperature: None,
+            top_k: None,
+            top_p: None,
+            seed: 0,
+            stop_ids: Vec::new(),
+            pad_id: 0,
+            top_logprobs: 0,
+        }
+    }
+}
+
+/// Why a row stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum FinishReason {
+    /// A stop id was produced.
+    Stop,
+    /// `max_new_tokens` was reached.
+    Length,
+    /// The callback asked to stop.
+    Cancelled,
+}
+
+/// One generated row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generated {
+    /// Generated ids only (the stop id included when produced).
+    pub token_ids: Vec<u32>,
+    /// Per step, up to `top_logprobs` pairs `(id, natural-log probability)`, highest first.
+    pub top_logprobs: Vec<Vec<(u32, f32)>>,
+    /// Why it stopped.
+    pub finish: FinishReason,
+    /// Prompt positions (text tokens plus inserted vision tokens).
+    pub prompt_len: usize,
+    /// Vision embeddings inserted in the prompt.
+    pub vision_tokens: usize,
+}
+
+/// A small deterministic generator (SplitMix64) so sampling is reproducible across platforms.
+#[derive(Debug, Clone)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    /// Seeds the generator.
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// Next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, 1)`.
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Picks the next token from one row of logits.
+pub fn pick_token(logits: &[f32], cfg: &GenerationConfig, rng: &mut SplitMix64) -> u32 {
+    let greedy = cfg.temperature.is_none_or(|t| t <= 0.0);
+    if greedy {
+        // First maximum wins ties, as torch.argmax does.
+        let mut best = 0;
+        for (i, &v) in logits.iter().enumerate() {
+            if v > logits[best] {
+                best = i;
+            }
+        }
+        return best as u32;
+    }
+    let t = cfg.temperature.unwrap_or(1.0) as f64;
+    let mut cand: Vec<(usize, f64)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| (i, v as f64 / t))
+        .collect();
+    cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    if let Some(k) = cfg.top_k.filter(|&k| k > 0) {
+        cand.truncate(k);
+    }
+    let max = cand[0].1;
+    let mut probs: Vec<f64> = cand.iter().map(|c| (c.1 - max).exp()).collect();
+    let sum: f64 = probs.iter().sum();
+    probs.iter_mut().for_each(|p| *p /= sum);
+    if let Some(p) = cfg.top_p.filter(|&p| p > 0.0 && p < 1.0) {
+        let mut acc = 0.0;
+        let mut keep = probs.len();
+        for (i, q) in probs.iter().enumerate() {
+            acc += q;
+            if acc >= p as f64 {
+                keep = i + 1;
+                break;
+            }
+        }
+        probs.truncate(keep);
+        let s: f64 = probs.iter().sum();
+        probs.iter_mut().for_each(|q| *q /= s);
+    }
+    let r = rng.next_f64();
+    let mut acc = 0.0;
+    for (i, q) in probs.iter().enumerate() {
+        acc += q;
+        if r < acc {
+            return cand[i].0 as u32;
+        }
+    }
+    cand[probs.len() - 1].0 as u32
+}
+
+/// The `k` highest natural-log probabilities of a row, highest first.
+pub fn top_logprobs(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
+    if k == 0 {
+        return Vec::new();
+    }
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = max
+        + logits
+            .iter()
+            .map(|&v| (v as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
+    let mut idx: Vec<usize> = (0..logits.len()).collect();
+    idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    idx.truncate(k);
+    idx.into_iter()
+        .map(|i| (i as u32, (logits[i] as f64 - lse) as f32))
+        .collect()
+}
+
+fn rows(logits: Tensor<2>) -> Result<Vec<Vec<f32>>, ModelError> {
+    let [b, v] = logits.dims();
+    let data = logits
+        .cast(burn::tensor::DType::F32)
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .map_err(|e| ModelError::Input(format!("cannot read logits: {e:?}")))?;
+    Ok((0..b).map(|i| data[i * v..(i + 1) * v].to_vec()).collect())
+}
+
+impl XGenMM {
+    /// Generates a continuation for every prompt of the batch (left padding, KV cache).
+    ///
+    /// `on_token(row, id)` is called for each generated token in order; returning `false` stops
+    /// that row (reason [`FinishReason::Cancelled`]).
+    pub fn generate(
+        &self,
+        input: &MultimodalInput,
+        cfg: &GenerationConfig,
+        mut on_token: impl FnMut(usize, u32) -> bool,
+    ) -> Result<Vec<Generated>, ModelError> {
+        let b = input.input_ids.len();
+        let mut cache = KvCache::new();
+        let (logits, fused) = self.prefill(input, &mut cache)?;
+        let mut out: Vec<Generated> = (0..b)
+            .map(|i| Generated {
+                token_ids: Vec::new(),
+                top_logprobs: Vec::new(),
+                finish: FinishReason::Length,
+                prompt_len: fused.mask[i].iter().filter(|&&m| m).count(),
+                vision_tokens: fused.vision_tokens[i],
+            })
+            .collect();
+        let mut rngs: Vec<SplitMix64> = (0..b)
+            .map(|i| SplitMix64::new(cfg.seed.wrapping_add(i as u64)))
+            .collect();
+        let mut active = vec![true; b];
+        let mut logits = rows(logits)?;
+        for _step in 0..cfg.max_new_tokens {
+            let mut next = vec![cfg.pad_id; b];
+            for i in 0..b {
+                if !active[i] {
+                    continue;
+                }
+                let tok = pick_token(&logits[i], cfg, &mut rngs[i]);
+                if cfg.top_logprobs > 0 {
+                    out[i]
+                        .top_logprobs
+                        .push(top_logprobs(&logits[i], cfg.top_logprobs));
+                }
+                out[i].token_ids.push(tok);
+                next[i] = tok;
+                if cfg.stop_ids.contains(&tok) {
+                    active[i] = false;
+                    out[i].finish = FinishReason::Stop;
+                }
+                if !on_token(i, tok) && active[i] {
+                    active[i] = false;
+                    out[i].finish = FinishReason::Cancelled;
+                }
+            }
+            if !active.iter().any(|&a| a)
+                || out.iter().all(|o| o.token_ids.len() >= cfg.max_new_tokens)
+            {
+                break;
+            }
+            // Rows that stopped this step still feed their last token (masked out afterwards is
+            // unnecessary: their outputs are ignored), finished rows feed padding.
+            let real: Vec<bool> = active.clone();
+            let l = self.decode_step(&next, &real, &mut cache)?;
+            logits = rows(l)?;
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greedy_takes_first_max() {
+        let cfg = GenerationConfig::default();
+        let mut rng = SplitMix64::new(0);
+        assert_eq!(pick_token(&[0.0, 2.0, 2.0, 1.0], &cfg, &mut rng), 1);
+    }
+
+    #[test]
+    fn top_k_one_is_greedy_and_sampling_is_seeded() {
+        let logits = [0.1, 0.5, 3.0, 0.2];
+        let cfg = GenerationConfig {
+            temperature: Some(1.0),
+            top_k: Some(1),
+            ..Default::default()
+        };
+        assert_eq!(pick_token(&logits, &cfg, &mut SplitMix64::new(9)), 2);
+        let cfg = GenerationConfig {
+            temperature: Some(5.0),
+            ..Default::default()
+        };
+        let a: Vec<u32> = {
+            let mut r = SplitMix64::new(3);
+            (0..20).map(|_| pick_token(&logits, &cfg, &mut r)).collect()
+        };
+        let b: Vec<u32> = {
+            let mut r = SplitMix64::new(3);
+            (0..20).map(|_| pick_token(&logits, &cfg, &mut r)).collect()
+        };
+        assert_eq!(a, b);
+        assert!(a.iter().any(|&t| t != 2), "high temperature should explore");
+    }
+
+    #[test]
+    fn top_p_keeps_the_nucleus() {
+        // p(2) ~ 0.99: top_p 0.5 keeps only token 2.
+        let logits = [0.0, 0.0, 6.0, 0.0];
+        let cfg = GenerationConfig {
+            temperature: Some(1.0),
+            top_p: Some(0.5),
+            ..Default::default()
+        };
+        let mut r = SplitMix64::new(1);
+        assert!((0..50).all(|_| pick_token(&logits, &cfg, &mut r) == 2));
+    }
+
+    #[test]
+    fn logprobs_are_normalised() {
+        let lp = top_logprobs(&[1.0, 2.0, 3.0], 3);
+        assert_eq!(lp[0].0, 2);
+        let total: f32 = lp.iter().map(|x| x.1.exp()).sum();
+        assert!((total - 1.0).abs() < 1e-5);
+    }
+}

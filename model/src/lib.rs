@@ -1,0 +1,30 @@
+//! blip3-model: the xGen-MM (BLIP-3) model on Burn — SigLIP ViT, perceiver resampler, Phi-3
+//! decoder with the decoupled vocabulary, the any-res composite, weight loading and generation.
+//!
+//! Every module is built on a runtime [`burn::prelude::Device`], so any Burn application can
+//! embed the model whatever backend it enables. The model takes tensors and token ids; it never
+//! depends on the data, training or evaluation crates.
+#![warn(missing_docs)]
+
+pub mod attention;
+pub mod config;
+pub mod decoupled;
+pub mod error;
+pub mod generate;
+pub mod loader;
+pub mod phi3;
+pub mod resampler;
+pub mod rope;
+pub mod siglip;
+pub mod xgenmm;
+
+pub use config::{
+    AspectMode, LongRopeScaling, PerceiverConfig, Phi3Config, SiglipVisionConfig, XGenMMConfig,
+};
+pub use error::ModelError;
+pub use generate::{FinishReason, Generated, GenerationConfig};
+pub use loader::{CheckpointKind, LoadOptions};
+pub use phi3::{KvCache, LogitsFor, Phi3ForCausalLM};
+pub use resampler::PerceiverResampler;
+pub use siglip::SiglipVisionTransformer;
+pub use xgenmm::{ImageInput, MultimodalInput, Padding, SpecialTokens, XGenMM, XGenMMOutput};

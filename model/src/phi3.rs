@@ -1,0 +1,388 @@
+//! Phi-3 decoder (HF `Phi3ForCausalLM`): fused `qkv_proj` and `gate_up_proj` as in the checkpoint,
+//! RMSNorm, rotate-half RoPE (plain or LongRoPE), causal attention honouring an attention mask
+//! (left or right padding), a sliding window, and a KV cache for incremental decoding.
+//!
+//! Masks are given on the host as one `Vec<bool>` per row (true = real token), which is how
+//! batches are built anyway; positions are `cumsum(mask) - 1` (clamped at 0), the rule HF's
+//! `generate` uses, which equals plain `0..T` for unpadded or right-padded rows.
+
+use burn::nn::{Linear, LinearConfig, RmsNorm, RmsNormConfig};
+use burn::prelude::*;
+use burn::tensor::activation::silu;
+
+use crate::attention::{merge_heads, repeat_kv, scaled_dot_product_attention, split_heads};
+use crate::config::Phi3Config;
+use crate::decoupled::{DecoupledEmbedding, DecoupledLinear};
+use crate::error::ModelError;
+use crate::rope::{Rope, apply_rotary};
+
+/// Self-attention with a fused QKV projection.
+#[derive(Module, Debug)]
+pub struct Phi3Attention {
+    /// Rows: queries, then keys, then values.
+    pub qkv_proj: Linear,
+    /// Output projection.
+    pub o_proj: Linear,
+    heads: usize,
+    kv_heads: usize,
+}
+
+/// SwiGLU MLP with a fused gate/up projection (gate first).
+#[derive(Module, Debug)]
+pub struct Phi3Mlp {
+    /// Gate rows, then up rows.
+    pub gate_up_proj: Linear,
+    /// Down projection.
+    pub down_proj: Linear,
+}
+
+/// One decoder layer.
+#[derive(Module, Debug)]
+pub struct Phi3DecoderLayer {
+    /// Attention.
+    pub self_attn: Phi3Attention,
+    /// MLP.
+    pub mlp: Phi3Mlp,
+    /// RMSNorm before attention.
+    pub input_layernorm: RmsNorm,
+    /// RMSNorm before the MLP.
+    pub post_attention_layernorm: RmsNorm,
+}
+
+/// Embeddings, layers and final norm (HF `Phi3Model`).
+#[derive(Module, Debug)]
+pub struct Phi3Model {
+    /// Token embeddings (decoupled when extra tokens exist).
+    pub embed_tokens: DecoupledEmbedding,
+    /// Decoder layers.
+    pub layers: Vec<Phi3DecoderLayer>,
+    /// Final RMSNorm.
+    pub norm: RmsNorm,
+}
+
+/// Settings that are not parameters.
+#[derive(Debug, Clone)]
+pub struct Phi3Settings {
+    rope: Rope,
+    sliding_window: Option<usize>,
+}
+
+/// Phi-3 with its language-modelling head (HF `Phi3ForCausalLM`).
+#[derive(Module, Debug)]
+pub struct Phi3ForCausalLM {
+    /// The decoder.
+    pub model: Phi3Model,
+    /// The output head.
+    pub lm_head: DecoupledLinear,
+    #[module(skip)]
+    settings: Phi3Settings,
+}
+
+/// Per-layer key/value cache plus the attention mask seen so far.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    mask: Vec<Vec<bool>>,
+}
+
+impl KvCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Cached positions (including padding).
+    pub fn len(&self) -> usize {
+        self.mask.first().map_or(0, Vec::len)
+    }
+
+    /// True before the first forward.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Which positions get logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitsFor {
+    /// Every position.
+    All,
+    /// Only the last position of each row.
+    Last,
+}
+
+impl Phi3Config {
+    /// Builds a Phi-3 decoder with a decoupled vocabulary: the table has `vocab_size` rows of
+    /// which `initial_len` are served, plus `additional` extra rows; `head_bias` adds the
+    /// (xGen-MM) bias to the original head.
+    pub fn init_with_vocab(
+        &self,
+        initial_len: usize,
+        additional: usize,
+        head_bias: bool,
+        device: &Device,
+    ) -> Phi3ForCausalLM {
+        let d = self.hidden_size;
+        let hd = self.head_dim();
+        let lin = |i, o| LinearConfig::new(i, o).with_bias(false).init(device);
+        let rms = || {
+            RmsNormConfig::new(d)
+                .with_epsilon(self.rms_norm_eps)
+                .init(device)
+        };
+        let layers = (0..self.num_hidden_layers)
+            .map(|_| Phi3DecoderLayer {
+                self_attn: Phi3Attention {
+                    qkv_proj: lin(
+                        d,
+                        (self.num_attention_heads + 2 * self.num_key_value_heads) * hd,
+                    ),
+                    o_proj: lin(self.num_attention_heads * hd, d),
+                    heads: self.num_attention_heads,
+                    kv_heads: self.num_key_value_heads,
+                },
+                mlp: Phi3Mlp {
+                    gate_up_proj: lin(d, 2 * self.intermediate_size),
+                    down_proj: lin(self.intermediate_size, d),
+                },
+                input_layernorm: rms(),
+                post_attention_layernorm: rms(),
+            })
+            .collect();
+        Phi3ForCausalLM {
+            model: Phi3Model {
+                embed_tokens: DecoupledEmbedding::new(
+                    self.vocab_size,
+                    d,
+                    initial_len,
+                    additional,
+                    device,
+                ),
+                layers,
+                norm: rms(),
+            },
+            lm_head: DecoupledLinear::new(
+                self.vocab_size,
+                d,
+                initial_len,
+                additional,
+                head_bias,
+                device,
+            ),
+            settings: Phi3Settings {
+                rope: Rope::new(self),
+                sliding_window: self.sliding_window,
+            },
+        }
+    }
+
+    /// Builds a plain `Phi3ForCausalLM` (whole vocabulary, no head bias).
+    pub fn init(&self, device: &Device) -> Phi3ForCausalLM {
+        self.init_with_vocab(self.vocab_size, 0, false, device)
+    }
+}
+
+/// The attention pattern of one forward call.
+struct AttnPlan {
+    mask: Option<Tensor<4, Bool>>,
+    causal: bool,
+    positions: Vec<Vec<i64>>,
+}
+
+impl Phi3ForCausalLM {
+    /// Positions and attention mask for `t` new positions given the full mask (past + new).
+    fn plan(&self, full: &[Vec<bool>], past: usize, t: usize, device: &Device) -> AttnPlan {
+        let b = full.len();
+        let s = past + t;
+        let positions: Vec<Vec<i64>> = full
+            .iter()
+            .map(|row| {
+                let mut acc = 0i64;
+                let cum: Vec<i64> = row
+                    .iter()
+                    .map(|&m| {
+                        acc += m as i64;
+                        (acc - 1).max(0)
+                    })
+                    .collect();
+                cum[past..s].to_vec()
+            })
+            .collect();
+        let window = self.settings.sliding_window.filter(|&w| s > w);
+        let right_padded = full.iter().all(|row| row.windows(2).all(|p| p[0] || !p[1]));
+        if past == 0 && window.is_none() && right_padded {
+            // Pad keys lie after every real query, so plain causal masking is exact for real rows.
+            return AttnPlan {
+                mask: None,
+                causal: true,
+                positions,
+            };
+        }
+        let mut m = vec![false; b * t * s];
+        for (bi, row) in full.iter().enumerate() {
+            for qi in 0..t {
+                let q = past + qi;
+                let base = (bi * t + qi) * s;
+                let mut any = false;
+                for k in 0..s {
+                    let masked = k > q || !row[k] || window.is_some_and(|w| q - k >= w);
+                    m[base + k] = masked;
+                    any |= !masked;
+                }
+                if !any {
+                    // A padding query with nothing to attend to: let it see itself (its output is
+                    // never used) so the softmax stays finite.
+                    m[base + q] = false;
+                }
+            }
+        }
+        let mask = Tensor::<4, Bool>::from_data(TensorData::new(m, [b, 1, t, s]), device);
+        AttnPlan {
+            mask: Some(mask),
+            causal: false,
+            positions,
+        }
+    }
+
+    /// Runs the decoder on input embeddings `[B, T, D]` whose real positions are given by `mask`
+    /// (`B` rows of `T` booleans). With a cache, `mask` covers only the new positions and the cache
+    /// is extended. Returns logits `[B, T or 1, V]`.
+    pub fn forward_embeds(
+        &self,
+        embeds: Tensor<3>,
+        mask: &[Vec<bool>],
+        cache: Option<&mut KvCache>,
+        logits_for: LogitsFor,
+    ) -> Result<Tensor<3>, ModelError> {
+        let hidden = self.hidden_states(embeds, mask, cache)?;
+        let hidden = match logits_for {
+            LogitsFor::All => hidden,
+            LogitsFor::Last => {
+                let [_, t, _] = hidden.dims();
+                hidden.narrow(1, t - 1, 1)
+            }
+        };
+        Ok(self.lm_head.forward(hidden))
+    }
+
+    /// Like [`forward_embeds`](Self::forward_embeds) but returns the final-norm hidden states.
+    pub fn hidden_states(
+        &self,
+        embeds: Tensor<3>,
+        mask: &[Vec<bool>],
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor<3>, ModelError> {
+        let [b, t, _] = embeds.dims();
+        if mask.len() != b || mask.iter().any(|r| r.len() != t) {
+            return Err(ModelError::Input(format!(
+                "attention mask must be {b} rows of {t} entries, got {} rows",
+                mask.len()
+            )));
+        }
+        let device = embeds.device();
+        let dtype = self.model.norm.gamma.val().dtype();
+        let mut x = embeds.cast(dtype);
+        match cache {
+            None => {
+                let plan = self.plan(mask, 0, t, &device);
+                let (cos, sin) = self.settings.rope.cos_sin(&plan.positions, &device);
+                for layer in &self.model.layers {
+                    x = layer.forward(x, &cos, &sin, &plan, None);
+                }
+            }
+            Some(cache) => {
+                if !cache.mask.is_empty() && cache.mask.len() != b {
+                    return Err(ModelError::Input(format!(
+                        "cache holds {} rows but the input has {b}",
+                        cache.mask.len()
+                    )));
+                }
+                let past = cache.len();
+                if cache.mask.is_empty() {
+                    cache.mask = vec![Vec::new(); b];
+                }
+                for (row, new) in cache.mask.iter_mut().zip(mask) {
+                    row.extend_from_slice(new);
+                }
+                if cache.layers.len() != self.model.layers.len() {
+                    cache.layers = vec![None; self.model.layers.len()];
+                }
+                let plan = self.plan(&cache.mask, past, t, &device);
+                let (cos, sin) = self.settings.rope.cos_sin(&plan.positions, &device);
+                for (layer, slot) in self.model.layers.iter().zip(cache.layers.iter_mut()) {
+                    x = layer.forward(x, &cos, &sin, &plan, Some(slot));
+                }
+            }
+        }
+        Ok(self.model.norm.forward(x))
+    }
+
+    /// Embeds token ids `[B, T]`.
+    pub fn embed(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        self.model.embed_tokens.forward(ids)
+    }
+
+    /// Convenience forward on token ids with an optional cache.
+    pub fn forward_ids(
+        &self,
+        ids: Tensor<2, Int>,
+        mask: &[Vec<bool>],
+        cache: Option<&mut KvCache>,
+        logits_for: LogitsFor,
+    ) -> Result<Tensor<3>, ModelError> {
+        let e = self.embed(ids);
+        self.forward_embeds(e, mask, cache, logits_for)
+    }
+}
+
+impl Phi3DecoderLayer {
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        cos: &Tensor<4>,
+        sin: &Tensor<4>,
+        plan: &AttnPlan,
+        cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
+    ) -> Tensor<3> {
+        let a = &self.self_attn;
+        let qkv = a.qkv_proj.forward(self.input_layernorm.forward(x.clone()));
+        let [_, _, width] = qkv.dims();
+        let hd = width / (a.heads + 2 * a.kv_heads);
+        let q = split_heads(qkv.clone().narrow(2, 0, a.heads * hd), a.heads);
+        let k = split_heads(
+            qkv.clone().narrow(2, a.heads * hd, a.kv_heads * hd),
+            a.kv_heads,
+        );
+        let v = split_heads(
+            qkv.narrow(2, (a.heads + a.kv_heads) * hd, a.kv_heads * hd),
+            a.kv_heads,
+        );
+        let q = apply_rotary(q, cos, sin);
+        let mut k = apply_rotary(k, cos, sin);
+        let mut v = v;
+        if let Some(slot) = cache {
+            if let Some((pk, pv)) = slot.take() {
+                k = Tensor::cat(vec![pk, k], 2);
+                v = Tensor::cat(vec![pv, v], 2);
+            }
+            *slot = Some((k.clone(), v.clone()));
+        }
+        let rep = a.heads / a.kv_heads;
+        let out = scaled_dot_product_attention(
+            q,
+            repeat_kv(k, rep),
+            repeat_kv(v, rep),
+            plan.mask.clone(),
+            plan.causal,
+        );
+        let h = x + a.o_proj.forward(merge_heads(out));
+        let gu = self
+            .mlp
+            .gate_up_proj
+            .forward(self.post_attention_layernorm.forward(h.clone()));
+        let [_, _, two_i] = gu.dims();
+        let gate = gu.clone().narrow(2, 0, two_i / 2);
+        let up = gu.narrow(2, two_i / 2, two_i / 2);
+        h + self.mlp.down_proj.forward(up * silu(gate))
+    }
+}
