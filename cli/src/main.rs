@@ -1,1 +1,59 @@
-fn main() {}
+//! `blip3`: generate, train, evaluate and benchmark xGen-MM (BLIP-3) models on Burn.
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+
+/// blip3 — train, evaluate and serve xGen-MM (BLIP-3) multimodal models in pure Rust.
+#[derive(Parser, Debug)]
+#[command(name = "blip3", version, about, long_about = None)]
+struct Cli {
+    /// Log level (error, warn, info, debug, trace); `RUST_LOG` overrides it.
+    #[arg(long, global = true, default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Generate a reply to a prompt with optional images.
+    Generate(cmd::generate::Args),
+    /// Dataset tools (synthetic corpus, inspection).
+    Data {
+        #[command(subcommand)]
+        command: cmd::data::DataCommand,
+    },
+    /// Train one stage from a TOML config.
+    Train(cmd::train::Args),
+    /// Run a benchmark suite, or score / compare existing outputs.
+    Eval(cmd::eval::Args),
+    /// Speed and memory benchmarks.
+    Bench {
+        #[command(subcommand)]
+        command: cmd::bench::BenchCommand,
+    },
+    /// The end-to-end demo: synthetic corpus, five training stages of the tiny model, evaluation
+    /// and a generation, with the built-in defaults.
+    Demo(cmd::demo::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let env = env_logger::Env::default().default_filter_or(cli.log.as_str());
+    env_logger::Builder::from_env(env)
+        .format_timestamp_secs()
+        .init();
+    let result = match cli.command {
+        Command::Generate(a) => cmd::generate::run(a),
+        Command::Data { command } => cmd::data::run(command),
+        Command::Train(a) => cmd::train::run(a),
+        Command::Eval(a) => cmd::eval::run(a),
+        Command::Bench { command } => cmd::bench::run(command),
+        Command::Demo(a) => cmd::demo::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -47,6 +47,37 @@ pub struct ImageInput {
     pub original_size: (usize, usize),
 }
 
+impl ImageInput {
+    /// Builds an image from host data: `pixels` holds `views` normalised views of
+    /// `channels × size × size` values each (CHW, view-major), as an image pipeline produces them.
+    /// `grid` is `(columns, rows)` of the crops (ignored for a single view).
+    pub fn from_host(
+        pixels: Vec<f32>,
+        views: usize,
+        channels: usize,
+        size: usize,
+        grid: (usize, usize),
+        original_size: (usize, usize),
+        device: &Device,
+    ) -> Result<Self, ModelError> {
+        let expected = views * channels * size * size;
+        if pixels.len() != expected || views == 0 {
+            return Err(ModelError::Input(format!(
+                "image pixels: expected {views} views of {channels}x{size}x{size} ({expected} values), got {}",
+                pixels.len()
+            )));
+        }
+        Ok(Self {
+            pixels: Tensor::from_data(
+                TensorData::new(pixels, [views, channels, size, size]),
+                device,
+            ),
+            grid: (views > 1).then_some(grid),
+            original_size,
+        })
+    }
+}
+
 /// A batch of interleaved samples: token ids with `<image>` markers and the images in order.
 #[derive(Debug, Clone, Default)]
 pub struct MultimodalInput {
