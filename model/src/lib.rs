@@ -12,6 +12,7 @@ pub mod decoupled;
 pub mod error;
 pub mod generate;
 pub mod loader;
+pub mod lora;
 pub mod phi3;
 pub mod resampler;
 pub mod rope;
@@ -24,6 +25,7 @@ pub use config::{
 pub use error::ModelError;
 pub use generate::{FinishReason, Generated, GenerationConfig};
 pub use loader::{CheckpointKind, LoadOptions};
+pub use lora::LoraConfig;
 pub use phi3::{KvCache, LogitsFor, Phi3ForCausalLM};
 pub use resampler::PerceiverResampler;
 pub use siglip::SiglipVisionTransformer;

@@ -14,6 +14,7 @@ use crate::attention::{merge_heads, repeat_kv, scaled_dot_product_attention, spl
 use crate::config::Phi3Config;
 use crate::decoupled::{DecoupledEmbedding, DecoupledLinear};
 use crate::error::ModelError;
+use crate::lora::{LoraBranch, LoraConfig, adapted};
 use crate::rope::{Rope, apply_rotary};
 
 /// Self-attention with a fused QKV projection.
@@ -23,6 +24,10 @@ pub struct Phi3Attention {
     pub qkv_proj: Linear,
     /// Output projection.
     pub o_proj: Linear,
+    /// Optional LoRA update of `qkv_proj`.
+    pub qkv_lora: Option<LoraBranch>,
+    /// Optional LoRA update of `o_proj`.
+    pub o_lora: Option<LoraBranch>,
     heads: usize,
     kv_heads: usize,
 }
@@ -34,6 +39,10 @@ pub struct Phi3Mlp {
     pub gate_up_proj: Linear,
     /// Down projection.
     pub down_proj: Linear,
+    /// Optional LoRA update of `gate_up_proj`.
+    pub gate_up_lora: Option<LoraBranch>,
+    /// Optional LoRA update of `down_proj`.
+    pub down_lora: Option<LoraBranch>,
 }
 
 /// One decoder layer.
@@ -138,12 +147,16 @@ impl Phi3Config {
                         (self.num_attention_heads + 2 * self.num_key_value_heads) * hd,
                     ),
                     o_proj: lin(self.num_attention_heads * hd, d),
+                    qkv_lora: None,
+                    o_lora: None,
                     heads: self.num_attention_heads,
                     kv_heads: self.num_key_value_heads,
                 },
                 mlp: Phi3Mlp {
                     gate_up_proj: lin(d, 2 * self.intermediate_size),
                     down_proj: lin(self.intermediate_size, d),
+                    gate_up_lora: None,
+                    down_lora: None,
                 },
                 input_layernorm: rms(),
                 post_attention_layernorm: rms(),
@@ -345,7 +358,11 @@ impl Phi3DecoderLayer {
         cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
     ) -> Tensor<3> {
         let a = &self.self_attn;
-        let qkv = a.qkv_proj.forward(self.input_layernorm.forward(x.clone()));
+        let qkv = adapted(
+            &a.qkv_proj,
+            a.qkv_lora.as_ref(),
+            self.input_layernorm.forward(x.clone()),
+        );
         let [_, _, width] = qkv.dims();
         let hd = width / (a.heads + 2 * a.kv_heads);
         let q = split_heads(qkv.clone().narrow(2, 0, a.heads * hd), a.heads);
@@ -375,14 +392,81 @@ impl Phi3DecoderLayer {
             plan.mask.clone(),
             plan.causal,
         );
-        let h = x + a.o_proj.forward(merge_heads(out));
-        let gu = self
-            .mlp
-            .gate_up_proj
-            .forward(self.post_attention_layernorm.forward(h.clone()));
+        let h = x + adapted(&a.o_proj, a.o_lora.as_ref(), merge_heads(out));
+        let m = &self.mlp;
+        let normed = self.post_attention_layernorm.forward(h.clone());
+        let gu = adapted(&m.gate_up_proj, m.gate_up_lora.as_ref(), normed);
         let [_, _, two_i] = gu.dims();
         let gate = gu.clone().narrow(2, 0, two_i / 2);
         let up = gu.narrow(2, two_i / 2, two_i / 2);
-        h + self.mlp.down_proj.forward(up * silu(gate))
+        h + adapted(&m.down_proj, m.down_lora.as_ref(), up * silu(gate))
+    }
+}
+
+fn linear_dims(l: &Linear) -> (usize, usize) {
+    let [d_in, d_out] = l.weight.dims();
+    (d_in, d_out)
+}
+
+impl Phi3ForCausalLM {
+    /// Attaches fresh LoRA branches to the targeted linears of every layer (replacing any).
+    pub fn attach_lora(mut self, cfg: &LoraConfig, device: &Device) -> Self {
+        for layer in self.model.layers.iter_mut() {
+            let a = &mut layer.self_attn;
+            let branch = |name: &str, l: &Linear| {
+                cfg.targets(name).then(|| {
+                    let (i, o) = linear_dims(l);
+                    cfg.branch(i, o, device)
+                })
+            };
+            a.qkv_lora = branch("qkv_proj", &a.qkv_proj);
+            a.o_lora = branch("o_proj", &a.o_proj);
+            let m = &mut layer.mlp;
+            m.gate_up_lora = branch("gate_up_proj", &m.gate_up_proj);
+            m.down_lora = branch("down_proj", &m.down_proj);
+        }
+        self
+    }
+
+    /// True when any LoRA branch is attached.
+    pub fn has_lora(&self) -> bool {
+        self.model.layers.iter().any(|l| {
+            l.self_attn.qkv_lora.is_some()
+                || l.self_attn.o_lora.is_some()
+                || l.mlp.gate_up_lora.is_some()
+                || l.mlp.down_lora.is_some()
+        })
+    }
+
+    /// Removes every branch without merging (the base model, e.g. as a DPO reference).
+    pub fn without_lora(mut self) -> Self {
+        for layer in self.model.layers.iter_mut() {
+            layer.self_attn.qkv_lora = None;
+            layer.self_attn.o_lora = None;
+            layer.mlp.gate_up_lora = None;
+            layer.mlp.down_lora = None;
+        }
+        self
+    }
+
+    /// Folds every branch into its base weight and removes the branches.
+    pub fn merge_lora(mut self) -> Self {
+        for layer in self.model.layers.iter_mut() {
+            let a = &mut layer.self_attn;
+            if let Some(b) = a.qkv_lora.take() {
+                a.qkv_proj = b.merge_into(a.qkv_proj.clone());
+            }
+            if let Some(b) = a.o_lora.take() {
+                a.o_proj = b.merge_into(a.o_proj.clone());
+            }
+            let m = &mut layer.mlp;
+            if let Some(b) = m.gate_up_lora.take() {
+                m.gate_up_proj = b.merge_into(m.gate_up_proj.clone());
+            }
+            if let Some(b) = m.down_lora.take() {
+                m.down_proj = b.merge_into(m.down_proj.clone());
+            }
+        }
+        self
     }
 }

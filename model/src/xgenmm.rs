@@ -173,6 +173,24 @@ impl XGenMM {
         self
     }
 
+    /// Attaches LoRA branches to the language model (see [`crate::lora`]).
+    pub fn attach_lora(mut self, cfg: &crate::lora::LoraConfig, device: &Device) -> Self {
+        self.lang_model = self.lang_model.attach_lora(cfg, device);
+        self
+    }
+
+    /// The model with LoRA branches merged into the base weights (for export).
+    pub fn merge_lora(mut self) -> Self {
+        self.lang_model = self.lang_model.merge_lora();
+        self
+    }
+
+    /// The base model without its LoRA branches (unmerged).
+    pub fn without_lora(mut self) -> Self {
+        self.lang_model = self.lang_model.without_lora();
+        self
+    }
+
     /// Vision tokens one image yields: `(1 + G) · num_latents` for an any-res image with `G`
     /// crops, `num_latents` for a single view.
     pub fn vision_token_count(&self, views: usize) -> usize {

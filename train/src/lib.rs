@@ -1,1 +1,15 @@
-//! placeholder
+//! blip3-train: the five xGen-MM training stages on burn-train — one learner, stage-specific
+//! losses (causal LM, DPO), LoRA, global-norm clipping, averaged gradient accumulation, bf16 mixed
+//! precision, step-based atomic checkpoints with exact resume, data parallelism and monitoring.
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod error;
+pub mod loss;
+pub mod monitor;
+pub mod optim;
+pub mod stage;
+
+pub use config::{Stage, TrainConfig};
+pub use error::TrainError;
+pub use stage::{StageModel, StageSettings, StepGuard, VlmBatch};

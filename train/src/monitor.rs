@@ -1,0 +1,693 @@
+//! Monitoring: the per-step output item, burn-train metrics (loss via Burn's `LossMetric`,
+//! learning rate, tokens/s, samples/s, gradient norm, DPO reward accuracy and margin), a JSONL +
+//! CSV metric log with a PNG loss curve beside the checkpoints, and a plain-text renderer with an
+//! ETA for terminals without the TUI (and for CI).
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use burn::prelude::*;
+use burn::tensor::DType;
+use burn::train::logger::{EvaluationProgressLogger, MetricLogger, TrainingProgressLogger};
+use burn::train::metric::state::{FormatOptions, NumericMetricState};
+use burn::train::metric::store::{EpochSummary, MetricsUpdate, NumericMetricUpdate, Split};
+use burn::train::metric::{
+    Adaptor, ItemLazy, LossInput, Metric, MetricAttributes, MetricDefinition, MetricId,
+    MetricMetadata, MetricName, Numeric, NumericAttributes, NumericEntry, SerializedEntry,
+};
+use burn::train::renderer::{
+    EvaluationName, MetricState, MetricsRenderer, MetricsRendererEvaluation,
+    MetricsRendererTraining,
+};
+
+/// What one training (or validation) step reports.
+#[derive(Debug, Clone)]
+pub struct StepOutput {
+    /// Mean loss of the batch (unscaled, detached).
+    pub loss: Tensor<1>,
+    loss_value: f64,
+    /// Samples in the batch.
+    pub samples: usize,
+    /// Label tokens the loss was computed on.
+    pub tokens: usize,
+    /// Global gradient norm of the last optimizer step.
+    pub grad_norm: Option<f64>,
+    /// DPO: fraction of pairs whose chosen reward beats the rejected one.
+    pub reward_accuracy: Option<f64>,
+    /// DPO: mean chosen − rejected reward.
+    pub reward_margin: Option<f64>,
+    /// The step was skipped (non-finite loss or a failure).
+    pub skipped: bool,
+}
+
+impl StepOutput {
+    /// A step with its loss (read to the host once here).
+    pub fn new(loss: Tensor<1>, samples: usize, tokens: usize) -> Self {
+        let loss_value = loss.clone().cast(DType::F32).into_scalar::<f32>() as f64;
+        Self {
+            loss,
+            loss_value,
+            samples,
+            tokens,
+            grad_norm: None,
+            reward_accuracy: None,
+            reward_margin: None,
+            skipped: false,
+        }
+    }
+
+    /// The loss as a number.
+    pub fn loss_value(&self) -> f64 {
+        self.loss_value
+    }
+
+    /// Marks the step skipped.
+    pub fn skipped(mut self) -> Self {
+        self.skipped = true;
+        self
+    }
+
+    /// Adds the gradient norm.
+    pub fn with_grad_norm(mut self, n: Option<f64>) -> Self {
+        self.grad_norm = n;
+        self
+    }
+
+    /// Adds DPO reward statistics.
+    pub fn with_rewards(mut self, accuracy: f64, margin: f64) -> Self {
+        self.reward_accuracy = Some(accuracy);
+        self.reward_margin = Some(margin);
+        self
+    }
+}
+
+impl ItemLazy for StepOutput {
+    fn sync(self) -> Result<Self, burn::tensor::ExecutionError> {
+        Ok(self)
+    }
+}
+
+impl Adaptor<LossInput> for StepOutput {
+    fn adapt(&self) -> LossInput {
+        LossInput::new(self.loss.clone())
+    }
+}
+
+/// The scalars the custom metrics read.
+#[derive(Debug, Clone, Copy)]
+pub struct StepScalars {
+    samples: usize,
+    tokens: usize,
+    grad_norm: Option<f64>,
+    reward_accuracy: Option<f64>,
+    reward_margin: Option<f64>,
+}
+
+impl Adaptor<StepScalars> for StepOutput {
+    fn adapt(&self) -> StepScalars {
+        StepScalars {
+            samples: self.samples,
+            tokens: self.tokens,
+            grad_norm: self.grad_norm,
+            reward_accuracy: self.reward_accuracy,
+            reward_margin: self.reward_margin,
+        }
+    }
+}
+
+/// Which scalar a [`StepMetric`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepMetricKind {
+    /// Label tokens per second (wall clock between updates).
+    TokensPerSecond,
+    /// Samples per second.
+    SamplesPerSecond,
+    /// Global gradient norm.
+    GradNorm,
+    /// DPO reward accuracy.
+    RewardAccuracy,
+    /// DPO reward margin.
+    RewardMargin,
+}
+
+/// A numeric metric over [`StepScalars`].
+#[derive(Clone)]
+pub struct StepMetric {
+    kind: StepMetricKind,
+    name: MetricName,
+    state: NumericMetricState,
+    last: Option<Instant>,
+}
+
+impl StepMetric {
+    /// A metric of `kind`.
+    pub fn new(kind: StepMetricKind) -> Self {
+        let name = match kind {
+            StepMetricKind::TokensPerSecond => "Tokens/s",
+            StepMetricKind::SamplesPerSecond => "Samples/s",
+            StepMetricKind::GradNorm => "Grad Norm",
+            StepMetricKind::RewardAccuracy => "Reward Accuracy",
+            StepMetricKind::RewardMargin => "Reward Margin",
+        };
+        Self {
+            kind,
+            name: Arc::new(name.to_string()),
+            state: NumericMetricState::new(),
+            last: None,
+        }
+    }
+}
+
+impl Metric for StepMetric {
+    type Input = StepScalars;
+
+    fn update(
+        &mut self,
+        item: &StepScalars,
+        _metadata: &MetricMetadata,
+    ) -> Result<SerializedEntry, burn::tensor::TensorReadError> {
+        let now = Instant::now();
+        let value = match self.kind {
+            StepMetricKind::TokensPerSecond | StepMetricKind::SamplesPerSecond => {
+                let count = if self.kind == StepMetricKind::TokensPerSecond {
+                    item.tokens
+                } else {
+                    item.samples
+                };
+                let rate = self
+                    .last
+                    .map(|t| count as f64 / now.duration_since(t).as_secs_f64().max(1e-9));
+                self.last = Some(now);
+                rate
+            }
+            StepMetricKind::GradNorm => item.grad_norm,
+            StepMetricKind::RewardAccuracy => item.reward_accuracy,
+            StepMetricKind::RewardMargin => item.reward_margin,
+        };
+        match value {
+            Some(v) if v.is_finite() => self.state.update(v, 1),
+            _ => return Ok(SerializedEntry::not_available(None)),
+        }
+        Ok(self
+            .state
+            .compute_update(FormatOptions::new(self.name()).precision(3)))
+    }
+
+    fn compute(&mut self) -> Result<SerializedEntry, burn::tensor::TensorReadError> {
+        Ok(self
+            .state
+            .compute_final(FormatOptions::new(self.name()).precision(3)))
+    }
+
+    fn clear(&mut self) {
+        self.state.reset();
+        self.last = None;
+    }
+
+    fn name(&self) -> MetricName {
+        self.name.clone()
+    }
+
+    fn attributes(&self) -> MetricAttributes {
+        NumericAttributes {
+            unit: None,
+            higher_is_better: !matches!(self.kind, StepMetricKind::GradNorm),
+        }
+        .into()
+    }
+}
+
+impl Numeric for StepMetric {
+    fn value(&self) -> Option<NumericEntry> {
+        Some(self.state.current_value())
+    }
+    fn running_value(&self) -> Option<NumericEntry> {
+        Some(self.state.running_value())
+    }
+    fn final_value(&self) -> NumericEntry {
+        self.state.final_value()
+    }
+}
+
+fn numeric_value(u: &NumericMetricUpdate) -> Option<f64> {
+    match u.numeric_entry.as_ref()? {
+        NumericEntry::Value(v) | NumericEntry::Final(v) => Some(*v),
+        NumericEntry::Aggregated {
+            aggregated_value, ..
+        } => Some(*aggregated_value),
+    }
+}
+
+/// One row of the training log.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct LogRow {
+    /// `train` or `valid`.
+    pub split: String,
+    /// Window (burn-train epoch) number, from 1.
+    pub window: usize,
+    /// Micro-batch index within the run (train) or the validation pass.
+    pub iteration: usize,
+    /// Optimizer step (train rows).
+    pub step: usize,
+    /// Metric values by name.
+    pub metrics: std::collections::BTreeMap<String, f64>,
+}
+
+/// Writes `metrics.jsonl` and `metrics.csv` in the run directory, keeps the loss history and draws
+/// `loss.png` at the end of every window (i.e. at every checkpoint).
+pub struct RunLogger {
+    dir: PathBuf,
+    names: HashMap<MetricId, String>,
+    micro_per_window: usize,
+    grad_accum: usize,
+    start_window: usize,
+    counters: HashMap<String, usize>,
+    history: Vec<(usize, f64)>,
+    valid_history: Vec<(usize, f64)>,
+    jsonl: Option<std::fs::File>,
+    csv: Option<std::fs::File>,
+}
+
+impl RunLogger {
+    /// A logger writing into `dir`; `micro_per_window` micro-batches make one window.
+    pub fn new(
+        dir: &Path,
+        micro_per_window: usize,
+        grad_accum: usize,
+        start_window: usize,
+    ) -> Self {
+        let open = |name: &str| {
+            std::fs::create_dir_all(dir).ok()?;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(name))
+                .ok()
+        };
+        let csv = open("metrics.csv");
+        if let Some(mut f) = csv.as_ref()
+            && f.metadata().map(|m| m.len() == 0).unwrap_or(false)
+        {
+            let _ = writeln!(f, "split,window,iteration,step,metric,value");
+        }
+        let mut me = Self {
+            dir: dir.to_path_buf(),
+            names: HashMap::new(),
+            micro_per_window: micro_per_window.max(1),
+            grad_accum: grad_accum.max(1),
+            start_window,
+            counters: HashMap::new(),
+            history: Vec::new(),
+            valid_history: Vec::new(),
+            jsonl: open("metrics.jsonl"),
+            csv,
+        };
+        me.history = read_history(&dir.join("metrics.jsonl"), "train");
+        me.valid_history = read_history(&dir.join("metrics.jsonl"), "valid");
+        me
+    }
+}
+
+fn read_history(path: &Path, split: &str) -> Vec<(usize, f64)> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<LogRow>(l).ok())
+        .filter(|r| r.split == split)
+        .filter_map(|r| r.metrics.get("Loss").map(|&v| (r.step, v)))
+        .collect()
+}
+
+impl MetricLogger for RunLogger {
+    fn log(&mut self, update: MetricsUpdate, epoch: usize, split: &Split) {
+        let split_name = match split {
+            Split::Train => "train",
+            Split::Valid => "valid",
+            _ => "test",
+        };
+        let key = format!("{split_name}-{epoch}");
+        let within = {
+            let c = self.counters.entry(key).or_insert(0);
+            *c += 1;
+            *c
+        };
+        let iteration = if split_name == "train" {
+            (epoch.saturating_sub(1)) * self.micro_per_window + within
+        } else {
+            within
+        };
+        let step = if split_name == "train" {
+            iteration.div_ceil(self.grad_accum)
+        } else {
+            epoch * self.micro_per_window / self.grad_accum
+        };
+        let mut metrics = std::collections::BTreeMap::new();
+        for u in &update.entries_numeric {
+            let id = &u.entry.metric_id;
+            let name = self
+                .names
+                .get(id)
+                .cloned()
+                .unwrap_or_else(|| format!("{id:?}"));
+            if let Some(v) = numeric_value(u).filter(|v| v.is_finite()) {
+                metrics.insert(name, v);
+            }
+        }
+        if let Some(&loss) = metrics.get("Loss") {
+            if split_name == "train" {
+                self.history.push((step, loss));
+            } else {
+                self.valid_history.push((step, loss));
+            }
+        }
+        let row = LogRow {
+            split: split_name.into(),
+            window: epoch,
+            iteration,
+            step,
+            metrics,
+        };
+        if let Some(f) = self.jsonl.as_mut() {
+            let _ = writeln!(f, "{}", serde_json::to_string(&row).unwrap_or_default());
+        }
+        if let Some(f) = self.csv.as_mut() {
+            for (k, v) in &row.metrics {
+                let _ = writeln!(
+                    f,
+                    "{},{},{},{},{},{}",
+                    row.split, row.window, row.iteration, row.step, k, v
+                );
+            }
+        }
+    }
+
+    fn read_numeric(
+        &mut self,
+        _name: &str,
+        _epoch: usize,
+        _split: &Split,
+    ) -> Result<Vec<NumericEntry>, String> {
+        Err("RunLogger does not serve reads".into())
+    }
+
+    fn log_metric_definition(&mut self, definition: MetricDefinition) {
+        self.names
+            .insert(definition.metric_id.clone(), definition.name.to_string());
+    }
+
+    fn log_epoch_summary(&mut self, summary: EpochSummary) {
+        if let Some(f) = self.jsonl.as_mut() {
+            let _ = f.flush();
+        }
+        if summary.epoch_number >= self.start_window {
+            let _ = plot_loss(
+                &self.dir.join("loss.png"),
+                &self.history,
+                &self.valid_history,
+            );
+        }
+    }
+}
+
+/// Draws the training loss (and validation loss points) against the optimizer step as a PNG.
+pub fn plot_loss(
+    path: &Path,
+    train: &[(usize, f64)],
+    valid: &[(usize, f64)],
+) -> Result<(), String> {
+    const W: u32 = 800;
+    const H: u32 = 400;
+    const M: u32 = 40;
+    let mut img = image::RgbImage::from_pixel(W, H, image::Rgb([255, 255, 255]));
+    let all: Vec<(usize, f64)> = train
+        .iter()
+        .chain(valid)
+        .copied()
+        .filter(|p| p.1.is_finite())
+        .collect();
+    if all.is_empty() {
+        return Err("nothing to plot".into());
+    }
+    let (x0, x1) = (
+        all.iter().map(|p| p.0).min().unwrap_or(0) as f64,
+        all.iter().map(|p| p.0).max().unwrap_or(1) as f64,
+    );
+    let (y0, y1) = all
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    let (x1, y1) = (
+        if x1 > x0 { x1 } else { x0 + 1.0 },
+        if y1 > y0 { y1 } else { y0 + 1.0 },
+    );
+    let px = |x: f64| M as f64 + (x - x0) / (x1 - x0) * (W - 2 * M) as f64;
+    let py = |y: f64| (H - M) as f64 - (y - y0) / (y1 - y0) * (H - 2 * M) as f64;
+    let axis = image::Rgb([80, 80, 80]);
+    for x in M..W - M {
+        img.put_pixel(x, H - M, axis);
+    }
+    for y in M..=H - M {
+        img.put_pixel(M, y, axis);
+    }
+    let mut line = |a: (f64, f64), b: (f64, f64), c: image::Rgb<u8>| {
+        let n = ((b.0 - a.0).abs().max((b.1 - a.1).abs()).ceil() as usize).max(1);
+        for i in 0..=n {
+            let t = i as f64 / n as f64;
+            let (x, y) = (a.0 + (b.0 - a.0) * t, a.1 + (b.1 - a.1) * t);
+            if x >= 0.0 && y >= 0.0 && (x as u32) < W && (y as u32) < H {
+                img.put_pixel(x as u32, y as u32, c);
+            }
+        }
+    };
+    // Train loss: a light raw curve and a darker moving average.
+    let blue = image::Rgb([170, 190, 240]);
+    for w in train.windows(2) {
+        line(
+            (px(w[0].0 as f64), py(w[0].1)),
+            (px(w[1].0 as f64), py(w[1].1)),
+            blue,
+        );
+    }
+    let k = (train.len() / 50).max(1);
+    let smooth: Vec<(f64, f64)> = train
+        .windows(k)
+        .map(|w| {
+            (
+                px(w[w.len() / 2].0 as f64),
+                py(w.iter().map(|p| p.1).sum::<f64>() / w.len() as f64),
+            )
+        })
+        .collect();
+    for w in smooth.windows(2) {
+        line(w[0], w[1], image::Rgb([20, 60, 200]));
+    }
+    for &(s, v) in valid {
+        let (x, y) = (px(s as f64) as i64, py(v) as i64);
+        for dx in -3..=3 {
+            for dy in -3..=3 {
+                let (a, b) = (x + dx, y + dy);
+                if a >= 0 && b >= 0 && (a as u32) < W && (b as u32) < H {
+                    img.put_pixel(a as u32, b as u32, image::Rgb([220, 60, 30]));
+                }
+            }
+        }
+    }
+    let tmp = path.with_extension("png.tmp");
+    img.save_with_format(&tmp, image::ImageFormat::Png)
+        .map_err(|e| e.to_string())?;
+    std::fs::rename(&tmp, path).map_err(|e| e.to_string())
+}
+
+/// A renderer that prints one plain line every `every` train iterations (and a line per
+/// validation pass), with loss, learning rate, throughput and an ETA.
+pub struct PlainRenderer {
+    every: usize,
+    quiet: bool,
+    names: HashMap<MetricId, String>,
+    latest: HashMap<String, f64>,
+    total_epochs: usize,
+    epoch: usize,
+    start_epoch: usize,
+    items_in_split: usize,
+    done_in_split: usize,
+    split: String,
+    started: Option<Instant>,
+    iterations: usize,
+}
+
+impl PlainRenderer {
+    /// Prints every `every` micro-batches; `quiet` prints only start/end lines.
+    pub fn new(every: usize, quiet: bool) -> Self {
+        Self {
+            every: every.max(1),
+            quiet,
+            names: HashMap::new(),
+            latest: HashMap::new(),
+            total_epochs: 0,
+            epoch: 0,
+            start_epoch: 1,
+            items_in_split: 0,
+            done_in_split: 0,
+            split: String::new(),
+            started: None,
+            iterations: 0,
+        }
+    }
+
+    fn record(&mut self, state: MetricState) {
+        if let MetricState::Numeric(entry, Some(value)) = state {
+            let id = &entry.metric_id;
+            let name = self
+                .names
+                .get(id)
+                .cloned()
+                .unwrap_or_else(|| format!("{id:?}"));
+            let v = match value {
+                NumericEntry::Value(v) | NumericEntry::Final(v) => v,
+                NumericEntry::Aggregated {
+                    aggregated_value, ..
+                } => aggregated_value,
+            };
+            self.latest.insert(name, v);
+        }
+    }
+
+    fn line(&self) -> String {
+        let get = |k: &str| self.latest.get(k).copied();
+        let mut s = format!(
+            "window {}/{} {} {}/{}",
+            self.epoch, self.total_epochs, self.split, self.done_in_split, self.items_in_split
+        );
+        if let Some(v) = get("Loss") {
+            s += &format!(" | loss {v:.4}");
+        }
+        if let Some(v) = get("Learning Rate") {
+            s += &format!(" | lr {v:.2e}");
+        }
+        if let Some(v) = get("Tokens/s") {
+            s += &format!(" | {v:.0} tok/s");
+        }
+        if let Some(v) = get("Samples/s") {
+            s += &format!(" | {v:.1} samples/s");
+        }
+        if let Some(v) = get("Grad Norm") {
+            s += &format!(" | grad {v:.3}");
+        }
+        if let Some(v) = get("Reward Accuracy") {
+            s += &format!(" | reward acc {v:.2}");
+        }
+        if let (Some(t0), true) = (self.started, self.items_in_split > 0) {
+            let windows_left = self.total_epochs.saturating_sub(self.epoch);
+            let frac_done = (self.epoch - self.start_epoch) as f64
+                + self.done_in_split as f64 / self.items_in_split as f64;
+            if frac_done > 0.0 {
+                let per = t0.elapsed().as_secs_f64() / frac_done;
+                let left = per
+                    * (windows_left as f64 + 1.0
+                        - self.done_in_split as f64 / self.items_in_split as f64);
+                s += &format!(" | ETA {}", fmt_secs(left));
+            }
+        }
+        s
+    }
+}
+
+fn fmt_secs(s: f64) -> String {
+    let s = s.max(0.0) as u64;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    } else {
+        format!("{}m{:02}s", s / 60, s % 60)
+    }
+}
+
+impl MetricsRendererTraining for PlainRenderer {
+    fn update_train(&mut self, state: MetricState) {
+        self.record(state);
+    }
+    fn update_valid(&mut self, state: MetricState) {
+        self.record(state);
+    }
+}
+
+impl MetricsRendererEvaluation for PlainRenderer {
+    fn update_test(&mut self, _name: EvaluationName, state: MetricState) {
+        self.record(state);
+    }
+}
+
+impl TrainingProgressLogger for PlainRenderer {
+    fn start(
+        &mut self,
+        total_epochs: usize,
+        starting_epoch: usize,
+        _items: Option<usize>,
+        label: Option<&str>,
+    ) {
+        self.total_epochs = total_epochs;
+        self.start_epoch = starting_epoch.max(1);
+        self.started = Some(Instant::now());
+        println!(
+            "training {}: windows {starting_epoch}..={total_epochs}",
+            label.unwrap_or("run")
+        );
+    }
+    fn update_epoch(&mut self, epoch: usize) {
+        self.epoch = epoch;
+    }
+    fn start_split(&mut self, split: &str, total_items: usize) {
+        self.split = split.to_string();
+        self.items_in_split = total_items;
+        self.done_in_split = 0;
+        if self.epoch == 0 {
+            self.epoch = self.start_epoch;
+        }
+    }
+    fn update_split(&mut self, items_processed: usize) {
+        self.done_in_split = items_processed;
+        if self.split == "train" {
+            self.iterations += 1;
+            if !self.quiet && self.iterations.is_multiple_of(self.every) {
+                println!("{}", self.line());
+            }
+        }
+    }
+    fn end_split(&mut self) {
+        if !self.quiet && self.split != "train" {
+            println!("{}", self.line());
+        }
+    }
+    fn end(&mut self) {
+        println!(
+            "training ended after {}",
+            self.started
+                .map(|t| fmt_secs(t.elapsed().as_secs_f64()))
+                .unwrap_or_default()
+        );
+    }
+    fn log_event_training(&mut self, event: String) {
+        if !self.quiet {
+            println!("{event}");
+        }
+    }
+}
+
+impl EvaluationProgressLogger for PlainRenderer {
+    fn start_global_progress(&mut self, _n: usize) {}
+    fn start_test(&mut self, _name: &str, _n: usize) {}
+    fn update_test_progress(&mut self, _n: usize) {}
+    fn end_test(&mut self) {}
+    fn end_global_progress(&mut self) {}
+    fn log_event_evaluation(&mut self, _event: String) {}
+}
+
+impl MetricsRenderer for PlainRenderer {
+    fn manual_close(&mut self) {}
+    fn register_metric(&mut self, definition: MetricDefinition) {
+        self.names
+            .insert(definition.metric_id.clone(), definition.name.to_string());
+    }
+}

@@ -1,0 +1,369 @@
+//! One learner for all five stages: [`StageModel`] implements burn-train's `TrainStep` and
+//! `InferenceStep`; the stages differ only in what `step` computes (causal-LM loss or DPO).
+//!
+//! What burn-train does not provide lives here, in the two hooks it exposes:
+//! - `step`: the masked cross-entropy (label −100 ignored), the loss scaled by
+//!   `1 / (grad_accum · devices)` so that burn's summed gradient accumulation averages, bf16
+//!   mixed precision (an autodiff-tracked bf16 view of the f32 master weights, so gradients and
+//!   optimizer state stay f32), the frozen ViT run without tracking, and non-finite losses
+//!   skipped with a warning (the run stops after `max_nan_steps` in a row).
+//! - `optimize`: gradient clipping by the *global* norm over all trainable parameters (Burn's
+//!   clips each tensor separately) before the optimizer step.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use blip3_model::{MultimodalInput, XGenMM};
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
+use burn::prelude::*;
+use burn::tensor::DType;
+use burn::train::{InferenceStep, Interrupter, TrainOutput, TrainStep};
+
+use crate::config::{DpoReference, Stage};
+use crate::loss::{causal_lm_loss, dpo_loss, sequence_logprobs};
+use crate::monitor::StepOutput;
+
+/// A training batch on the device.
+#[derive(Debug, Clone)]
+pub struct VlmBatch {
+    /// The sequences (for DPO: the chosen answers).
+    pub input: MultimodalInput,
+    /// DPO: the rejected answers (same prompts and images, row for row).
+    pub rejected: Option<MultimodalInput>,
+}
+
+impl VlmBatch {
+    /// Samples in the batch.
+    pub fn len(&self) -> usize {
+        self.input.input_ids.len()
+    }
+
+    /// True for an empty batch.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// State shared by every replica of a stage model (and the run): the non-finite-loss streak, the
+/// last global gradient norm, and the handle that stops the run.
+#[derive(Default)]
+pub struct StepGuard {
+    nan_streak: AtomicUsize,
+    skipped: AtomicUsize,
+    max_nan: usize,
+    last_grad_norm: Mutex<Option<f64>>,
+    interrupter: Mutex<Option<Interrupter>>,
+    failure: Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for StepGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepGuard")
+            .field("nan_streak", &self.nan_streak)
+            .field("skipped", &self.skipped)
+            .field("max_nan", &self.max_nan)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StepGuard {
+    /// A guard stopping the run after `max_nan` consecutive non-finite losses.
+    pub fn new(max_nan: usize) -> Self {
+        Self {
+            max_nan: max_nan.max(1),
+            ..Default::default()
+        }
+    }
+
+    /// Connects the guard to the run's interrupter.
+    pub fn set_interrupter(&self, i: Interrupter) {
+        if let Ok(mut g) = self.interrupter.lock() {
+            *g = Some(i);
+        }
+    }
+
+    /// Steps skipped because of a non-finite loss or gradient.
+    pub fn skipped(&self) -> usize {
+        self.skipped.load(Ordering::Relaxed)
+    }
+
+    /// The reason the guard stopped the run, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().ok().and_then(|f| f.clone())
+    }
+
+    /// The global gradient norm of the last optimizer step.
+    pub fn last_grad_norm(&self) -> Option<f64> {
+        self.last_grad_norm.lock().ok().and_then(|g| *g)
+    }
+
+    fn stop(&self, reason: String) {
+        log::error!("{reason}");
+        if let Ok(mut f) = self.failure.lock() {
+            f.get_or_insert(reason.clone());
+        }
+        if let Ok(g) = self.interrupter.lock()
+            && let Some(i) = g.as_ref()
+        {
+            i.stop(Some(&reason));
+        }
+    }
+
+    /// Records a non-finite value; returns true when the step must be skipped.
+    fn non_finite(&self, what: &str) {
+        self.skipped.fetch_add(1, Ordering::Relaxed);
+        let streak = self.nan_streak.fetch_add(1, Ordering::Relaxed) + 1;
+        log::warn!("non-finite {what}: step skipped ({streak} in a row)");
+        if streak >= self.max_nan {
+            self.stop(format!(
+                "{streak} consecutive non-finite {what}s; stopping the run"
+            ));
+        }
+    }
+
+    fn finite(&self) {
+        self.nan_streak.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Per-stage settings (not parameters).
+#[derive(Debug, Clone)]
+pub struct StageSettings {
+    /// The stage.
+    pub stage: Stage,
+    /// Multiplier of the loss before backward: `1 / (grad_accum · devices)`.
+    pub loss_scale: f64,
+    /// DPO β.
+    pub dpo_beta: f64,
+    /// DPO reference.
+    pub dpo_reference: DpoReference,
+    /// bf16 mixed precision when set.
+    pub compute_dtype: Option<DType>,
+    /// Global-norm clipping threshold.
+    pub grad_clip: Option<f64>,
+    /// Shared run state.
+    pub guard: Arc<StepGuard>,
+}
+
+/// The model trained by every stage: the policy, plus a frozen reference for DPO.
+#[derive(Module, Debug)]
+pub struct StageModel {
+    /// The model being trained.
+    pub policy: XGenMM,
+    /// DPO's frozen reference (a copy of the starting policy), when used.
+    pub reference: Option<XGenMM>,
+    #[module(skip)]
+    settings: StageSettings,
+}
+
+impl StageModel {
+    /// Wraps a policy (and optionally a DPO reference) with its stage settings.
+    pub fn new(policy: XGenMM, reference: Option<XGenMM>, settings: StageSettings) -> Self {
+        Self {
+            policy,
+            reference,
+            settings,
+        }
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &StageSettings {
+        &self.settings
+    }
+
+    /// The policy as used for computation: itself, or a tracked bf16 view in mixed precision.
+    fn compute_policy(&self) -> XGenMM {
+        match self.settings.compute_dtype {
+            Some(d) => blip3_model::loader::cast_module(self.policy.clone(), d),
+            None => self.policy.clone(),
+        }
+    }
+
+    /// Loss (unscaled) and statistics of one batch.
+    fn compute(&self, batch: &VlmBatch) -> Result<(Tensor<1>, StepOutput), String> {
+        let policy = self.compute_policy();
+        let samples = batch.len();
+        match self.settings.stage {
+            Stage::Dpo => self.compute_dpo(&policy, batch),
+            _ => {
+                let out = policy.forward(&batch.input).map_err(|e| e.to_string())?;
+                let labels = out.fused.labels.as_ref().ok_or("batch has no labels")?;
+                let (loss, tokens) = causal_lm_loss(out.logits, labels);
+                let item = StepOutput::new(loss.clone().detach(), samples, tokens);
+                Ok((loss, item))
+            }
+        }
+    }
+
+    fn compute_dpo(
+        &self,
+        policy: &XGenMM,
+        batch: &VlmBatch,
+    ) -> Result<(Tensor<1>, StepOutput), String> {
+        let rejected = batch
+            .rejected
+            .as_ref()
+            .ok_or("a DPO batch needs rejected answers")?;
+        let b = batch.len();
+        // One forward over chosen and rejected rows together.
+        let both = concat_inputs(&batch.input, rejected);
+        let out = policy.forward(&both).map_err(|e| e.to_string())?;
+        let labels = out.fused.labels.as_ref().ok_or("batch has no labels")?;
+        let tokens = crate::loss::kept_positions(labels).len();
+        let logps = sequence_logprobs(out.logits, labels);
+        let (pc, pr) = (logps.clone().narrow(0, 0, b), logps.narrow(0, b, b));
+        let reference = match (self.settings.dpo_reference, &self.reference) {
+            (DpoReference::PolicyCopy, Some(r)) => r.clone(),
+            (DpoReference::LoraBase, _) => self.policy.clone().without_lora(),
+            (DpoReference::PolicyCopy, None) => return Err("DPO needs a reference model".into()),
+        };
+        let ref_out = reference.forward(&both).map_err(|e| e.to_string())?;
+        let ref_logps = sequence_logprobs(ref_out.logits, labels).detach();
+        let (rc, rr) = (ref_logps.clone().narrow(0, 0, b), ref_logps.narrow(0, b, b));
+        let terms = dpo_loss(pc, pr, rc, rr, self.settings.dpo_beta);
+        let c: Vec<f32> = host(terms.chosen_rewards);
+        let r: Vec<f32> = host(terms.rejected_rewards);
+        let acc = c.iter().zip(&r).filter(|(x, y)| x > y).count() as f64 / b.max(1) as f64;
+        let margin = c.iter().zip(&r).map(|(x, y)| (x - y) as f64).sum::<f64>() / b.max(1) as f64;
+        let item =
+            StepOutput::new(terms.loss.clone().detach(), b, tokens).with_rewards(acc, margin);
+        Ok((terms.loss, item))
+    }
+}
+
+fn host(t: Tensor<1>) -> Vec<f32> {
+    t.cast(DType::F32)
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .unwrap_or_default()
+}
+
+/// Stacks two batches row-wise (chosen rows, then rejected rows).
+pub fn concat_inputs(a: &MultimodalInput, b: &MultimodalInput) -> MultimodalInput {
+    let mut out = a.clone();
+    out.input_ids.extend(b.input_ids.iter().cloned());
+    out.images.extend(b.images.iter().cloned());
+    out.labels = match (&a.labels, &b.labels) {
+        (Some(x), Some(y)) => Some(x.iter().chain(y).cloned().collect()),
+        _ => None,
+    };
+    out
+}
+
+impl TrainStep for StageModel {
+    type Input = VlmBatch;
+    type Output = StepOutput;
+
+    fn step(&self, batch: VlmBatch) -> TrainOutput<StepOutput> {
+        let guard = &self.settings.guard;
+        let (loss, item) = match self.compute(&batch) {
+            Ok(x) => x,
+            Err(e) => {
+                guard.stop(format!("training step failed: {e}"));
+                let device = self.policy.lang_model.model.norm.gamma.device();
+                let zero = Tensor::<1>::zeros([1], &device);
+                return TrainOutput {
+                    grads: GradientsParams::new(),
+                    item: StepOutput::new(zero, batch.len(), 0),
+                };
+            }
+        };
+        let value = item.loss_value();
+        if !value.is_finite() {
+            guard.non_finite("loss");
+            return TrainOutput {
+                grads: GradientsParams::new(),
+                item: item.skipped(),
+            };
+        }
+        let grads = (loss * self.settings.loss_scale).backward();
+        let item = item.with_grad_norm(guard.last_grad_norm());
+        TrainOutput::new(self, grads, item)
+    }
+
+    fn optimize(
+        self,
+        optim: &mut burn::optim::ModuleOptimizer,
+        lr: ModuleLearningRate,
+        mut grads: GradientsParams,
+    ) -> Self {
+        if grads.is_empty() {
+            return self;
+        }
+        let norm = global_grad_norm(&self, &grads);
+        let guard = self.settings.guard.clone();
+        if let Ok(mut g) = guard.last_grad_norm.lock() {
+            *g = Some(norm);
+        }
+        if !norm.is_finite() {
+            guard.non_finite("gradient norm");
+            return self;
+        }
+        guard.finite();
+        if let Some(max) = self.settings.grad_clip
+            && norm > max
+        {
+            scale_grads(&self, &mut grads, max / (norm + 1e-6));
+        }
+        optim.step(lr, self, grads)
+    }
+}
+
+impl InferenceStep for StageModel {
+    type Input = VlmBatch;
+    type Output = StepOutput;
+
+    fn step(&self, batch: VlmBatch) -> StepOutput {
+        match self.compute(&batch) {
+            Ok((_, item)) => item,
+            Err(e) => {
+                log::warn!("validation step failed: {e}");
+                let device = self.policy.lang_model.model.norm.gamma.device();
+                StepOutput::new(Tensor::zeros([1], &device), batch.len(), 0).skipped()
+            }
+        }
+    }
+}
+
+/// The global L2 norm of all gradients present (one synchronisation).
+pub fn global_grad_norm<M: Module>(module: &M, grads: &GradientsParams) -> f64 {
+    struct Sum<'a> {
+        grads: &'a GradientsParams,
+        acc: Option<Tensor<1>>,
+    }
+    impl ModuleVisitor for Sum<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.grads.get::<D>(param.id) {
+                let s = g.cast(DType::F32).square().sum();
+                self.acc = Some(match self.acc.take() {
+                    Some(a) => a + s,
+                    None => s,
+                });
+            }
+        }
+    }
+    let mut v = Sum { grads, acc: None };
+    module.visit(&mut v);
+    match v.acc {
+        Some(t) => (t.into_scalar::<f32>() as f64).sqrt(),
+        None => 0.0,
+    }
+}
+
+/// Multiplies every gradient present by `factor`.
+pub fn scale_grads<M: Module>(module: &M, grads: &mut GradientsParams, factor: f64) {
+    struct Scale<'a> {
+        grads: &'a mut GradientsParams,
+        factor: f64,
+    }
+    impl ModuleVisitor for Scale<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.grads.remove::<D>(param.id) {
+                self.grads.register(param.id, g * self.factor);
+            }
+        }
+    }
+    module.visit(&mut Scale { grads, factor });
+}
