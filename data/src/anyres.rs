@@ -178,6 +178,25 @@ impl Default for ImageProcessorConfig {
 }
 
 impl ImageProcessorConfig {
+    /// The pipeline a model expects: base size `image_size`, candidate canvases `grids_px` given as
+    /// `(width, height)` in pixels (multiples of the base), any-res or fixed mode, v1.5 mean/std.
+    pub fn for_model(image_size: usize, grids_px: &[(usize, usize)], anyres: bool) -> Self {
+        let base = image_size.max(1);
+        ImageProcessorConfig {
+            image_size: image_size as u32,
+            grids: grids_px
+                .iter()
+                .map(|&(w, h)| AnyResGrid::new((w / base) as u32, (h / base) as u32))
+                .collect(),
+            mode: if anyres {
+                ResolutionMode::AnyRes
+            } else {
+                ResolutionMode::Fixed
+            },
+            ..ImageProcessorConfig::default()
+        }
+    }
+
     /// Reads a Hugging Face `preprocessor_config.json`. Recognised fields (all optional, missing
     /// ones keep the v1.5 defaults): `image_mean`, `image_std` (3 numbers), `image_size` or `size`
     /// (an integer, `{"height": n, "width": n}` or `{"shortest_edge": n}`; a non-square size is an

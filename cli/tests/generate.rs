@@ -1,0 +1,146 @@
+//! `blip3 generate` end to end on a tiny random model saved like a user's checkpoint.
+
+use std::path::Path;
+use std::process::Command;
+
+use blip3_data::tokenizer::Blip3Tokenizer;
+use blip3_model::XGenMMConfig;
+use blip3_model::loader::save_checkpoint;
+use burn::prelude::*;
+
+fn tiny_model_dir(dir: &Path) {
+    let tok = Blip3Tokenizer::tiny().unwrap();
+    let device = Device::flex();
+    device.seed(7);
+    let model = XGenMMConfig::tiny(tok.initial_len()).init(&device);
+    save_checkpoint(&model, dir).unwrap();
+    tok.save(dir).unwrap();
+}
+
+fn blip3() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_blip3"))
+}
+
+#[test]
+fn generate_streams_and_reports_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    tiny_model_dir(&model);
+    let img = tmp.path().join("wide.png");
+    image::RgbImage::from_fn(90, 40, |x, y| {
+        image::Rgb([(x * 3) as u8, (y * 5) as u8, 120])
+    })
+    .save(&img)
+    .unwrap();
+    let out = blip3()
+        .args(["generate", "--model"])
+        .arg(&model)
+        .arg("--image")
+        .arg(&img)
+        .args([
+            "--prompt",
+            "What color is the circle?",
+            "--max-new-tokens",
+            "6",
+            "--json",
+        ])
+        .args(["--top-logprobs", "3", "--log", "warn"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let last = stdout.lines().last().unwrap();
+    let v: serde_json::Value = serde_json::from_str(last).unwrap();
+    let ids = v["token_ids"].as_array().unwrap();
+    assert!(!ids.is_empty() && ids.len() <= 6);
+    // A 90x40 image at base 32 picks the 3x1 canvas (96x32 keeps the most pixels): 1 + 3 views
+    // of 8 latents.
+    assert_eq!(v["vision_tokens"], 32);
+    assert!(v["prompt_tokens"].as_u64().unwrap() > 10);
+    let top = v["top_logprobs"].as_array().unwrap();
+    assert_eq!(top.len(), ids.len());
+    for (step, tok) in top.iter().zip(ids) {
+        let pairs = step.as_array().unwrap();
+        assert_eq!(pairs.len(), 3);
+        let lps: Vec<f64> = pairs.iter().map(|p| p[1].as_f64().unwrap()).collect();
+        assert!(lps.windows(2).all(|w| w[0] >= w[1]) && lps[0] <= 0.0);
+        // Greedy: the chosen token is the most likely one.
+        assert_eq!(&pairs[0][0], tok);
+    }
+    assert!(v["time_ms"].as_f64().unwrap() > 0.0);
+    assert!(v["text"].is_string());
+}
+
+#[test]
+fn sampling_is_reproducible_with_a_seed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    tiny_model_dir(&model);
+    let run = |seed: &str| {
+        let out = blip3()
+            .args(["generate", "--model"])
+            .arg(&model)
+            .args([
+                "--prompt",
+                "Describe it.",
+                "--max-new-tokens",
+                "8",
+                "--temperature",
+                "1.5",
+            ])
+            .args([
+                "--top-k", "50", "--top-p", "0.95", "--seed", seed, "--json", "--log", "warn",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let s = String::from_utf8(out.stdout).unwrap();
+        let v: serde_json::Value = serde_json::from_str(s.lines().last().unwrap()).unwrap();
+        v["token_ids"].clone()
+    };
+    assert_eq!(run("3"), run("3"));
+}
+
+#[test]
+fn bad_inputs_give_one_line_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    tiny_model_dir(&model);
+    let corrupt = tmp.path().join("bad.jpg");
+    std::fs::write(&corrupt, b"\xff\xd8\xff\xe0 not a jpeg").unwrap();
+    let out = blip3()
+        .args(["generate", "--model"])
+        .arg(&model)
+        .arg("--image")
+        .arg(&corrupt)
+        .args(["--prompt", "hi"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.jpg"), "{err}");
+    let out = blip3()
+        .args(["generate", "--model"])
+        .arg(tmp.path().join("missing"))
+        .args(["--prompt", "hi"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing"));
+    let out = blip3()
+        .args(["generate", "--model"])
+        .arg(&model)
+        .args(["--prompt", "<image> and <image>"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("2 <image> markers but 0 images"));
+}
