@@ -5,6 +5,9 @@
 pub mod anyres;
 pub mod error;
 pub mod image;
+pub mod loader;
+pub mod mixture;
+pub mod pipeline;
 pub mod readers;
 pub mod sample;
 pub mod synth;
