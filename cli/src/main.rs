@@ -40,7 +40,12 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    let env = env_logger::Env::default().default_filter_or(cli.log.as_str());
+    // Burn's learner logs every iteration at info level; keep it at warn unless asked.
+    let filter = format!(
+        "{},burn_train=warn,burn_core=warn,cubecl=warn,wgpu=warn",
+        cli.log
+    );
+    let env = env_logger::Env::default().default_filter_or(filter);
     env_logger::Builder::from_env(env)
         .format_timestamp_secs()
         .init();

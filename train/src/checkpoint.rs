@@ -31,7 +31,11 @@ pub struct AtomicCheckpointer {
 impl AtomicCheckpointer {
     /// A checkpointer for `name` records in `dir`.
     pub fn new(dir: &Path, name: &str) -> Self {
-        Self { dir: dir.to_path_buf(), name: name.to_string(), state: None }
+        Self {
+            dir: dir.to_path_buf(),
+            name: name.to_string(),
+            state: None,
+        }
     }
 
     /// Also saves `state-<window>.json` from `source` at every save.
@@ -56,7 +60,10 @@ pub fn state_path(dir: &Path, window: usize) -> PathBuf {
 }
 
 fn tmp_sibling(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
@@ -76,8 +83,10 @@ impl<R: Checkpoint> Checkpointer<R> for AtomicCheckpointer {
             let value = source(window).ok_or_else(|| {
                 CheckpointerError::Unknown(format!("no loader state recorded for window {window}"))
             })?;
-            let text = serde_json::to_vec_pretty(&value).map_err(|e| CheckpointerError::Unknown(e.to_string()))?;
-            write_atomic(&state_path(&self.dir, window), &text).map_err(CheckpointerError::IOError)?;
+            let text = serde_json::to_vec_pretty(&value)
+                .map_err(|e| CheckpointerError::Unknown(e.to_string()))?;
+            write_atomic(&state_path(&self.dir, window), &text)
+                .map_err(CheckpointerError::IOError)?;
         }
         let path = self.path(window);
         let tmp = tmp_sibling(&path);
@@ -110,12 +119,17 @@ pub fn latest_complete(dir: &Path) -> Option<usize> {
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             let n = e.file_name().to_string_lossy().to_string();
-            n.strip_prefix("state-")?.strip_suffix(".json")?.parse().ok()
+            n.strip_prefix("state-")?
+                .strip_suffix(".json")?
+                .parse()
+                .ok()
         })
         .collect();
     windows.sort_unstable();
     windows.into_iter().rev().find(|&w| {
-        ["model", "optim", "scheduler"].iter().all(|n| record_path(dir, n, w).exists())
+        ["model", "optim", "scheduler"]
+            .iter()
+            .all(|n| record_path(dir, n, w).exists())
             && std::fs::read(state_path(dir, w))
                 .ok()
                 .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
@@ -124,11 +138,16 @@ pub fn latest_complete(dir: &Path) -> Option<usize> {
 }
 
 /// Reads the extra state of `window`.
-pub fn read_state<T: serde::de::DeserializeOwned>(dir: &Path, window: usize) -> Result<T, TrainError> {
+pub fn read_state<T: serde::de::DeserializeOwned>(
+    dir: &Path,
+    window: usize,
+) -> Result<T, TrainError> {
     let path = state_path(dir, window);
     let bytes = std::fs::read(&path).map_err(|e| TrainError::io(&path, e))?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| TrainError::Checkpoint { path, msg: format!("invalid state: {e}") })
+    serde_json::from_slice(&bytes).map_err(|e| TrainError::Checkpoint {
+        path,
+        msg: format!("invalid state: {e}"),
+    })
 }
 
 /// Snapshots of some value taken at window boundaries, read back by the checkpointer (which runs
@@ -141,7 +160,9 @@ pub struct WindowStates<T: Clone> {
 impl<T: Clone> WindowStates<T> {
     /// An empty record.
     pub fn new() -> Self {
-        Self { inner: Arc::new(Mutex::new(BTreeMap::new())) }
+        Self {
+            inner: Arc::new(Mutex::new(BTreeMap::new())),
+        }
     }
 
     /// Records the value at the end of `window`, dropping records older than 64 windows.
@@ -149,7 +170,9 @@ impl<T: Clone> WindowStates<T> {
         if let Ok(mut m) = self.inner.lock() {
             m.insert(window, value);
             while m.len() > 64 {
-                let Some(first) = m.keys().next().copied() else { break };
+                let Some(first) = m.keys().next().copied() else {
+                    break;
+                };
                 m.remove(&first);
             }
         }

@@ -3,13 +3,18 @@
 //! precision, step-based atomic checkpoints with exact resume, data parallelism and monitoring.
 #![warn(missing_docs)]
 
+pub mod batch;
+pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod loss;
 pub mod monitor;
 pub mod optim;
+pub mod recipes;
+pub mod run;
 pub mod stage;
 
 pub use config::{Stage, TrainConfig};
 pub use error::TrainError;
+pub use run::{RunOptions, TrainSummary, train};
 pub use stage::{StageModel, StageSettings, StepGuard, VlmBatch};

@@ -306,7 +306,7 @@ impl RunLogger {
             csv,
         };
         me.history = read_history(&dir.join("metrics.jsonl"), "train");
-        me.valid_history = read_history(&dir.join("metrics.jsonl"), "valid");
+        me.valid_history = read_history(&dir.join("metrics.jsonl"), "valid-window");
         me
     }
 }
@@ -329,24 +329,10 @@ impl MetricLogger for RunLogger {
             Split::Valid => "valid",
             _ => "test",
         };
-        let key = format!("{split_name}-{epoch}");
-        let within = {
-            let c = self.counters.entry(key).or_insert(0);
-            *c += 1;
-            *c
-        };
-        let iteration = if split_name == "train" {
-            (epoch.saturating_sub(1)) * self.micro_per_window + within
-        } else {
-            within
-        };
-        let step = if split_name == "train" {
-            iteration.div_ceil(self.grad_accum)
-        } else {
-            epoch * self.micro_per_window / self.grad_accum
-        };
         let mut metrics = std::collections::BTreeMap::new();
+        let mut is_final = false;
         for u in &update.entries_numeric {
+            is_final |= matches!(u.numeric_entry, Some(NumericEntry::Final(_)));
             let id = &u.entry.metric_id;
             let name = self
                 .names
@@ -357,15 +343,43 @@ impl MetricLogger for RunLogger {
                 metrics.insert(name, v);
             }
         }
-        if let Some(&loss) = metrics.get("Loss") {
+        if metrics.is_empty() {
+            return;
+        }
+        // End-of-window aggregates (Burn's `Final` entries) are a summary row, not an iteration.
+        let (row_split, iteration, step) = if is_final {
+            (
+                format!("{split_name}-window"),
+                0,
+                epoch * self.micro_per_window / self.grad_accum,
+            )
+        } else {
+            let key = format!("{split_name}-{epoch}");
+            let within = {
+                let c = self.counters.entry(key).or_insert(0);
+                *c += 1;
+                *c
+            };
             if split_name == "train" {
-                self.history.push((step, loss));
+                let it = (epoch.saturating_sub(1)) * self.micro_per_window + within;
+                (split_name.to_string(), it, it.div_ceil(self.grad_accum))
             } else {
-                self.valid_history.push((step, loss));
+                (
+                    split_name.to_string(),
+                    within,
+                    epoch * self.micro_per_window / self.grad_accum,
+                )
+            }
+        };
+        if let Some(&loss) = metrics.get("Loss") {
+            match row_split.as_str() {
+                "train" => self.history.push((step, loss)),
+                "valid-window" => self.valid_history.push((step, loss)),
+                _ => {}
             }
         }
         let row = LogRow {
-            split: split_name.into(),
+            split: row_split,
             window: epoch,
             iteration,
             step,
@@ -636,7 +650,8 @@ impl TrainingProgressLogger for PlainRenderer {
         );
     }
     fn update_epoch(&mut self, epoch: usize) {
-        self.epoch = epoch;
+        // Called when a window is complete; the next train split is the following window.
+        self.epoch = epoch + 1;
     }
     fn start_split(&mut self, split: &str, total_items: usize) {
         self.split = split.to_string();
@@ -656,7 +671,7 @@ impl TrainingProgressLogger for PlainRenderer {
         }
     }
     fn end_split(&mut self) {
-        if !self.quiet && self.split != "train" {
+        if !self.quiet && self.split != "train" && self.items_in_split > 0 {
             println!("{}", self.line());
         }
     }
@@ -669,9 +684,7 @@ impl TrainingProgressLogger for PlainRenderer {
         );
     }
     fn log_event_training(&mut self, event: String) {
-        if !self.quiet {
-            println!("{event}");
-        }
+        log::debug!("{event}");
     }
 }
 

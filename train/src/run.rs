@@ -1,0 +1,445 @@
+//! Running a stage end to end on burn-train: model, trainable parts, data loaders, optimizer and
+//! schedule, checkpointers, metrics, execution strategy, then the final checkpoint and the HF
+//! export. `train` is what `blip3 train --config stage.toml` calls.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use blip3_data::anyres::ImageProcessorConfig;
+use blip3_data::loader::{LoaderConfig, LoaderState, LoaderStats, StreamingLoader};
+use blip3_data::mixture::{Mixture, Recipe};
+use blip3_data::pipeline::{Pipeline, PipelineConfig};
+use blip3_data::tokenizer::Blip3Tokenizer;
+use blip3_model::loader::{LoadOptions, export_hf, load_model_dir, save_checkpoint};
+use blip3_model::{SpecialTokens, XGenMM, XGenMMConfig};
+use burn::data::dataloader::DataLoader;
+use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLrScheduler;
+use burn::prelude::*;
+use burn::tensor::DType;
+use burn::tensor::distributed::{DistributedConfig, ReduceOperation};
+use burn::train::checkpoint::KeepLastNCheckpoints;
+use burn::train::metric::{LearningRateMetric, LossMetric};
+use burn::train::renderer::MetricsRenderer;
+use burn::train::{ExecutionStrategy, Learner, MultiDeviceOptim, SupervisedTraining};
+use serde::{Deserialize, Serialize};
+
+use crate::batch::{EmptyLoader, VlmBatcher, WindowTracking};
+use crate::checkpoint::{AtomicCheckpointer, WindowStates, latest_complete, read_state};
+use crate::config::{DpoReference, ImageMode, Precision, Stage, TrainConfig};
+use crate::error::TrainError;
+use crate::monitor::{LogRow, PlainRenderer, RunLogger, StepMetric, StepMetricKind};
+use crate::optim::{WarmupCosine, build_optimizer, frozen_copy, set_trainable, trainable_params};
+use crate::stage::{StageModel, StageSettings, StepGuard, VlmBatch};
+
+/// Options of one invocation.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Continue from the newest complete checkpoint in `<out_dir>/checkpoints`.
+    pub resume: bool,
+}
+
+/// What a run produced.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainSummary {
+    /// The stage.
+    pub stage: Stage,
+    /// Optimizer steps run in total (including before a resume).
+    pub steps: usize,
+    /// Mean training loss over the last window.
+    pub final_train_loss: Option<f64>,
+    /// Last validation loss.
+    pub final_valid_loss: Option<f64>,
+    /// The final model (blip3 checkpoint with tokenizer), usable as the next stage's `init`.
+    pub final_dir: PathBuf,
+    /// The HF-layout export (LoRA merged), when enabled.
+    pub export_dir: Option<PathBuf>,
+    /// Steps skipped for non-finite values.
+    pub skipped_steps: usize,
+    /// Data statistics (bad samples by kind and source).
+    pub data: LoaderStats,
+    /// The window training resumed after, when resuming.
+    pub resumed_from: Option<usize>,
+    /// Trainable parameters.
+    pub trainable_params: usize,
+}
+
+/// Everything saved with a checkpoint besides model, optimizer and scheduler.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunState {
+    /// The data loader's position at the end of the window.
+    pub loader: LoaderState,
+    /// The run's seed (initialisation and dropout streams derive from it).
+    pub seed: u64,
+    /// Steps skipped so far.
+    pub skipped_steps: usize,
+}
+
+/// The devices of a run.
+pub fn make_devices(kind: &str, count: usize) -> Result<Vec<Device>, TrainError> {
+    (0..count)
+        .map(|i| match kind {
+            "flex" => Ok(Device::flex()),
+            "wgpu" => Ok(if count == 1 {
+                Device::wgpu(DeviceKind::DefaultDevice)
+            } else {
+                Device::wgpu(DeviceKind::DiscreteGpu(i))
+            }),
+            "cuda" => cuda(i),
+            other => Err(TrainError::Config(format!(
+                "devices.kind {other:?}: use flex, wgpu or cuda"
+            ))),
+        })
+        .collect()
+}
+
+#[cfg(feature = "cuda")]
+fn cuda(i: usize) -> Result<Device, TrainError> {
+    Ok(Device::cuda(i))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda(_i: usize) -> Result<Device, TrainError> {
+    Err(TrainError::Config(
+        "this build has no CUDA support (enable the `cuda` feature)".into(),
+    ))
+}
+
+/// Loads the tokenizer named by a config (`tiny` or a directory).
+pub fn load_tokenizer(spec: &str) -> Result<Blip3Tokenizer, TrainError> {
+    Ok(if spec == "tiny" {
+        Blip3Tokenizer::tiny()?
+    } else {
+        Blip3Tokenizer::from_dir(spec)?
+    })
+}
+
+/// Builds (preset) or loads (directory) the starting model on `device`.
+pub fn initial_model(
+    spec: &str,
+    tok: &Blip3Tokenizer,
+    device: &Device,
+) -> Result<XGenMM, TrainError> {
+    let model = match spec {
+        "tiny" | "mid" | "xgenmm-phi3-mini-v1.5" => {
+            XGenMMConfig::preset(spec, tok.initial_len())?.init(device)
+        }
+        dir => load_model_dir(Path::new(dir), device, LoadOptions::default())?,
+    };
+    let cfg = model.config();
+    if cfg.initial_tokenizer_len != tok.initial_len() {
+        return Err(TrainError::Config(format!(
+            "model {spec:?} was built for a tokenizer of {} ids (before media tokens) but the tokenizer has {}",
+            cfg.initial_tokenizer_len,
+            tok.initial_len()
+        )));
+    }
+    Ok(model.with_special_tokens(SpecialTokens {
+        image: tok.image_token_id(),
+        pad: tok.pad_id(),
+    }))
+}
+
+/// The data pipeline for a model and stage.
+pub fn pipeline_for(
+    cfg: &TrainConfig,
+    model: &XGenMM,
+    tok: Blip3Tokenizer,
+) -> Result<Pipeline, TrainError> {
+    let m = model.config();
+    let pc = PipelineConfig {
+        image: ImageProcessorConfig::for_model(
+            m.vision.image_size,
+            &m.anyres_grids,
+            cfg.image_mode() == ImageMode::Anyres,
+        ),
+        max_len: cfg.data.max_len,
+        system_prompt: None,
+        vision_tokens_per_group: m.resampler.num_latents,
+    };
+    Ok(Pipeline::new(tok, pc)?)
+}
+
+fn open_loader(
+    recipe: &Path,
+    pipeline: Arc<Pipeline>,
+    device: &Device,
+    config: LoaderConfig,
+) -> Result<StreamingLoader<VlmBatch>, TrainError> {
+    let recipe = Recipe::load(recipe)?;
+    let mixture = Mixture::open(&recipe, 0, 1)?;
+    Ok(StreamingLoader::new(
+        mixture,
+        pipeline,
+        Arc::new(VlmBatcher),
+        device.clone(),
+        config,
+    )?)
+}
+
+fn last_losses(dir: &Path) -> (Option<f64>, Option<f64>, usize) {
+    let Ok(text) = std::fs::read_to_string(dir.join("metrics.jsonl")) else {
+        return (None, None, 0);
+    };
+    let rows: Vec<LogRow> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let last_window = rows
+        .iter()
+        .filter(|r| r.split == "train")
+        .map(|r| r.window)
+        .max();
+    let train: Vec<f64> = rows
+        .iter()
+        .filter(|r| r.split == "train" && Some(r.window) == last_window)
+        .filter_map(|r| r.metrics.get("Loss").copied())
+        .collect();
+    let valid = rows
+        .iter()
+        .rev()
+        .find(|r| r.split == "valid-window")
+        .and_then(|r| r.metrics.get("Loss").copied());
+    let steps = rows
+        .iter()
+        .filter(|r| r.split == "train")
+        .map(|r| r.step)
+        .max()
+        .unwrap_or(0);
+    let mean = (!train.is_empty()).then(|| train.iter().sum::<f64>() / train.len() as f64);
+    (mean, valid, steps)
+}
+
+/// Runs one stage.
+pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary, TrainError> {
+    cfg.validate().map_err(TrainError::Config)?;
+    let out = cfg.out_dir.clone();
+    let ckpt_dir = out.join("checkpoints");
+    std::fs::create_dir_all(&ckpt_dir).map_err(|e| TrainError::io(&ckpt_dir, e))?;
+    let cfg_text = toml::to_string_pretty(cfg).map_err(|e| TrainError::Config(e.to_string()))?;
+    std::fs::write(out.join("config.toml"), cfg_text)
+        .map_err(|e| TrainError::io(out.join("config.toml"), e))?;
+
+    let resume_window = if opts.resume {
+        Some(
+            latest_complete(&ckpt_dir).ok_or_else(|| TrainError::Checkpoint {
+                path: ckpt_dir.clone(),
+                msg: "--resume: no complete checkpoint found".into(),
+            })?,
+        )
+    } else {
+        None
+    };
+    let resumed_state: Option<RunState> = resume_window
+        .map(|w| read_state(&ckpt_dir, w))
+        .transpose()?;
+
+    // Devices and strategy.
+    let devices = make_devices(&cfg.devices.kind, cfg.devices.count)?;
+    let main = devices[0].clone();
+    main.seed(cfg.seed);
+    let mut ad = main.clone().autodiff();
+    if cfg.precision.gradient_checkpointing {
+        ad = ad.gradient_checkpointing();
+    }
+    let n_dev = devices.len();
+    let strategy = cfg.devices.strategy.as_str();
+    let reduce_devices = if strategy == "multi" { n_dev } else { 1 };
+
+    // Model and trainable parts.
+    let tok = load_tokenizer(&cfg.model.tokenizer)?;
+    let model = initial_model(&cfg.model.init, &tok, &ad)?;
+    let policy = set_trainable(model, &cfg.freeze, cfg.lora.as_ref(), &ad);
+    let n_trainable = trainable_params(&policy);
+    log::info!(
+        "{}: {} trainable parameters of {}",
+        cfg.stage.name(),
+        n_trainable,
+        policy.num_params()
+    );
+    let reference = (cfg.stage == Stage::Dpo && cfg.dpo.reference == DpoReference::PolicyCopy)
+        .then(|| frozen_copy(policy.clone()));
+    let guard = Arc::new(StepGuard::new(cfg.monitor.max_nan_steps));
+    let settings = StageSettings {
+        stage: cfg.stage,
+        loss_scale: 1.0 / (cfg.optim.grad_accum * reduce_devices) as f64,
+        dpo_beta: cfg.dpo.beta,
+        dpo_reference: cfg.dpo.reference,
+        compute_dtype: (cfg.precision.mode == Precision::Bf16Mixed).then_some(DType::BF16),
+        grad_clip: cfg.optim.grad_clip,
+        guard: guard.clone(),
+    };
+    let stage_model = StageModel::new(policy, reference, settings);
+
+    // Data: one global batch = batch_size per device; a window = every_steps optimizer steps.
+    let every = cfg.checkpoint.every_steps.min(cfg.optim.total_steps);
+    let windows = cfg.optim.total_steps.div_ceil(every);
+    let global_batch =
+        cfg.data.batch_size * reduce_devices.max(if strategy == "ddp" { n_dev } else { 1 });
+    let mut lc = LoaderConfig::new(global_batch, global_batch * every * cfg.optim.grad_accum);
+    lc.num_workers = cfg.data.num_workers;
+    lc.length_grouping = cfg.data.length_grouping.then_some(8);
+    lc.max_bad_rate = cfg.data.max_bad_percent / 100.0;
+    let pipeline = Arc::new(pipeline_for(cfg, &stage_model.policy, tok.clone())?);
+    let loader = open_loader(&cfg.data.train, pipeline.clone(), &ad, lc.clone())?;
+    if let Some(state) = &resumed_state {
+        loader.restore(&state.loader)?;
+    }
+    let window_states = WindowStates::new();
+    let first_window = resume_window.map_or(1, |w| w + 1);
+    let train_loader: Arc<dyn DataLoader<VlmBatch>> = Arc::new(WindowTracking::new(
+        loader.clone(),
+        window_states.clone(),
+        first_window,
+    ));
+    let valid_loader: Arc<dyn DataLoader<VlmBatch>> = match &cfg.data.valid {
+        Some(recipe) => {
+            let n = cfg.data.valid_samples.div_ceil(global_batch).max(1) * global_batch;
+            let mut vc = LoaderConfig::new(global_batch, n);
+            vc.num_workers = cfg.data.num_workers;
+            vc.fixed_window = true;
+            vc.max_bad_rate = lc.max_bad_rate;
+            Arc::new(open_loader(recipe, pipeline.clone(), &ad, vc)?)
+        }
+        None => Arc::new(EmptyLoader),
+    };
+
+    // Optimizer, schedule, learner.
+    let optim = build_optimizer(&cfg.optim)?;
+    let sched = ModuleLrScheduler::new(WarmupCosine::new(&cfg.optim));
+    let learner = Learner::new(stage_model, optim, sched);
+
+    // Checkpointers: model (+ run state), optimizer, scheduler; keep the last K.
+    let seed = cfg.seed;
+    let skipped_before = resumed_state.as_ref().map_or(0, |s| s.skipped_steps);
+    let (ws, g2) = (window_states.clone(), guard.clone());
+    let state_source: crate::checkpoint::StateSource = Arc::new(move |w| {
+        let loader = ws.get(w)?;
+        serde_json::to_value(RunState {
+            loader,
+            seed,
+            skipped_steps: skipped_before + g2.skipped(),
+        })
+        .ok()
+    });
+    let model_ckpt = AtomicCheckpointer::new(&ckpt_dir, "model").with_state(state_source);
+    let renderer: Box<dyn MetricsRenderer> = match cfg.monitor.renderer.as_str() {
+        "quiet" => Box::new(PlainRenderer::new(usize::MAX, true)),
+        "plain" => Box::new(PlainRenderer::new(
+            cfg.monitor.log_every * cfg.optim.grad_accum,
+            false,
+        )),
+        _ => auto_renderer(cfg),
+    };
+    let execution = match strategy {
+        "multi" => ExecutionStrategy::multi(
+            devices.iter().map(|d| d.clone().autodiff()).collect(),
+            MultiDeviceOptim::OptimMainDevice,
+        ),
+        "ddp" => ExecutionStrategy::ddp(
+            devices.iter().map(|d| d.clone().autodiff()).collect(),
+            DistributedConfig {
+                all_reduce_op: ReduceOperation::Mean,
+            },
+        ),
+        _ => ExecutionStrategy::single(ad.clone()),
+    };
+    let micro_per_window = every * cfg.optim.grad_accum;
+    let mut training = SupervisedTraining::new(&out, train_loader, valid_loader)
+        .metric_train_numeric(LossMetric::new())
+        .metric_valid_numeric(LossMetric::new())
+        .metric_train_numeric(LearningRateMetric::new())
+        .metric_train_numeric(StepMetric::new(StepMetricKind::TokensPerSecond))
+        .metric_train_numeric(StepMetric::new(StepMetricKind::SamplesPerSecond))
+        .metric_train_numeric(StepMetric::new(StepMetricKind::GradNorm))
+        .num_epochs(windows)
+        .grads_accumulation(cfg.optim.grad_accum)
+        .with_custom_checkpointers(
+            model_ckpt,
+            AtomicCheckpointer::new(&ckpt_dir, "optim"),
+            AtomicCheckpointer::new(&ckpt_dir, "scheduler"),
+        )
+        .with_checkpointing_strategy(KeepLastNCheckpoints::new(cfg.checkpoint.keep_last))
+        .with_metric_logger(RunLogger::new(
+            &out,
+            micro_per_window,
+            cfg.optim.grad_accum,
+            first_window,
+        ))
+        .with_application_logger(None)
+        .renderer(renderer)
+        .with_training_strategy(execution.into())
+        .label(cfg.stage.name());
+    if cfg.stage == Stage::Dpo {
+        training = training
+            .metric_train_numeric(StepMetric::new(StepMetricKind::RewardAccuracy))
+            .metric_train_numeric(StepMetric::new(StepMetricKind::RewardMargin))
+            .metric_valid_numeric(StepMetric::new(StepMetricKind::RewardAccuracy));
+    }
+    if cfg.precision.gradient_checkpointing {
+        training = training.gradient_checkpointing();
+    }
+    if let Some(w) = resume_window {
+        log::info!("resuming after window {w} (step {})", w * every);
+        training = training.checkpoint(w);
+    }
+    guard.set_interrupter(training.interrupter());
+    let result = training.launch(learner);
+    if let Some(reason) = guard.failure() {
+        return Err(TrainError::Stopped(reason));
+    }
+    if let Some(e) = result.error {
+        return Err(TrainError::Stopped(e.to_string()));
+    }
+
+    // Final model (LoRA merged) as a blip3 checkpoint, and optionally the HF export.
+    let policy = result.model.policy.merge_lora();
+    let final_dir = out.join("final");
+    save_checkpoint(&policy, &final_dir)?;
+    tok.save(&final_dir)?;
+    let export_dir = if cfg.checkpoint.export_hf {
+        let dir = out.join("export");
+        export_hf(&policy, &dir, None)?;
+        tok.save(&dir)?;
+        Some(dir)
+    } else {
+        None
+    };
+    let (final_train_loss, final_valid_loss, steps) = last_losses(&out);
+    let summary = TrainSummary {
+        stage: cfg.stage,
+        steps,
+        final_train_loss,
+        final_valid_loss,
+        final_dir,
+        export_dir,
+        skipped_steps: skipped_before + guard.skipped(),
+        data: loader.stats(),
+        resumed_from: resume_window,
+        trainable_params: n_trainable,
+    };
+    let text =
+        serde_json::to_string_pretty(&summary).map_err(|e| TrainError::Config(e.to_string()))?;
+    std::fs::write(out.join("summary.json"), text)
+        .map_err(|e| TrainError::io(out.join("summary.json"), e))?;
+    Ok(summary)
+}
+
+#[cfg(feature = "tui")]
+fn auto_renderer(cfg: &TrainConfig) -> Box<dyn MetricsRenderer> {
+    use std::io::IsTerminal;
+    if std::io::stdout().is_terminal() {
+        return burn::train::renderer::default_renderer(burn::train::Interrupter::new(), None);
+    }
+    Box::new(PlainRenderer::new(
+        cfg.monitor.log_every * cfg.optim.grad_accum,
+        false,
+    ))
+}
+
+#[cfg(not(feature = "tui"))]
+fn auto_renderer(cfg: &TrainConfig) -> Box<dyn MetricsRenderer> {
+    Box::new(PlainRenderer::new(
+        cfg.monitor.log_every * cfg.optim.grad_accum,
+        false,
+    ))
+}
