@@ -325,10 +325,10 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary, Train
     let renderer: Box<dyn MetricsRenderer> = match cfg.monitor.renderer.as_str() {
         "quiet" => Box::new(PlainRenderer::new(usize::MAX, true)),
         "plain" => Box::new(PlainRenderer::new(
-            cfg.monitor.log_every * cfg.optim.grad_accum,
+            cfg.monitor.log_every * cfg.optim.grad_accum * reduce_devices,
             false,
         )),
-        _ => auto_renderer(cfg),
+        _ => auto_renderer(cfg, reduce_devices),
     };
     let execution = match strategy {
         "multi" => ExecutionStrategy::multi(
@@ -343,7 +343,9 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary, Train
         ),
         _ => ExecutionStrategy::single(ad.clone()),
     };
-    let micro_per_window = every * cfg.optim.grad_accum;
+    // Items the learner reports per optimizer step: one per micro-batch and device.
+    let items_per_step = cfg.optim.grad_accum * reduce_devices;
+    let micro_per_window = every * items_per_step;
     let mut training = SupervisedTraining::new(&out, train_loader, valid_loader)
         .metric_train_numeric(LossMetric::new())
         .metric_valid_numeric(LossMetric::new())
@@ -362,7 +364,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary, Train
         .with_metric_logger(RunLogger::new(
             &out,
             micro_per_window,
-            cfg.optim.grad_accum,
+            items_per_step,
             first_window,
         ))
         .with_application_logger(None)
@@ -425,21 +427,21 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary, Train
 }
 
 #[cfg(feature = "tui")]
-fn auto_renderer(cfg: &TrainConfig) -> Box<dyn MetricsRenderer> {
+fn auto_renderer(cfg: &TrainConfig, devices: usize) -> Box<dyn MetricsRenderer> {
     use std::io::IsTerminal;
     if std::io::stdout().is_terminal() {
         return burn::train::renderer::default_renderer(burn::train::Interrupter::new(), None);
     }
     Box::new(PlainRenderer::new(
-        cfg.monitor.log_every * cfg.optim.grad_accum,
+        cfg.monitor.log_every * cfg.optim.grad_accum * devices,
         false,
     ))
 }
 
 #[cfg(not(feature = "tui"))]
-fn auto_renderer(cfg: &TrainConfig) -> Box<dyn MetricsRenderer> {
+fn auto_renderer(cfg: &TrainConfig, devices: usize) -> Box<dyn MetricsRenderer> {
     Box::new(PlainRenderer::new(
-        cfg.monitor.log_every * cfg.optim.grad_accum,
+        cfg.monitor.log_every * cfg.optim.grad_accum * devices,
         false,
     ))
 }
