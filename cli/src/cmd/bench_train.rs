@@ -1,0 +1,332 @@
+//! `blip3 bench train`: time and peak memory of one training step (forward, backward, AdamW) of
+//! the tiny and mid-size configs, the same step in PyTorch when a Python with torch is present
+//! (reported as a ratio), and the memory each memory-saving option saves on the mid config
+//! (LoRA, activation checkpointing, bf16 mixed precision). Each measurement runs in a child
+//! process so its peak resident memory (VmHWM) is its own. On a GPU machine, `--device cuda
+//! --configs full` gives the full-size step time, tokens/s and MFU.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use blip3_model::{ImageInput, LoraConfig, MultimodalInput, XGenMMConfig};
+use blip3_train::config::{DpoReference, FreezeSection, Stage};
+use blip3_train::optim::set_trainable;
+use blip3_train::stage::{StageModel, StageSettings, StepGuard, VlmBatch};
+use burn::optim::AdamWConfig;
+use burn::prelude::*;
+use burn::tensor::{DType, Distribution};
+use burn::train::TrainStep;
+
+use super::common::{DeviceKindArg, device};
+
+/// Arguments of `blip3 bench train`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// Configs to measure (comma separated): tiny, mid, full.
+    #[arg(long, default_value = "tiny,mid")]
+    pub configs: String,
+    /// Samples per step.
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// Text tokens per sample (each sample also has one 2x2 any-res image).
+    #[arg(long, default_value_t = 64)]
+    pub text_tokens: usize,
+    /// Timed steps (after one warm-up step).
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// Device.
+    #[arg(long, value_enum, default_value_t = DeviceKindArg::Flex)]
+    pub device: DeviceKindArg,
+    /// Peak dense bf16 throughput of the device in TFLOP/s, for MFU (H100 SXM: 989, H200: 989).
+    #[arg(long)]
+    pub peak_tflops: Option<f64>,
+    /// Skip the memory-option comparison on the mid config.
+    #[arg(long)]
+    pub no_options: bool,
+    /// Python with torch for the reference measurement (default `python3`).
+    #[arg(long, env = "BLIP3_PYTHON", default_value = "python3")]
+    pub python: String,
+    /// Internal: measure one (config, option) in this process and print JSON.
+    #[arg(long, hide = true)]
+    pub child: Option<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Measurement {
+    config: String,
+    option: String,
+    ms_per_step: f64,
+    tokens_per_s: f64,
+    peak_rss_mb: f64,
+    trainable_params: usize,
+    params: usize,
+    mfu: Option<f64>,
+}
+
+fn preset(name: &str) -> Result<XGenMMConfig> {
+    Ok(match name {
+        "tiny" => XGenMMConfig::tiny(1968),
+        "mid" => XGenMMConfig::mid(),
+        "full" => XGenMMConfig::xgenmm_phi3_mini_v1_5(),
+        other => bail!("unknown config {other} (tiny, mid, full)"),
+    })
+}
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn batch(cfg: &XGenMMConfig, args: &Args, device: &Device) -> VlmBatch {
+    let s = cfg.vision.image_size;
+    let image_id = cfg.initial_tokenizer_len as u32;
+    let mut ids = Vec::new();
+    let mut images = Vec::new();
+    let mut labels = Vec::new();
+    for b in 0..args.batch {
+        let mut row: Vec<u32> = (0..args.text_tokens as u32)
+            .map(|i| 10 + (i * 7 + b as u32) % 500)
+            .collect();
+        row[1] = image_id;
+        let lab: Vec<i64> = row
+            .iter()
+            .map(|&t| if t == image_id { -100 } else { t as i64 })
+            .collect();
+        ids.push(row);
+        labels.push(lab);
+        let pixels = Tensor::<4>::random([5, 3, s, s], Distribution::Uniform(-1.0, 1.0), device);
+        images.push(vec![ImageInput {
+            pixels,
+            grid: Some((2, 2)),
+            original_size: (2 * s, 2 * s),
+        }]);
+    }
+    VlmBatch {
+        input: MultimodalInput {
+            input_ids: ids,
+            images,
+            labels: Some(labels),
+        },
+        rejected: None,
+    }
+}
+
+/// Model FLOPs of one step: 6 per parameter per token for the decoder and resampler, 2 per
+/// parameter per token for the frozen ViT forward (attention scores not counted).
+fn step_flops(cfg: &XGenMMConfig, args: &Args, vit: usize, rest: usize) -> f64 {
+    let views = 5.0;
+    let vit_tokens = (cfg.vision.image_size / cfg.vision.patch_size).pow(2) as f64 * views;
+    let lm_tokens = (args.text_tokens - 1) as f64 + views * cfg.resampler.num_latents as f64;
+    args.batch as f64 * (2.0 * vit as f64 * vit_tokens + 6.0 * rest as f64 * lm_tokens)
+}
+
+fn measure(config: &str, option: &str, args: &Args) -> Result<Measurement> {
+    let cfg = preset(config)?;
+    let dev = device(args.device)?;
+    dev.seed(1);
+    let ad = if option == "checkpointing" {
+        dev.clone().autodiff().gradient_checkpointing()
+    } else {
+        dev.clone().autodiff()
+    };
+    let model = cfg.init(&ad);
+    let params = model.num_params();
+    let vit = model.vision_encoder.num_params();
+    let lora = (option == "lora").then(|| LoraConfig {
+        rank: 16,
+        alpha: 32.0,
+        dropout: 0.0,
+        targets: LoraConfig::TARGETS.iter().map(|s| s.to_string()).collect(),
+    });
+    let policy = set_trainable(model, &FreezeSection::default(), lora.as_ref(), &ad);
+    let trainable = blip3_train::optim::trainable_params(&policy);
+    let settings = StageSettings {
+        stage: Stage::Pretrain,
+        loss_scale: 1.0,
+        dpo_beta: 0.1,
+        dpo_reference: DpoReference::PolicyCopy,
+        compute_dtype: (option == "bf16").then_some(DType::BF16),
+        grad_clip: Some(1.0),
+        guard: Arc::new(StepGuard::new(3)),
+    };
+    let mut model = StageModel::new(policy, None, settings);
+    let mut optim = AdamWConfig::new().init();
+    let b = batch(&cfg, args, &ad);
+    let tokens: usize = b.input.labels.as_ref().map_or(0, |l| {
+        l.iter()
+            .map(|r| r.iter().filter(|&&x| x >= 0).count())
+            .sum()
+    });
+    let mut times = Vec::new();
+    for i in 0..=args.steps {
+        let t0 = Instant::now();
+        let out = TrainStep::step(&model, b.clone());
+        model = TrainStep::optimize(model, &mut optim, 1e-4.into(), out.grads);
+        // Synchronise: read one updated weight.
+        let _ = model.policy.lang_model.model.norm.gamma.val().into_data();
+        if i > 0 {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let t = times[times.len() / 2];
+    let mfu = args
+        .peak_tflops
+        .map(|p| step_flops(&cfg, args, vit, params - vit) / t / (p * 1e12));
+    Ok(Measurement {
+        config: config.into(),
+        option: option.into(),
+        ms_per_step: t * 1e3,
+        tokens_per_s: tokens as f64 / t,
+        peak_rss_mb: peak_rss_mb(),
+        trainable_params: trainable,
+        params,
+        mfu,
+    })
+}
+
+fn child(args: &Args, config: &str, option: &str) -> Result<Measurement> {
+    let exe = std::env::current_exe().context("locating the blip3 binary")?;
+    let out = Command::new(exe)
+        .args(["bench", "train", "--child", &format!("{config}:{option}")])
+        .args([
+            "--batch",
+            &args.batch.to_string(),
+            "--text-tokens",
+            &args.text_tokens.to_string(),
+        ])
+        .args([
+            "--steps",
+            &args.steps.to_string(),
+            "--device",
+            &format!("{:?}", args.device).to_lowercase(),
+        ])
+        .args(
+            args.peak_tflops
+                .map(|p| vec!["--peak-tflops".to_string(), p.to_string()])
+                .unwrap_or_default(),
+        )
+        .output()
+        .context("running a benchmark child")?;
+    if !out.status.success() {
+        bail!(
+            "{config}/{option}: {}",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(serde_json::from_str(text.lines().last().unwrap_or(""))?)
+}
+
+fn torch(args: &Args, config: &str) -> Option<(f64, f64)> {
+    let script: PathBuf = [
+        env!("CARGO_MANIFEST_DIR"),
+        "..",
+        "train",
+        "benches",
+        "torch_train_step.py",
+    ]
+    .iter()
+    .collect();
+    let cfg = preset(config).ok()?;
+    let out = Command::new(&args.python)
+        .arg(&script)
+        .arg(serde_json::to_string(&cfg.to_hf_value()).ok()?)
+        .args([
+            args.batch.to_string(),
+            args.text_tokens.to_string(),
+            args.steps.to_string(),
+        ])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        eprintln!(
+            "torch reference skipped: {}",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        );
+        return None;
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last()?).ok()?;
+    Some((v["ms_per_step"].as_f64()?, v["peak_rss_mb"].as_f64()?))
+}
+
+/// Runs the benchmark.
+pub fn run(args: Args) -> Result<()> {
+    if let Some(spec) = &args.child {
+        let (config, option) = spec.split_once(':').unwrap_or((spec.as_str(), "baseline"));
+        let m = measure(config, option, &args)?;
+        println!("{}", serde_json::to_string(&m)?);
+        return Ok(());
+    }
+    println!(
+        "training step: batch {} x ({} text tokens + one 2x2 any-res image), AdamW, {:?}, median of {} steps",
+        args.batch, args.text_tokens, args.device, args.steps
+    );
+    println!(
+        "{:<6} {:<14} {:>11} {:>11} {:>12} {:>14} {:>8}",
+        "config", "option", "ms/step", "tokens/s", "peak RSS MB", "trainable", "MFU"
+    );
+    let print = |m: &Measurement| {
+        println!(
+            "{:<6} {:<14} {:>11.1} {:>11.0} {:>12.0} {:>14} {:>8}",
+            m.config,
+            m.option,
+            m.ms_per_step,
+            m.tokens_per_s,
+            m.peak_rss_mb,
+            m.trainable_params,
+            m.mfu.map_or("-".into(), |v| format!("{:.1}%", v * 100.0))
+        );
+    };
+    for config in args.configs.split(',').map(str::trim) {
+        let base = child(&args, config, "baseline")?;
+        print(&base);
+        if let Some((ms, rss)) = torch(&args, config) {
+            println!(
+                "{:<6} {:<14} {:>11.1} {:>11} {:>12.0}   -> torch/blip3 time ratio {:.2}x (>1: blip3 faster)",
+                config,
+                "pytorch",
+                ms,
+                "",
+                rss,
+                ms / base.ms_per_step
+            );
+        }
+        if config == "mid" && !args.no_options {
+            for option in ["lora", "checkpointing", "bf16"] {
+                match child(&args, config, option) {
+                    Ok(m) => {
+                        print(&m);
+                        println!(
+                            "{:<6} {:<14} saves {:.0} MB of peak RSS vs baseline ({:+.0}% time)",
+                            "",
+                            option,
+                            base.peak_rss_mb - m.peak_rss_mb,
+                            (m.ms_per_step / base.ms_per_step - 1.0) * 100.0
+                        );
+                    }
+                    Err(e) => println!("{config} {option}: failed: {e}"),
+                }
+            }
+        }
+    }
+    Ok(())
+}
