@@ -189,7 +189,9 @@ impl EvalModel {
 /// The image pipeline settings a model config implies: base size `vision.image_size`, the
 /// config's any-res canvases as grids of that size, any-res or fixed per `image_aspect_ratio`,
 /// mean = std = 0.5.
-pub fn processor_config(cfg: &blip3_model::XGenMMConfig) -> Result<ImageProcessorConfig, EvalError> {
+pub fn processor_config(
+    cfg: &blip3_model::XGenMMConfig,
+) -> Result<ImageProcessorConfig, EvalError> {
     let base = cfg.vision.image_size;
     let mut grids = Vec::with_capacity(cfg.anyres_grids.len());
     for &(w, h) in &cfg.anyres_grids {
@@ -198,8 +200,10 @@ pub fn processor_config(cfg: &blip3_model::XGenMMConfig) -> Result<ImageProcesso
                 "any-res canvas {w}x{h} is not a multiple of the base size {base}"
             )));
         }
-        let cols = u32::try_from(w / base).map_err(|_| EvalError::Config("grid too large".into()))?;
-        let rows = u32::try_from(h / base).map_err(|_| EvalError::Config("grid too large".into()))?;
+        let cols =
+            u32::try_from(w / base).map_err(|_| EvalError::Config("grid too large".into()))?;
+        let rows =
+            u32::try_from(h / base).map_err(|_| EvalError::Config("grid too large".into()))?;
         grids.push(AnyResGrid::new(cols, rows));
     }
     let image_size =
@@ -274,7 +278,7 @@ pub struct Request {
 }
 
 /// Decoding settings shared by a run (greedy by default).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Sampling {
     /// Sampling temperature; `None` is greedy decoding.
     pub temperature: Option<f32>,
@@ -284,17 +288,6 @@ pub struct Sampling {
     pub top_p: Option<f32>,
     /// Sampler seed (row `i` of a batch uses `seed + i`).
     pub seed: u64,
-}
-
-impl Default for Sampling {
-    fn default() -> Self {
-        Sampling {
-            temperature: None,
-            top_k: None,
-            top_p: None,
-            seed: 0,
-        }
-    }
 }
 
 /// Engine settings.
@@ -418,7 +411,8 @@ impl<'a> Engine<'a> {
                 None => pending.push((request, fp)),
             }
         }
-        let mut progress = Progress::new(label, requests.len(), stats.reused, self.options.progress);
+        let mut progress =
+            Progress::new(label, requests.len(), stats.reused, self.options.progress);
         let batch_size = self.options.batch_size.max(1);
         let mut i = 0;
         while i < pending.len() {
@@ -573,7 +567,10 @@ impl<'a> Engine<'a> {
                 store.append(failed_record(p.request, p.fingerprint.clone(), failure))?;
             }
             Err(e) => {
-                log::warn!("a batch of {} failed ({e}); retrying item by item", ready.len());
+                log::warn!(
+                    "a batch of {} failed ({e}); retrying item by item",
+                    ready.len()
+                );
                 for p in ready {
                     self.generate_batch(vec![p], store, stats)?;
                 }

@@ -97,10 +97,10 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, EvalError> {
 /// file names it covers. A directory without any weight file is an error.
 pub fn model_hash(dir: &Path) -> Result<(String, Vec<String>), EvalError> {
     let files = weight_files(dir)?;
-    if !files
-        .iter()
-        .any(|f| f.extension().is_some_and(|e| e == "bpk" || e == "safetensors"))
-    {
+    if !files.iter().any(|f| {
+        f.extension()
+            .is_some_and(|e| e == "bpk" || e == "safetensors")
+    }) {
         return Err(EvalError::format(
             dir.display(),
             "no weight file (*.bpk or *.safetensors) to hash",

@@ -102,7 +102,13 @@ pub struct PaperRef {
 
 /// One reported number: model, benchmark, shots (`None` for instruction benchmarks), value,
 /// caveat.
-type Row = (PaperModel, &'static str, Option<usize>, f64, Option<&'static str>);
+type Row = (
+    PaperModel,
+    &'static str,
+    Option<usize>,
+    f64,
+    Option<&'static str>,
+);
 
 /// The model-card numbers of spec §5.
 const ROWS: &[Row] = &[
@@ -148,24 +154,90 @@ const ROWS: &[Row] = &[
     (PaperModel::BaseV1, "vqav2", Some(4), 63.9, None),
     (PaperModel::BaseV1, "vqav2", Some(8), 63.8, None),
     // r-v1 instruct (card).
-    (PaperModel::InstructV1, "seedbench", None, 72.1, Some("SEED-IMG")),
-    (PaperModel::InstructV1, "mmbench", None, 74.1, Some("MMBench-dev")),
+    (
+        PaperModel::InstructV1,
+        "seedbench",
+        None,
+        72.1,
+        Some("SEED-IMG"),
+    ),
+    (
+        PaperModel::InstructV1,
+        "mmbench",
+        None,
+        74.1,
+        Some("MMBench-dev"),
+    ),
     (PaperModel::InstructV1, "mmstar", None, 44.6, None),
-    (PaperModel::InstructV1, "scienceqa", None, 74.2, Some("ScienceQA-test")),
+    (
+        PaperModel::InstructV1,
+        "scienceqa",
+        None,
+        74.2,
+        Some("ScienceQA-test"),
+    ),
     (PaperModel::InstructV1, "pope", None, 87.2, None),
     (PaperModel::InstructV1, "ai2d", None, 75.8, None),
     // v1.5 instruct-interleave (card mirrors; the second group from an aggregator).
-    (PaperModel::InterleaveV15, "seedbench", None, 72.2, Some("SEED-IMG")),
+    (
+        PaperModel::InterleaveV15,
+        "seedbench",
+        None,
+        72.2,
+        Some("SEED-IMG"),
+    ),
     (PaperModel::InterleaveV15, "scienceqa", None, 88.3, None),
-    (PaperModel::InterleaveV15, "pope", None, 87.0, Some("unverified aggregator")),
-    (PaperModel::InterleaveV15, "textvqa", None, 71.0, Some("unverified aggregator")),
-    (PaperModel::InterleaveV15, "ai2d", None, 74.2, Some("unverified aggregator")),
-    (PaperModel::InterleaveV15, "vqav2", None, 81.5, Some("unverified aggregator")),
+    (
+        PaperModel::InterleaveV15,
+        "pope",
+        None,
+        87.0,
+        Some("unverified aggregator"),
+    ),
+    (
+        PaperModel::InterleaveV15,
+        "textvqa",
+        None,
+        71.0,
+        Some("unverified aggregator"),
+    ),
+    (
+        PaperModel::InterleaveV15,
+        "ai2d",
+        None,
+        74.2,
+        Some("unverified aggregator"),
+    ),
+    (
+        PaperModel::InterleaveV15,
+        "vqav2",
+        None,
+        81.5,
+        Some("unverified aggregator"),
+    ),
     // v1.5 DPO (card).
-    (PaperModel::DpoV15, "vlguard", None, 5.2, Some("ASR, lower is better")),
+    (
+        PaperModel::DpoV15,
+        "vlguard",
+        None,
+        5.2,
+        Some("ASR, lower is better"),
+    ),
     (PaperModel::DpoV15, "pope", None, 86.8, None),
-    (PaperModel::DpoV15, "mmbench", None, 76.4, Some("MMBench-dev")),
-    (PaperModel::DpoV15, "seedbench", None, 72.1, Some("SEED-IMG")),
+    (
+        PaperModel::DpoV15,
+        "mmbench",
+        None,
+        76.4,
+        Some("MMBench-dev"),
+    ),
+    (
+        PaperModel::DpoV15,
+        "seedbench",
+        None,
+        72.1,
+        Some("SEED-IMG"),
+    ),
     (PaperModel::DpoV15, "mmstar", None, 47.1, None),
 ];
 

@@ -278,7 +278,10 @@ mod tests {
         assert_eq!(postprocess_vqa("Answer"), "");
         assert_eq!(postprocess_vqa("a,b"), "a,b");
         // s.split("Output", 1)[0].replace('"', "")
-        assert_eq!(postprocess_caption("a \"big\" dog\nOutput:x"), "a big dog\n");
+        assert_eq!(
+            postprocess_caption("a \"big\" dog\nOutput:x"),
+            "a big dog\n"
+        );
         assert_eq!(postprocess_caption("plain"), "plain");
     }
 

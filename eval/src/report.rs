@@ -278,7 +278,10 @@ impl Report {
                     p.value,
                     p.ours.map_or("–".to_string(), |o| format!("{o:.1}")),
                     p.model,
-                    p.note.as_ref().map(|n| format!(", {n}")).unwrap_or_default()
+                    p.note
+                        .as_ref()
+                        .map(|n| format!(", {n}"))
+                        .unwrap_or_default()
                 ),
                 None => "–".to_string(),
             };
@@ -308,7 +311,15 @@ impl Report {
             .failures
             .by_kind
             .iter()
-            .map(|(k, n)| format!("{} {n}", serde_json::to_value(k).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()))
+            .map(|(k, n)| {
+                format!(
+                    "{} {n}",
+                    serde_json::to_value(k)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default()
+                )
+            })
             .collect();
         let _ = writeln!(
             out,
@@ -376,9 +387,16 @@ pub fn compare(a: &Report, b: &Report) -> String {
             let show = |v: Option<&f64>| v.map_or("–".to_string(), |v| fmt_value(m, *v));
             let delta = match (va, vb) {
                 (Some(x), Some(y)) => {
-                    let d = y - x;
-                    let text = fmt_value(m, d);
-                    if d > 0.0 { format!("+{text}") } else { text }
+                    let text = fmt_value(m, y - x);
+                    let magnitude = text.trim_start_matches('-');
+                    if magnitude.chars().all(|c| c == '0' || c == '.') {
+                        // Rounds to zero: no sign.
+                        magnitude.to_string()
+                    } else if y > x {
+                        format!("+{text}")
+                    } else {
+                        text
+                    }
                 }
                 _ => "–".to_string(),
             };

@@ -19,7 +19,9 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use blip3_data::readers::eval_data::{Id, load_coco_captions, load_mc_tsv, load_pope, load_scienceqa};
+use blip3_data::readers::eval_data::{
+    Id, load_coco_captions, load_mc_tsv, load_pope, load_scienceqa,
+};
 
 use crate::error::EvalError;
 use crate::metrics::mc::mmbench_group;
@@ -128,7 +130,10 @@ fn read_records(path: &Path) -> Result<Vec<Value>, EvalError> {
             continue;
         }
         let v: Value = serde_json::from_str(line).map_err(|e| {
-            EvalError::format(format!("{}:{}", path.display(), i + 1), format!("invalid JSON: {e}"))
+            EvalError::format(
+                format!("{}:{}", path.display(), i + 1),
+                format!("invalid JSON: {e}"),
+            )
         })?;
         out.push(v);
     }
@@ -157,7 +162,10 @@ fn read_predictions(
                 EvalError::format(at(), format!("no string `{}`", text_fields.join("` or `")))
             })?;
         if !seen.insert(id.clone()) {
-            return Err(EvalError::format(at(), format!("{id_field} {id} is predicted twice")));
+            return Err(EvalError::format(
+                at(),
+                format!("{id_field} {id} is predicted twice"),
+            ));
         }
         out.push((id, text.to_string()));
     }
@@ -249,7 +257,10 @@ fn score_vqa(
     for (i, entry) in list.iter().enumerate() {
         let parsed: Result<VqaAnnotation, _> = serde_json::from_value(entry.clone());
         let Ok(a) = parsed else {
-            log::warn!("{}: annotations[{i}] is malformed, skipped", annotations.display());
+            log::warn!(
+                "{}: annotations[{i}] is malformed, skipped",
+                annotations.display()
+            );
             problems += 1;
             continue;
         };
@@ -258,7 +269,10 @@ fn score_vqa(
             .iter()
             .filter_map(|x| match x {
                 Value::String(s) => Some(s.clone()),
-                other => other.get("answer").and_then(Value::as_str).map(str::to_string),
+                other => other
+                    .get("answer")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
             })
             .collect();
         if answers.is_empty() || truths.contains_key(&a.question_id) {
@@ -360,16 +374,17 @@ fn score_mc(predictions: &Path, annotations: &Path) -> Result<ScoreOutput, EvalE
         let key = index(&q.id).map_or(Id::Str(q.id.clone()), |i| Id::Int(i as i64));
         truths.entry(key).or_default().push(truth);
     }
-    let preds: Vec<(Id, String)> = read_predictions(predictions, "question_id", &["answer", "text"])?
-        .into_iter()
-        .map(|(id, t)| {
-            let id = match &id {
-                Id::Str(s) => index(s).map_or(id.clone(), |i| Id::Int(i as i64)),
-                Id::Int(_) => id,
-            };
-            (id, t)
-        })
-        .collect();
+    let preds: Vec<(Id, String)> =
+        read_predictions(predictions, "question_id", &["answer", "text"])?
+            .into_iter()
+            .map(|(id, t)| {
+                let id = match &id {
+                    Id::Str(s) => index(s).map_or(id.clone(), |i| Id::Int(i as i64)),
+                    Id::Int(_) => id,
+                };
+                (id, t)
+            })
+            .collect();
     let annotated = truths.len();
     finish(
         &Task::Mc { rule, circular },

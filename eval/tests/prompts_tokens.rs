@@ -111,7 +111,10 @@ fn few_shot_captioning_interleaves_k_images_before_the_query() {
             let query = path(r.images.last().unwrap());
             assert_eq!(
                 query.file_stem().unwrap().to_string_lossy(),
-                format!("synth_val_{:012}", image_id.to_string().parse::<u64>().unwrap())
+                format!(
+                    "synth_val_{:012}",
+                    image_id.to_string().parse::<u64>().unwrap()
+                )
             );
             // Before the first image: only BOS (skipped when decoding).
             assert_eq!(spans[0], "");
@@ -142,7 +145,11 @@ fn zero_shot_keeps_text_only_examples_and_one_image() {
         assert_eq!(r.images.len(), 1);
         let ids = tok.encode(r.prompt.text(), true).unwrap();
         let (markers, spans) = split(&tok, &ids);
-        assert_eq!(markers, vec!['E', 'E', 'I'], "two text-only examples, then the image");
+        assert_eq!(
+            markers,
+            vec!['E', 'E', 'I'],
+            "two text-only examples, then the image"
+        );
         assert!(spans[0].starts_with("Output:"));
         assert!(spans[1].starts_with("\nOutput:"), "{:?}", spans[1]);
         assert_eq!(spans[2], "\n");
@@ -190,7 +197,10 @@ fn few_shot_vqa_uses_question_and_first_answer() {
                 .unwrap()
                 .to_string_lossy()
                 .to_string();
-            assert_ne!(Some(stem.as_ref()), query.file_stem().and_then(|s| s.to_str()));
+            assert_ne!(
+                Some(stem.as_ref()),
+                query.file_stem().and_then(|s| s.to_str())
+            );
             let span = &spans[1 + 2 * k];
             assert!(
                 by_stem[&stem]
@@ -241,11 +251,18 @@ fn chat_prompts_put_the_image_first_in_the_user_turn() {
         let rest = tok.decode(&ids[img_at[0] + 1..], false).unwrap();
         assert!(rest.starts_with('\n'), "{rest:?}");
         let expected_end = match &item.truth {
-            Truth::Pope { .. } => "\nAnswer the question using a single word or phrase.<|end|><|assistant|>",
-            _ => "\nAnswer with the option's letter from the given choices directly.<|end|><|assistant|>",
+            Truth::Pope { .. } => {
+                "\nAnswer the question using a single word or phrase.<|end|><|assistant|>"
+            }
+            _ => {
+                "\nAnswer with the option's letter from the given choices directly.<|end|><|assistant|>"
+            }
         };
         assert!(rest.ends_with(expected_end), "{rest:?}");
-        assert_eq!(*ids.last().unwrap(), tok.token_to_id("<|assistant|>").unwrap());
+        assert_eq!(
+            *ids.last().unwrap(),
+            tok.token_to_id("<|assistant|>").unwrap()
+        );
     }
     // Multiple choice: four lettered options in the rotated order of each copy.
     let Truth::Mc { options, .. } = &mc.items[1].truth else {

@@ -31,6 +31,28 @@ fn read_answers(path: &Path) -> Vec<AnswerRecord> {
         .collect()
 }
 
+/// Equal JSON trees, numbers equal up to a relative 1e-12.
+fn same_json(a: &serde_json::Value, b: &serde_json::Value) {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            assert!((x - y).abs() <= 1e-12 * x.abs().max(y.abs()), "{x} vs {y}");
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            assert_eq!(x.len(), y.len());
+            x.iter().zip(y).for_each(|(x, y)| same_json(x, y));
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            assert_eq!(x.keys().collect::<Vec<_>>(), y.keys().collect::<Vec<_>>());
+            x.values()
+                .zip(y.values())
+                .for_each(|(x, y)| same_json(x, y));
+        }
+        _ => assert_eq!(a, b),
+    }
+}
+
 fn in_unit(v: f64) -> bool {
     (0.0..=1.0).contains(&v)
 }
@@ -44,7 +66,12 @@ fn check_synthetic_report(report: &Report, model: &EvalModel, synth: &Path, limi
     let names: Vec<&str> = report.benchmarks.iter().map(|b| b.name.as_str()).collect();
     assert_eq!(
         names,
-        ["synth_captions", "synth_vqav2", "synth_pope", "synth_mmbench"]
+        [
+            "synth_captions",
+            "synth_vqav2",
+            "synth_pope",
+            "synth_mmbench"
+        ]
     );
     // Multiple-choice rotations: one per option of each of the first `limit` questions.
     let tsv = load_mc_tsv(&synth.join("eval/mmbench.tsv")).unwrap();
@@ -73,7 +100,9 @@ fn check_synthetic_report(report: &Report, model: &EvalModel, synth: &Path, limi
             TaskFamily::Vqa => {
                 let acc = b.metrics["accuracy"];
                 assert!(in_unit(acc));
-                assert!((b.metrics["overall"] - (acc * 100.0 * 100.0).round() / 100.0).abs() < 1e-9);
+                assert!(
+                    (b.metrics["overall"] - (acc * 100.0 * 100.0).round() / 100.0).abs() < 1e-9
+                );
             }
             TaskFamily::Pope => {
                 for v in b.metrics.values() {
@@ -87,7 +116,10 @@ fn check_synthetic_report(report: &Report, model: &EvalModel, synth: &Path, limi
             TaskFamily::Mc => {
                 let (acc, circ) = (b.metrics["accuracy"], b.metrics["circular_accuracy"]);
                 assert!(in_unit(acc) && in_unit(circ));
-                assert!(circ <= acc + 1e-12, "a circular hit is a hit in the original order");
+                assert!(
+                    circ <= acc + 1e-12,
+                    "a circular hit is a hit in the original order"
+                );
             }
             TaskFamily::Safety => unreachable!(),
         }
@@ -126,7 +158,11 @@ fn synthetic_suite_end_to_end_and_resume() {
     // The report survives a JSON round trip and renders.
     let path = tmp.path().join("a/report.json");
     first.save(&path).unwrap();
-    assert_eq!(Report::load(&path).unwrap(), first);
+    // serde_json's default float parsing may differ from the written value in the last bit.
+    same_json(
+        &serde_json::to_value(Report::load(&path).unwrap()).unwrap(),
+        &serde_json::to_value(&first).unwrap(),
+    );
     let md = first.to_markdown();
     for b in &first.benchmarks {
         assert!(md.contains(&format!("| {} |", b.name)), "{md}");
@@ -173,7 +209,7 @@ fn synthetic_suite_end_to_end_and_resume() {
                 .find(|l| l.starts_with(&format!("| {} | {} | {m} |", b.name, b.shots)))
                 .unwrap_or_else(|| panic!("no row for {} {m}:\n{table}", b.name));
             let delta = row.trim_end_matches('|').rsplit('|').next().unwrap().trim();
-            assert!(delta.trim_start_matches('-').chars().all(|c| c == '0' || c == '.'), "{row}");
+            assert!(delta.chars().all(|c| c == '0' || c == '.'), "{row}");
         }
     }
 }
@@ -192,7 +228,9 @@ fn chat_style_and_compare_deltas() {
     // A hand-edited copy with a known difference shows up as that delta.
     let mut other = chat.clone();
     let cider = chat.benchmarks[0].metrics["CIDEr"];
-    other.benchmarks[0].metrics.insert("CIDEr".into(), cider + 0.25);
+    other.benchmarks[0]
+        .metrics
+        .insert("CIDEr".into(), cider + 0.25);
     other.benchmarks[0].metrics.remove("Bleu_1");
     let table = compare(&chat, &other);
     let row = table
@@ -247,7 +285,9 @@ fn malformed_files_are_reported_per_item_and_excluded() {
     .unwrap();
     let answers = |a: &str| {
         (1..=10)
-            .map(|i| format!(r#"{{"answer": "{a}", "answer_confidence": "yes", "answer_id": {i}}}"#))
+            .map(|i| {
+                format!(r#"{{"answer": "{a}", "answer_confidence": "yes", "answer_id": {i}}}"#)
+            })
             .collect::<Vec<_>>()
             .join(",")
     };
@@ -289,9 +329,16 @@ fn malformed_files_are_reported_per_item_and_excluded() {
 
     let c = get("coco");
     assert_eq!((c.items, c.scored, c.failed, c.load_failures), (2, 1, 1, 1));
-    assert!(c.failures.iter().any(|f| f.kind == FailureKind::Image && f.key == "coco/2"));
+    assert!(
+        c.failures
+            .iter()
+            .any(|f| f.kind == FailureKind::Image && f.key == "coco/2")
+    );
     assert!(c.failures.iter().any(|f| f.kind == FailureKind::Annotation));
-    assert!(c.metrics.contains_key("CIDEr"), "the good image is still scored");
+    assert!(
+        c.metrics.contains_key("CIDEr"),
+        "the good image is still scored"
+    );
     // The paper's 0-shot COCO number sits beside ours.
     let paper = c.paper.as_ref().unwrap();
     assert_eq!(paper.model, "xgen-mm-phi3-mini-base-r-v1.5");
@@ -299,11 +346,19 @@ fn malformed_files_are_reported_per_item_and_excluded() {
 
     let v = get("vqav2");
     assert_eq!((v.items, v.scored, v.failed, v.load_failures), (2, 2, 0, 1));
-    assert!(v.failures[0].message.contains("no annotation"), "{:?}", v.failures);
+    assert!(
+        v.failures[0].message.contains("no annotation"),
+        "{:?}",
+        v.failures
+    );
 
     let p = get("pope");
     assert_eq!((p.items, p.scored, p.failed, p.load_failures), (2, 1, 1, 2));
-    assert!(p.failures.iter().any(|f| f.kind == FailureKind::Image && f.key == "pope/random/4"));
+    assert!(
+        p.failures
+            .iter()
+            .any(|f| f.kind == FailureKind::Image && f.key == "pope/random/4")
+    );
 
     assert_eq!(report.failures.total, 1 + 1 + 1 + 1 + 2);
     assert_eq!(report.failures.by_kind[&FailureKind::Image], 2);

@@ -34,7 +34,7 @@ pub struct Args {
     #[command(subcommand)]
     command: Option<EvalCommand>,
     #[command(flatten)]
-    run: RunArgs,
+    run: Box<RunArgs>,
 }
 
 /// The subcommands of `blip3 eval` (without one, a suite runs).
@@ -196,7 +196,7 @@ pub fn run(args: Args) -> Result<()> {
             print!("{}", compare(&a, &b));
             Ok(())
         }
-        None => run_suite_cmd(args.run),
+        None => run_suite_cmd(*args.run),
     }
 }
 

@@ -8,7 +8,7 @@
 //! `params["image_id"]` to the result ids): `Bleu_1`..`Bleu_4`, `ROUGE_L`, `CIDEr`, fractions.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use blip3_data::readers::eval_data::{CaptionRefs, Id, ImageLocator, load_coco_captions};
 use blip3_data::sample::ImageSource;
@@ -21,8 +21,8 @@ use crate::engine::{PostProcess, Prompt, Request};
 use crate::error::EvalError;
 use crate::metrics::caption;
 use crate::prompts::{
-    caption_example, caption_query, chat_caption, chat_user_text, effective_shots,
-    few_shot_prompt, query_set, sample_demos,
+    caption_example, caption_query, chat_caption, chat_user_text, effective_shots, few_shot_prompt,
+    query_set, sample_demos,
 };
 
 /// OpenFlamingo's captioning budget (`max_generation_length=20`).
@@ -45,15 +45,15 @@ pub struct CaptionSpec {
 
 /// The images and reference captions of a file, with a locator for files without `images`.
 fn load(
-    annotations: &PathBuf,
-    images: &PathBuf,
+    annotations: &Path,
+    images: &Path,
 ) -> Result<blip3_data::readers::eval_data::Loaded<CaptionRefs>, EvalError> {
     let locator = ImageLocator::new(images, "{id}.jpg")?;
     Ok(load_coco_captions(annotations, Some(&locator))?)
 }
 
 /// The image file of a loaded entry.
-fn image_of(entry: &CaptionRefs, images: &std::path::Path) -> PathBuf {
+fn image_of(entry: &CaptionRefs, images: &Path) -> PathBuf {
     let path = entry
         .image
         .clone()
@@ -115,10 +115,17 @@ pub fn build(spec: &CaptionSpec, ctx: &BuildContext) -> Result<Benchmark, EvalEr
             let demos = sample_demos(&qset, demos_per_prompt, ctx.seed, &key, |i| {
                 support[i].0 == image
             });
-            let examples: Vec<String> = demos.iter().map(|&i| caption_example(&support[i].1)).collect();
+            let examples: Vec<String> = demos
+                .iter()
+                .map(|&i| caption_example(&support[i].1))
+                .collect();
             let mut images: Vec<ImageSource> = Vec::new();
             if ctx.shots > 0 {
-                images.extend(demos.iter().map(|&i| ImageSource::Path(support[i].0.clone())));
+                images.extend(
+                    demos
+                        .iter()
+                        .map(|&i| ImageSource::Path(support[i].0.clone())),
+                );
             }
             images.push(ImageSource::Path(image));
             let text = few_shot_prompt(&examples, &caption_query(), ctx.shots);
@@ -173,8 +180,8 @@ pub fn score(name: &str, pairs: &[(&Truth, &str)]) -> Result<Scored, EvalError> 
             references.insert(image_id.clone(), refs.clone());
         }
     }
-    let scores = caption::score(&candidates, &references)
-        .map_err(|e| EvalError::metrics(name, e))?;
+    let scores =
+        caption::score(&candidates, &references).map_err(|e| EvalError::metrics(name, e))?;
     let mut metrics = BTreeMap::new();
     for (i, b) in scores.bleu.iter().enumerate() {
         metrics.insert(format!("Bleu_{}", i + 1), *b);

@@ -132,7 +132,11 @@ pub fn discover(root: &Path) -> Result<Vec<Spec>, EvalError> {
             dir.join("train_annotations.json"),
         );
         let support = if tq.is_file() && ta.is_file() {
-            Some((tq, ta, ImageLocator::new(train_images(&dir), train_pattern)?))
+            Some((
+                tq,
+                ta,
+                ImageLocator::new(train_images(&dir), train_pattern)?,
+            ))
         } else {
             None
         };

@@ -503,7 +503,8 @@ pub fn collect_benchmarks(opts: &SuiteOptions) -> Result<Vec<Benchmark>, EvalErr
             ));
         }
         (root, SuiteName::Synthetic) | (root @ None, _) => {
-            let dir = synthetic::ensure_corpus(root.as_deref(), &opts.synth, opts.synth_dir.as_deref())?;
+            let dir =
+                synthetic::ensure_corpus(root.as_deref(), &opts.synth, opts.synth_dir.as_deref())?;
             synthetic::specs(&dir)?
         }
         (Some(root), _) => layout::discover(root)?,
@@ -625,7 +626,10 @@ fn count_failures(benchmarks: &[Benchmark], store: &AnswerStore) -> BTreeMap<Fai
             *out.entry(f.kind).or_default() += 1;
         }
         for item in &b.items {
-            if let Some(f) = store.get(&item.request.key).and_then(|r| r.failure.as_ref()) {
+            if let Some(f) = store
+                .get(&item.request.key)
+                .and_then(|r| r.failure.as_ref())
+            {
                 *out.entry(f.kind).or_default() += 1;
             }
         }

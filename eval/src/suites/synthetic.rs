@@ -141,8 +141,14 @@ pub fn specs(dir: &Path) -> Result<Vec<Spec>, EvalError> {
                 support: None,
             })),
             "vqav2" => {
-                let q = d.files.first().ok_or_else(|| missing(&d.name, "questions"))?;
-                let a = d.files.get(1).ok_or_else(|| missing(&d.name, "annotations"))?;
+                let q = d
+                    .files
+                    .first()
+                    .ok_or_else(|| missing(&d.name, "questions"))?;
+                let a = d
+                    .files
+                    .get(1)
+                    .ok_or_else(|| missing(&d.name, "annotations"))?;
                 specs.push(Spec::Vqa(VqaSpec {
                     name: "synth_vqav2".into(),
                     questions: dir.join(q),

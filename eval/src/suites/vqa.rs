@@ -26,8 +26,8 @@ use crate::engine::{PostProcess, Prompt, Request};
 use crate::error::EvalError;
 use crate::metrics::vqa::{self, Processor, VqaItem};
 use crate::prompts::{
-    chat_short_answer, chat_user_text, effective_shots, few_shot_prompt, query_set,
-    sample_demos, vqa_example, vqa_query,
+    chat_short_answer, chat_user_text, effective_shots, few_shot_prompt, query_set, sample_demos,
+    vqa_example, vqa_query,
 };
 
 /// OpenFlamingo's VQA budget (`max_generation_length=5`; 10 for TextVQA).
@@ -139,7 +139,11 @@ pub fn build(spec: &VqaSpec, ctx: &BuildContext) -> Result<Benchmark, EvalError>
                 .collect();
             let mut images: Vec<ImageSource> = Vec::new();
             if ctx.shots > 0 {
-                images.extend(demos.iter().map(|&i| ImageSource::Path(support[i].0.clone())));
+                images.extend(
+                    demos
+                        .iter()
+                        .map(|&i| ImageSource::Path(support[i].0.clone())),
+                );
             }
             images.push(ImageSource::Path(image));
             let text = few_shot_prompt(&examples, &vqa_query(&q.question), ctx.shots);
@@ -188,7 +192,11 @@ pub fn percent(x: f64) -> f64 {
 
 /// VQA accuracy of the answered questions: `overall` and `perAnswerType` in percent rounded to
 /// two decimals (vqaEval.py's report), `accuracy` as an unrounded fraction.
-pub fn score(name: &str, processor: Processor, pairs: &[(&Truth, &str)]) -> Result<Scored, EvalError> {
+pub fn score(
+    name: &str,
+    processor: Processor,
+    pairs: &[(&Truth, &str)],
+) -> Result<Scored, EvalError> {
     let items: Vec<VqaItem> = pairs
         .iter()
         .filter_map(|(truth, answer)| match truth {

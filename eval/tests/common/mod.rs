@@ -16,10 +16,12 @@ use burn::prelude::Device;
 pub fn tiny_model_dir(dir: &Path) -> PathBuf {
     let tok = Blip3Tokenizer::tiny().unwrap();
     let cfg = XGenMMConfig::tiny(tok.initial_len());
-    let model = cfg.init(&Device::flex()).with_special_tokens(SpecialTokens {
-        image: tok.image_token_id(),
-        pad: tok.pad_id(),
-    });
+    let model = cfg
+        .init(&Device::flex())
+        .with_special_tokens(SpecialTokens {
+            image: tok.image_token_id(),
+            pad: tok.pad_id(),
+        });
     let out = dir.join("model");
     save_checkpoint(&model, &out).unwrap();
     tok.save(&out).unwrap();
