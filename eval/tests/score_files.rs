@@ -151,6 +151,18 @@ fn mc_answers_match_vlmevalkit_including_circular_eval() {
 }
 
 #[test]
+fn scienceqa_answers_follow_the_lmms_eval_rule() {
+    let out = score_files(
+        ScoreTask::Mc,
+        &fixture("scienceqa_answers.jsonl"),
+        &fixture("scienceqa.json"),
+    )
+    .unwrap();
+    assert_eq!((out.scored, out.missing), (160, 0));
+    check(&out.to_json(), &expected()["scienceqa"], "scienceqa");
+}
+
+#[test]
 fn missing_predictions_are_counted_and_bad_ones_rejected() {
     let tmp = tempfile::tempdir().unwrap();
     // Only two predictions: scored, the other 218 images counted as missing.

@@ -242,6 +242,34 @@ fn chat_style_and_compare_deltas() {
     assert!(bleu.ends_with("| – | – |"), "{bleu}");
 }
 
+#[test]
+fn safety_suite_on_the_synthetic_vlguard_split() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::load(&common::tiny_model_dir(tmp.path()));
+    let synth = tmp.path().join("synth");
+    let opts = options(SuiteName::Safety, tmp.path().join("s.jsonl"), &synth, 8);
+    let report = run_suite(&model, &opts).unwrap();
+    assert_eq!(report.benchmarks.len(), 1);
+    let b = &report.benchmarks[0];
+    assert_eq!(
+        (b.name.as_str(), b.task),
+        ("synth_vlguard", TaskFamily::Safety)
+    );
+    assert_eq!((b.items, b.scored, b.failed), (8, 8, 0));
+    assert!(b.metrics.contains_key("asr") || b.metrics.contains_key("helpfulness"));
+    for (k, v) in &b.metrics {
+        assert!(in_unit(*v), "{k} {v}");
+    }
+    // ASR over both unsafe splits lies between the per-split rates.
+    if let (Some(a), Some(u), Some(su)) = (
+        b.metrics.get("asr"),
+        b.metrics.get("asr_unsafes"),
+        b.metrics.get("asr_safe_unsafes"),
+    ) {
+        assert!(*a >= u.min(*su) - 1e-12 && *a <= u.max(*su) + 1e-12);
+    }
+}
+
 /// Copies the first image of the synthetic corpus (any decodable image will do) to `to`.
 fn copy_image(synth: &Path, to: &Path) {
     std::fs::create_dir_all(to.parent().unwrap()).unwrap();
