@@ -1,0 +1,744 @@
+//! The evaluation engine: batched, resumable generation over a list of requests.
+//!
+//! [`EvalModel`] bundles what generation needs: the model, its tokenizer, the image pipeline the
+//! model's config implies (base size `vision.image_size`, `anyres_grids`, `image_aspect_ratio`;
+//! normalisation mean/std 0.5 unless a `preprocessor_config.json` beside the weights says
+//! otherwise) and the model hash of [`crate::fingerprint`].
+//!
+//! [`Engine::run`] takes the requests of one benchmark, skips those whose answers are already in
+//! the [`AnswerStore`] (resume), and generates the rest in batches of `batch_size` with left
+//! padding and the KV cache ([`XGenMM::generate`]), greedy unless sampling is configured. Each
+//! answer is appended to the store (one flushed JSON line) as soon as its batch finishes. Images
+//! are decoded and processed per batch (any-res per the model config) and handed to the model with
+//! [`ImageInput::from_host`]; prompts are encoded as raw text with BOS (few-shot prompts) or
+//! through the Phi-3 chat template. An image that does not decode, a prompt that cannot be
+//! encoded, a sequence longer than the model's context or a batch the model rejects become
+//! per-item failures (after retrying a rejected batch item by item), never a crash.
+//!
+//! Generation stops at `<|endofchunk|>` for raw few-shot prompts (OpenFlamingo passes it as
+//! `eos_token_id`) and at `<|end|>` for chat prompts, and at EOS in both cases. The generated ids
+//! are cut before the first stop id and decoded with special tokens skipped.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use burn::prelude::*;
+use burn::tensor::DType;
+use serde::{Deserialize, Serialize};
+
+use blip3_data::anyres::{AnyResGrid, ImageProcessor, ImageProcessorConfig, ResolutionMode};
+use blip3_data::sample::{ImageSource, Origin, Role, Turn};
+use blip3_data::template::ChatTemplate;
+use blip3_data::tokenizer::Blip3Tokenizer;
+use blip3_model::loader::{LoadOptions, load_model_dir};
+use blip3_model::{
+    AspectMode, GenerationConfig, ImageInput, MultimodalInput, SpecialTokens, XGenMM,
+};
+
+use crate::answers::{AnswerRecord, AnswerStore, Failure, FailureKind};
+use crate::error::EvalError;
+use crate::fingerprint::{Fnv1a64, model_hash};
+use crate::prompts::{postprocess_caption, postprocess_vqa};
+
+/// Where the tokenizer comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenizerSource {
+    /// `tokenizer.json` (+ configs) in the model directory; when it has none and the model was
+    /// built for the tiny test tokenizer (same `initial_tokenizer_len`), the tiny tokenizer.
+    ModelDir,
+    /// A directory holding `tokenizer.json`.
+    Dir(PathBuf),
+    /// The tiny test tokenizer committed in the data crate.
+    Tiny,
+}
+
+/// What the report says about the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// The model directory (or a name for a model built in memory).
+    pub source: String,
+    /// The model hash, `fnv1a64:<hex>` (see [`crate::fingerprint`]).
+    pub hash: String,
+    /// The files the hash covers.
+    pub hashed_files: Vec<String>,
+    /// Where the tokenizer came from.
+    pub tokenizer: String,
+    /// The base view size in pixels.
+    pub image_size: usize,
+    /// `anyres` or `fixed`.
+    pub image_aspect_ratio: String,
+    /// Candidate any-res canvases (width, height) in pixels.
+    pub anyres_grids: Vec<(usize, usize)>,
+    /// The float dtype of the weights as loaded.
+    pub dtype: String,
+}
+
+/// A model ready for evaluation: weights, tokenizer, image pipeline and identity.
+#[derive(Debug)]
+pub struct EvalModel {
+    /// The model.
+    pub model: XGenMM,
+    /// Its tokenizer.
+    pub tokenizer: Blip3Tokenizer,
+    /// The image pipeline implied by the model config.
+    pub processor: ImageProcessor,
+    /// The device the model lives on.
+    pub device: Device,
+    /// Identity for reports.
+    pub info: ModelInfo,
+}
+
+impl EvalModel {
+    /// Loads a model directory (native checkpoint or HF layout, see
+    /// [`blip3_model::loader::load_model_dir`]), its tokenizer and image pipeline, and hashes its
+    /// weight files.
+    pub fn load(
+        dir: &Path,
+        tokenizer: &TokenizerSource,
+        device: &Device,
+        dtype: Option<DType>,
+    ) -> Result<Self, EvalError> {
+        let model = load_model_dir(dir, device, LoadOptions { dtype })?;
+        let (tok, tok_name) = match tokenizer {
+            TokenizerSource::Dir(d) => (Blip3Tokenizer::from_dir(d)?, d.display().to_string()),
+            TokenizerSource::Tiny => (Blip3Tokenizer::tiny()?, "tiny".to_string()),
+            TokenizerSource::ModelDir if dir.join("tokenizer.json").is_file() => {
+                (Blip3Tokenizer::from_dir(dir)?, dir.display().to_string())
+            }
+            TokenizerSource::ModelDir => {
+                let tiny = Blip3Tokenizer::tiny()?;
+                if tiny.initial_len() != model.config().initial_tokenizer_len {
+                    return Err(EvalError::Config(format!(
+                        "{} has no tokenizer.json; give the tokenizer directory",
+                        dir.display()
+                    )));
+                }
+                log::warn!(
+                    "{} has no tokenizer.json; using the tiny test tokenizer, which matches the \
+                     model's vocabulary size",
+                    dir.display()
+                );
+                (tiny, "tiny".to_string())
+            }
+        };
+        let (hash, hashed_files) = model_hash(dir)?;
+        let mut eval = Self::new(model, tok, device, dir.display().to_string(), hash)?;
+        eval.info.hashed_files = hashed_files;
+        eval.info.tokenizer = tok_name;
+        let pre = dir.join("preprocessor_config.json");
+        if pre.is_file() {
+            let hf = ImageProcessorConfig::from_hf_preprocessor_config(&pre)?;
+            let mut cfg = eval.processor.config().clone();
+            cfg.image_mean = hf.image_mean;
+            cfg.image_std = hf.image_std;
+            eval.processor = ImageProcessor::new(cfg)?;
+        }
+        Ok(eval)
+    }
+
+    /// Wraps a model built in memory. `source` names it in reports and `hash` identifies its
+    /// weights (use [`crate::fingerprint::model_hash`] for a saved model). The model's special
+    /// token ids are set from the tokenizer, whose vocabulary must match the model's.
+    pub fn new(
+        model: XGenMM,
+        tokenizer: Blip3Tokenizer,
+        device: &Device,
+        source: String,
+        hash: String,
+    ) -> Result<Self, EvalError> {
+        let cfg = model.config().clone();
+        if cfg.initial_tokenizer_len != tokenizer.initial_len() {
+            return Err(EvalError::Config(format!(
+                "the model expects a tokenizer of {} ids before the media tokens, tokenizer {} has \
+                 {}",
+                cfg.initial_tokenizer_len,
+                tokenizer.source(),
+                tokenizer.initial_len()
+            )));
+        }
+        let model = model.with_special_tokens(SpecialTokens {
+            image: tokenizer.image_token_id(),
+            pad: tokenizer.pad_id(),
+        });
+        let processor = ImageProcessor::new(processor_config(&cfg)?)?;
+        let dtype = model.lang_model.model.norm.gamma.val().dtype();
+        let info = ModelInfo {
+            source,
+            hash,
+            hashed_files: Vec::new(),
+            tokenizer: tokenizer.source().to_string(),
+            image_size: cfg.vision.image_size,
+            image_aspect_ratio: match cfg.image_aspect_ratio {
+                AspectMode::AnyRes => "anyres".into(),
+                AspectMode::Fixed => "fixed".into(),
+            },
+            anyres_grids: cfg.anyres_grids.clone(),
+            dtype: format!("{dtype:?}"),
+        };
+        Ok(EvalModel {
+            model,
+            tokenizer,
+            processor,
+            device: device.clone(),
+            info,
+        })
+    }
+}
+
+/// The image pipeline settings a model config implies: base size `vision.image_size`, the
+/// config's any-res canvases as grids of that size, any-res or fixed per `image_aspect_ratio`,
+/// mean = std = 0.5.
+pub fn processor_config(
+    cfg: &blip3_model::XGenMMConfig,
+) -> Result<ImageProcessorConfig, EvalError> {
+    let base = cfg.vision.image_size;
+    let mut grids = Vec::with_capacity(cfg.anyres_grids.len());
+    for &(w, h) in &cfg.anyres_grids {
+        if base == 0 || w % base != 0 || h % base != 0 {
+            return Err(EvalError::Config(format!(
+                "any-res canvas {w}x{h} is not a multiple of the base size {base}"
+            )));
+        }
+        let cols =
+            u32::try_from(w / base).map_err(|_| EvalError::Config("grid too large".into()))?;
+        let rows =
+            u32::try_from(h / base).map_err(|_| EvalError::Config("grid too large".into()))?;
+        grids.push(AnyResGrid::new(cols, rows));
+    }
+    let image_size =
+        u32::try_from(base).map_err(|_| EvalError::Config("image size too large".into()))?;
+    Ok(ImageProcessorConfig {
+        image_size,
+        grids,
+        mode: match cfg.image_aspect_ratio {
+            AspectMode::AnyRes => ResolutionMode::AnyRes,
+            AspectMode::Fixed => ResolutionMode::Fixed,
+        },
+        ..ImageProcessorConfig::default()
+    })
+}
+
+/// How a prompt is rendered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Prompt {
+    /// Raw text with `<image>` markers, encoded with BOS (few-shot prompts for base models);
+    /// generation stops at `<|endofchunk|>`.
+    Raw(String),
+    /// The text of one user turn, rendered with the Phi-3 chat template (system turn added);
+    /// generation stops at `<|end|>`.
+    Chat(String),
+}
+
+impl Prompt {
+    /// The prompt's text.
+    pub fn text(&self) -> &str {
+        match self {
+            Prompt::Raw(t) | Prompt::Chat(t) => t,
+        }
+    }
+}
+
+/// Post-processing of the decoded generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PostProcess {
+    /// Trimmed text.
+    Trim,
+    /// OpenFlamingo's captioning post-processing ([`postprocess_caption`]).
+    FewShotCaption,
+    /// OpenFlamingo's VQA post-processing ([`postprocess_vqa`]).
+    FewShotVqa,
+}
+
+impl PostProcess {
+    /// Applies the post-processing.
+    pub fn apply(self, text: &str) -> String {
+        match self {
+            PostProcess::Trim => text.trim().to_string(),
+            PostProcess::FewShotCaption => postprocess_caption(text),
+            PostProcess::FewShotVqa => postprocess_vqa(text),
+        }
+    }
+}
+
+/// One generation to run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    /// Unique key within the report, `benchmark/id`.
+    pub key: String,
+    /// The prompt; it holds one `<image>` marker per image.
+    pub prompt: Prompt,
+    /// The images, in marker order (in-context examples first, the query image last).
+    pub images: Vec<ImageSource>,
+    /// The generation budget.
+    pub max_new_tokens: usize,
+    /// How the answer is derived from the generation.
+    pub post: PostProcess,
+}
+
+/// Decoding settings shared by a run (greedy by default).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Sampling {
+    /// Sampling temperature; `None` is greedy decoding.
+    pub temperature: Option<f32>,
+    /// Top-k filter when sampling.
+    pub top_k: Option<usize>,
+    /// Top-p filter when sampling.
+    pub top_p: Option<f32>,
+    /// Sampler seed (row `i` of a batch uses `seed + i`).
+    pub seed: u64,
+}
+
+/// Engine settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineOptions {
+    /// Prompts per generation batch.
+    pub batch_size: usize,
+    /// Decoding settings.
+    pub sampling: Sampling,
+    /// Show progress (a bar on a terminal, periodic log lines otherwise).
+    pub progress: bool,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            batch_size: 8,
+            sampling: Sampling::default(),
+            progress: true,
+        }
+    }
+}
+
+/// What one [`Engine::run`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunStats {
+    /// Requests given.
+    pub requests: usize,
+    /// Answers generated by this run.
+    pub generated: usize,
+    /// Items found in the answers file and skipped.
+    pub reused: usize,
+    /// Items that failed in this run.
+    pub failed: usize,
+    /// Seconds spent preparing and generating.
+    pub seconds: f64,
+}
+
+/// The fingerprint of a request under a model and decoding settings: 16 hex digits of FNV-1a
+/// over the model hash, the prompt kind and text, each image's location, the generation budget,
+/// the post-processing and the sampling settings.
+pub fn request_fingerprint(model_hash: &str, request: &Request, sampling: &Sampling) -> String {
+    let mut h = Fnv1a64::new();
+    h.field(model_hash);
+    h.field(match &request.prompt {
+        Prompt::Raw(_) => "raw",
+        Prompt::Chat(_) => "chat",
+    });
+    h.field(request.prompt.text());
+    for image in &request.images {
+        h.field(&image.describe());
+    }
+    h.field(&request.max_new_tokens.to_string());
+    h.field(&format!("{:?}", request.post));
+    h.field(&format!("{sampling:?}"));
+    h.hex()
+}
+
+/// Runs requests through a model.
+#[derive(Debug)]
+pub struct Engine<'a> {
+    model: &'a EvalModel,
+    options: EngineOptions,
+    template: ChatTemplate,
+}
+
+/// A request whose inputs are ready for the model.
+struct Prepared<'r> {
+    request: &'r Request,
+    fingerprint: String,
+    ids: Vec<u32>,
+    images: Vec<ImageInput>,
+    positions: usize,
+    stops: Vec<u32>,
+}
+
+impl<'a> Engine<'a> {
+    /// An engine over `model`.
+    pub fn new(model: &'a EvalModel, options: EngineOptions) -> Self {
+        let max_len = model.model.config().text.max_position_embeddings;
+        Engine {
+            model,
+            options,
+            template: ChatTemplate::new().with_max_len(max_len),
+        }
+    }
+
+    /// The engine's settings.
+    pub fn options(&self) -> &EngineOptions {
+        &self.options
+    }
+
+    /// Generates answers for every request not yet in `store` and appends them to it. `label`
+    /// names the benchmark in progress output. A request whose stored answer has another
+    /// fingerprint is an error (the file belongs to another model or other settings).
+    pub fn run(
+        &self,
+        label: &str,
+        requests: &[Request],
+        store: &mut AnswerStore,
+    ) -> Result<RunStats, EvalError> {
+        let start = Instant::now();
+        let mut stats = RunStats {
+            requests: requests.len(),
+            ..RunStats::default()
+        };
+        let mut pending = Vec::new();
+        for request in requests {
+            let fp = request_fingerprint(&self.model.info.hash, request, &self.options.sampling);
+            match store.get(&request.key) {
+                Some(rec) if rec.fingerprint == fp => stats.reused += 1,
+                Some(_) => {
+                    return Err(EvalError::Config(format!(
+                        "{} already holds an answer for {} made with another model or other \
+                         settings (prompt, shots, images, generation); use another output path \
+                         or remove that file",
+                        store.path().display(),
+                        request.key
+                    )));
+                }
+                None => pending.push((request, fp)),
+            }
+        }
+        let mut progress =
+            Progress::new(label, requests.len(), stats.reused, self.options.progress);
+        let batch_size = self.options.batch_size.max(1);
+        let mut i = 0;
+        while i < pending.len() {
+            // A batch shares the generation budget and stop ids.
+            let first = pending[i].0;
+            let mut end = i + 1;
+            while end < pending.len()
+                && end - i < batch_size
+                && pending[end].0.max_new_tokens == first.max_new_tokens
+                && same_kind(&pending[end].0.prompt, &first.prompt)
+            {
+                end += 1;
+            }
+            let mut ready = Vec::with_capacity(end - i);
+            for (request, fp) in &pending[i..end] {
+                match self.prepare(request, fp.clone()) {
+                    Ok(p) => ready.push(p),
+                    Err(failure) => {
+                        stats.failed += 1;
+                        store.append(failed_record(request, fp.clone(), failure))?;
+                    }
+                }
+            }
+            self.generate_batch(ready, store, &mut stats)?;
+            progress.advance(end - i);
+            i = end;
+        }
+        progress.finish();
+        stats.seconds = start.elapsed().as_secs_f64();
+        Ok(stats)
+    }
+
+    /// Decodes and processes the images and encodes the prompt of one request.
+    fn prepare<'r>(
+        &self,
+        request: &'r Request,
+        fingerprint: String,
+    ) -> Result<Prepared<'r>, Failure> {
+        let tok = &self.model.tokenizer;
+        let mut images = Vec::with_capacity(request.images.len());
+        let mut positions = 0usize;
+        for src in &request.images {
+            let p = self
+                .model
+                .processor
+                .process_source(src)
+                .map_err(|e| Failure {
+                    kind: FailureKind::Image,
+                    message: e.to_string(),
+                })?;
+            let size = p.image_size as usize;
+            let views = p.num_views;
+            positions += self.model.model.vision_token_count(views);
+            let input = ImageInput::from_host(
+                p.pixels,
+                views,
+                3,
+                size,
+                (p.grid_cols as usize, p.grid_rows as usize),
+                (p.original_width as usize, p.original_height as usize),
+                &self.model.device,
+            )
+            .map_err(|e| Failure {
+                kind: FailureKind::Image,
+                message: format!("{}: {e}", src.describe()),
+            })?;
+            images.push(input);
+        }
+        let origin = Origin {
+            file: String::new(),
+            key: request.key.clone(),
+        };
+        let prompt_failure = |message: String| Failure {
+            kind: FailureKind::Prompt,
+            message,
+        };
+        let (ids, stops) = match &request.prompt {
+            Prompt::Raw(text) => {
+                let ids = tok
+                    .encode(text, true)
+                    .map_err(|e| prompt_failure(e.to_string()))?;
+                let markers = ids.iter().filter(|&&t| t == tok.image_token_id()).count();
+                if markers != images.len() {
+                    return Err(prompt_failure(format!(
+                        "{}: prompt has {markers} <image> tokens for {} images",
+                        request.key,
+                        images.len()
+                    )));
+                }
+                (ids, vec![tok.endofchunk_id(), tok.eos_id()])
+            }
+            Prompt::Chat(text) => {
+                let turns = [Turn {
+                    role: Role::User,
+                    text: text.clone(),
+                }];
+                let ids = self
+                    .template
+                    .encode_prompt(tok, &turns, images.len(), &origin)
+                    .map_err(|e| prompt_failure(e.to_string()))?;
+                (ids, vec![tok.end_id(), tok.eos_id()])
+            }
+        };
+        let image_id = tok.image_token_id();
+        positions += ids.iter().filter(|&&t| t != image_id).count();
+        let context = self.model.model.config().text.max_position_embeddings;
+        if positions + request.max_new_tokens > context {
+            return Err(Failure {
+                kind: FailureKind::Model,
+                message: format!(
+                    "{}: {positions} prompt positions plus {} new tokens exceed the model's \
+                     context of {context}",
+                    request.key, request.max_new_tokens
+                ),
+            });
+        }
+        Ok(Prepared {
+            request,
+            fingerprint,
+            ids,
+            images,
+            positions,
+            stops,
+        })
+    }
+
+    /// Generates a batch and records its answers; when the model rejects the batch, retries its
+    /// items one by one so that only the offending item fails.
+    fn generate_batch(
+        &self,
+        ready: Vec<Prepared<'_>>,
+        store: &mut AnswerStore,
+        stats: &mut RunStats,
+    ) -> Result<(), EvalError> {
+        if ready.is_empty() {
+            return Ok(());
+        }
+        match self.generate(&ready) {
+            Ok(outputs) => {
+                for (p, ids) in ready.iter().zip(outputs) {
+                    store.append(self.answer_record(p, ids))?;
+                    stats.generated += 1;
+                }
+            }
+            Err(e) if ready.len() == 1 => {
+                let p = &ready[0];
+                stats.failed += 1;
+                let failure = Failure {
+                    kind: FailureKind::Model,
+                    message: format!("{}: {e}", p.request.key),
+                };
+                store.append(failed_record(p.request, p.fingerprint.clone(), failure))?;
+            }
+            Err(e) => {
+                log::warn!(
+                    "a batch of {} failed ({e}); retrying item by item",
+                    ready.len()
+                );
+                for p in ready {
+                    self.generate_batch(vec![p], store, stats)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One model call.
+    fn generate(
+        &self,
+        ready: &[Prepared<'_>],
+    ) -> Result<Vec<(Vec<u32>, String)>, blip3_model::ModelError> {
+        let input = MultimodalInput {
+            input_ids: ready.iter().map(|p| p.ids.clone()).collect(),
+            images: ready.iter().map(|p| p.images.clone()).collect(),
+            labels: None,
+        };
+        let s = &self.options.sampling;
+        let cfg = GenerationConfig {
+            max_new_tokens: ready[0].request.max_new_tokens,
+            temperature: s.temperature,
+            top_k: s.top_k,
+            top_p: s.top_p,
+            seed: s.seed,
+            stop_ids: ready[0].stops.clone(),
+            pad_id: self.model.tokenizer.pad_id(),
+            top_logprobs: 0,
+        };
+        let out = self.model.model.generate(&input, &cfg, |_, _| true)?;
+        Ok(out
+            .into_iter()
+            .map(|g| (g.token_ids, format!("{:?}", g.finish)))
+            .collect())
+    }
+
+    /// The record of a generated answer: ids cut before the first stop id, decoded without
+    /// special tokens, post-processed.
+    fn answer_record(&self, p: &Prepared<'_>, (ids, finish): (Vec<u32>, String)) -> AnswerRecord {
+        let generated = ids.len();
+        let cut = ids
+            .iter()
+            .position(|t| p.stops.contains(t))
+            .unwrap_or(ids.len());
+        let (output, failure) = match self.model.tokenizer.decode(&ids[..cut], true) {
+            Ok(text) => (Some(text), None),
+            Err(e) => (
+                None,
+                Some(Failure {
+                    kind: FailureKind::Model,
+                    message: format!("{}: {e}", p.request.key),
+                }),
+            ),
+        };
+        AnswerRecord {
+            key: p.request.key.clone(),
+            fingerprint: p.fingerprint.clone(),
+            answer: output.as_deref().map(|o| p.request.post.apply(o)),
+            output,
+            failure,
+            prompt_tokens: p.positions,
+            generated_tokens: generated,
+            finish: Some(finish),
+        }
+    }
+}
+
+/// Whether two prompts stop on the same ids.
+fn same_kind(a: &Prompt, b: &Prompt) -> bool {
+    matches!(
+        (a, b),
+        (Prompt::Raw(_), Prompt::Raw(_)) | (Prompt::Chat(_), Prompt::Chat(_))
+    )
+}
+
+/// The record of a failed request.
+fn failed_record(request: &Request, fingerprint: String, failure: Failure) -> AnswerRecord {
+    AnswerRecord {
+        key: request.key.clone(),
+        fingerprint,
+        output: None,
+        answer: None,
+        failure: Some(failure),
+        prompt_tokens: 0,
+        generated_tokens: 0,
+        finish: None,
+    }
+}
+
+/// Progress output: an indicatif bar with ETA on a terminal, plain log lines every ten seconds
+/// (and at the end) otherwise.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    label: String,
+    total: usize,
+    done: usize,
+    resumed: usize,
+    start: Instant,
+    last_line: Instant,
+    enabled: bool,
+}
+
+impl Progress {
+    fn new(label: &str, total: usize, resumed: usize, enabled: bool) -> Self {
+        let bar = (enabled && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new(total as u64);
+            let style = indicatif::ProgressStyle::with_template(
+                "{msg} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec}, ETA {eta})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+            bar.set_style(style);
+            bar.set_message(label.to_string());
+            bar.set_position(resumed as u64);
+            bar.reset_eta();
+            bar
+        });
+        if enabled && bar.is_none() && resumed > 0 {
+            log::info!("{label}: {resumed}/{total} already answered, resuming");
+        }
+        Progress {
+            bar,
+            label: label.to_string(),
+            total,
+            done: resumed,
+            resumed,
+            start: Instant::now(),
+            last_line: Instant::now(),
+            enabled,
+        }
+    }
+
+    fn advance(&mut self, n: usize) {
+        self.done += n;
+        if let Some(bar) = &self.bar {
+            bar.inc(n as u64);
+        } else if self.enabled && self.last_line.elapsed() >= Duration::from_secs(10) {
+            self.last_line = Instant::now();
+            log::info!("{}", self.line());
+        }
+    }
+
+    fn line(&self) -> String {
+        let secs = self.start.elapsed().as_secs_f64();
+        let fresh = self.done - self.resumed;
+        let rate = if secs > 0.0 { fresh as f64 / secs } else { 0.0 };
+        let left = self.total - self.done;
+        let eta = if rate > 0.0 {
+            format!("{:.0}s", left as f64 / rate)
+        } else {
+            "?".to_string()
+        };
+        let pct = if self.total > 0 {
+            100.0 * self.done as f64 / self.total as f64
+        } else {
+            100.0
+        };
+        format!(
+            "{}: {}/{} ({pct:.1}%), {rate:.2} items/s, ETA {eta}",
+            self.label, self.done, self.total
+        )
+    }
+
+    fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        if self.enabled {
+            log::info!("{}", self.line());
+        }
+    }
+}
