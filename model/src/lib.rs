@@ -16,6 +16,7 @@ pub mod lora;
 pub mod phi3;
 pub mod resampler;
 pub mod rope;
+pub mod scoring;
 pub mod siglip;
 pub mod xgenmm;
 

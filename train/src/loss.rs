@@ -1,57 +1,14 @@
-//! Losses: the causal-LM cross-entropy that ignores label −100 (Burn's has no ignore index), the
-//! per-sequence log-probabilities DPO needs, and the sigmoid DPO loss.
+//! Losses: the causal-LM cross-entropy that ignores label −100 (Burn's has no ignore index) and
+//! the sigmoid DPO loss, on the label log-probabilities of [`blip3_model::scoring`].
 //!
 //! Labels are given on the host, aligned with the logits' positions (the model's expanded
 //! sequence). Position `t` predicts label `t + 1`, as the reference's LM shifts labels inside.
-//! Only kept positions are gathered before the log-softmax, so vision tokens and padding cost no
-//! vocabulary-sized work. The log-softmax runs in f32 (logits are upcast as the reference does).
 
 use burn::prelude::*;
 use burn::tensor::DType;
-use burn::tensor::activation::{log_sigmoid, log_softmax};
+use burn::tensor::activation::log_sigmoid;
 
-/// The ignored label value.
-pub const IGNORE: i64 = -100;
-
-/// Positions kept by the shifted loss: `(row, position, target)` for every `labels[row][t + 1]`
-/// that is not ignored.
-pub fn kept_positions(labels: &[Vec<i64>]) -> Vec<(usize, usize, i64)> {
-    let mut out = Vec::new();
-    for (b, row) in labels.iter().enumerate() {
-        for t in 0..row.len().saturating_sub(1) {
-            let y = row[t + 1];
-            if y != IGNORE {
-                out.push((b, t, y));
-            }
-        }
-    }
-    out
-}
-
-/// Log-probability of each kept target under `logits` `[B, S, V]`, as a `[N]` tensor, plus the
-/// row of each entry.
-pub fn target_logprobs(logits: Tensor<3>, labels: &[Vec<i64>]) -> (Tensor<1>, Vec<usize>) {
-    let [b, s, v] = logits.dims();
-    let kept = kept_positions(labels);
-    let device = logits.device();
-    if kept.is_empty() {
-        return (Tensor::zeros([0], &device), Vec::new());
-    }
-    let rows: Vec<i64> = kept.iter().map(|&(r, t, _)| (r * s + t) as i64).collect();
-    let targets: Vec<i64> = kept.iter().map(|&(_, _, y)| y).collect();
-    let n = kept.len();
-    let flat = logits.reshape([b * s, v]);
-    let picked = flat.select(
-        0,
-        Tensor::<1, Int>::from_data(TensorData::new(rows, [n]), &device),
-    );
-    let logp = log_softmax(picked.cast(DType::F32), 1);
-    let idx = Tensor::<2, Int>::from_data(TensorData::new(targets, [n, 1]), &device);
-    (
-        logp.gather(1, idx).reshape([n]),
-        kept.iter().map(|k| k.0).collect(),
-    )
-}
+pub use blip3_model::scoring::{IGNORE, kept_positions, sequence_logprobs, target_logprobs};
 
 /// Mean negative log-likelihood over kept positions and the number of kept positions.
 /// Returns a zero loss (still connected to the graph) when nothing is kept.
@@ -62,24 +19,6 @@ pub fn causal_lm_loss(logits: Tensor<3>, labels: &[Vec<i64>]) -> (Tensor<1>, usi
         return ((logits.sum() * 0.0).cast(DType::F32).reshape([1]), 0);
     }
     (lp.sum().neg().reshape([1]) / n as f64, n)
-}
-
-/// Sum of target log-probabilities per row `[B]` (the sequence log-likelihood of the answer).
-pub fn sequence_logprobs(logits: Tensor<3>, labels: &[Vec<i64>]) -> Tensor<1> {
-    let b = labels.len();
-    let device = logits.device();
-    let (lp, rows) = target_logprobs(logits, labels);
-    let n = rows.len();
-    if n == 0 {
-        return Tensor::zeros([b], &device);
-    }
-    // One-hot [B, N] row assignment: [B, N] x [N, 1] -> [B, 1].
-    let mut onehot = vec![0f32; b * n];
-    for (j, &r) in rows.iter().enumerate() {
-        onehot[r * n + j] = 1.0;
-    }
-    let m = Tensor::<2>::from_data(TensorData::new(onehot, [b, n]), &device);
-    m.matmul(lp.reshape([n, 1])).reshape([b])
 }
 
 /// Outputs of the DPO loss.
