@@ -175,6 +175,9 @@ pub struct LoaderStats {
     pub by_kind: BTreeMap<BadKind, u64>,
     /// The last bad item: source, file, key, kind and reason.
     pub last: Option<String>,
+    /// The most recent bad items (at most [`LoaderStats::RECENT`]), oldest first.
+    #[serde(default)]
+    pub recent: Vec<String>,
     /// Good samples left out of an incomplete last batch when the stream ended.
     pub dropped: u64,
     /// Counts by source name.
@@ -182,6 +185,9 @@ pub struct LoaderStats {
 }
 
 impl LoaderStats {
+    /// How many recent bad items [`LoaderStats::recent`] keeps.
+    pub const RECENT: usize = 20;
+
     /// The fraction of bad items (0 when nothing was seen).
     pub fn bad_rate(&self) -> f64 {
         if self.seen == 0 {
