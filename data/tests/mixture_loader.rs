@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 
 use blip3_data::anyres::{AnyResGrid, ImageProcessorConfig, ResolutionMode};
 use blip3_data::error::{BadKind, DataError};
-use blip3_data::loader::{LoaderConfig, LoaderState, StreamingLoader};
+use blip3_data::loader::{LoaderConfig, LoaderState, LoaderStats, StreamingLoader};
 use blip3_data::mixture::{MixItem, Mixture, MixturePosition, Recipe};
 use blip3_data::pipeline::{Pipeline, PipelineConfig, TrainSample};
 use blip3_data::synth::{SynthConfig, write_corpus};
@@ -64,7 +64,8 @@ fn all_kinds(policy: &str) -> String {
         "seed: 5
 on_exhausted: {policy}
 sources:
-  - {{name: captions, kind: webdataset, paths: pretrain/captions, weight: 2}}
+  - {{name: captions, kind: webdataset, paths: pretrain/captions, weight: 2,
+      shuffle_shards: true}}
   - {{name: interleaved, kind: jsonl_interleaved, paths: pretrain/interleaved/docs.jsonl,
       image_root: pretrain/interleaved, weight: 1}}
   - {{name: llava, kind: llava, paths: [sft/llava.json, sft/multi_image.json], image_root: sft,
@@ -164,6 +165,7 @@ name = "captions"
 kind = "webdataset"
 paths = "pretrain/captions"
 weight = 2.0
+shuffle_shards = true
 [[sources]]
 name = "interleaved"
 kind = "jsonl_interleaved"
@@ -439,6 +441,136 @@ sources:
     let position = m.state();
     assert!(Mixture::open_at(&counted, 0, 1, &position).is_err());
     assert!(Mixture::open_at(&weighted, 0, 2, &position).is_err());
+}
+
+/// The readers' fixtures (Parquet layouts, MINT-1T PDF tar shard).
+fn reader_fixtures() -> PathBuf {
+    Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/readers"
+    ))
+    .to_path_buf()
+}
+
+/// The ids of a reader's items, named as mixture items of source `name`.
+fn reader_ids(
+    name: &str,
+    reader: impl Iterator<Item = Result<blip3_data::sample::RawSample, blip3_data::SampleError>>,
+) -> Vec<String> {
+    reader
+        .map(|item| match item {
+            Ok(raw) => format!("{name}|{}|{}", raw.origin().file, raw.origin().key),
+            Err(e) => format!("{name}|{}|{}|error", e.file, e.key),
+        })
+        .collect()
+}
+
+#[test]
+fn parquet_and_tar_document_sources_read_as_their_readers() {
+    use blip3_data::readers::interleaved::{
+        ImageResolver, InterleavedOptions, InterleavedWdsReader, UrlRule,
+    };
+    use blip3_data::readers::parquet::{ParquetLayout, ParquetOptions, ParquetReader};
+    use blip3_data::readers::webdataset::ReadScope;
+
+    let dir = reader_fixtures();
+    let single = |source: &str| {
+        let r = recipe(
+            &dir,
+            &format!("on_exhausted: stop\nsources:\n  - {source}\n"),
+        );
+        take_ids(&mut Mixture::open(&r, 0, 1).unwrap(), usize::MAX)
+    };
+    let path = |rel: &str| dir.join(rel).display().to_string();
+
+    let captions = single(
+        "{name: caps, kind: parquet, paths: parquet/captions.parquet, weight: 1, options: \
+         {layout: caption, columns: {image: jpg}, id_column: key, batch_size: 2}}",
+    );
+    let options = ParquetOptions {
+        id_column: Some("key".into()),
+        batch_size: 2,
+        ..ParquetOptions::new(ParquetLayout::Caption {
+            caption: "caption".into(),
+            image: "jpg".into(),
+        })
+    };
+    let direct = ParquetReader::open(
+        &[path("parquet/captions.parquet")],
+        ReadScope::default(),
+        options,
+    )
+    .unwrap();
+    assert!(!captions.is_empty());
+    assert_eq!(captions, reader_ids("caps", direct));
+
+    let kale = single(
+        "{name: kale, kind: parquet, paths: parquet/kale.parquet, image_root: \
+         parquet/kale_images, weight: 1, options: {layout: blip3_kale, url_rule: basename}}",
+    );
+    let options = ParquetOptions {
+        resolver: ImageResolver::new(Some(dir.join("parquet/kale_images")), UrlRule::Basename),
+        ..ParquetOptions::new(ParquetLayout::blip3_kale())
+    };
+    let direct = ParquetReader::open(
+        &[path("parquet/kale.parquet")],
+        ReadScope::default(),
+        options,
+    )
+    .unwrap();
+    assert_eq!(kale, reader_ids("kale", direct));
+
+    for (layout, file) in [("rlaif_v", "rlaif_v"), ("llava_next", "llava_next")] {
+        let ids = single(&format!(
+            "{{name: {layout}, kind: parquet, paths: parquet/{file}.parquet, weight: 1, \
+             options: {{layout: {layout}}}}}"
+        ));
+        let preset = if layout == "rlaif_v" {
+            ParquetLayout::rlaif_v()
+        } else {
+            ParquetLayout::llava_next()
+        };
+        let direct = ParquetReader::open(
+            &[path(&format!("parquet/{file}.parquet"))],
+            ReadScope::default(),
+            ParquetOptions::new(preset),
+        )
+        .unwrap();
+        assert!(!ids.is_empty());
+        assert_eq!(ids, reader_ids(layout, direct));
+    }
+
+    let mint = single(
+        "{name: mint, kind: webdataset_interleaved, paths: interleaved/mint_pdf-00000.tar, \
+         weight: 1}",
+    );
+    let direct = InterleavedWdsReader::open(
+        &[path("interleaved/mint_pdf-00000.tar")],
+        ReadScope::default(),
+        ImageResolver::default(),
+        InterleavedOptions::default(),
+    )
+    .unwrap();
+    assert!(
+        mint.iter().any(|id| id.ends_with("|error")),
+        "dropped images are reported"
+    );
+    assert_eq!(mint, reader_ids("mint", direct));
+
+    // Mixed together, they resume exactly.
+    let mixed = recipe(
+        &dir,
+        "seed: 1
+sources:
+  - {name: caps, kind: parquet, paths: parquet/captions.parquet, weight: 2,
+     options: {layout: caption, columns: {image: jpg}, id_column: key, batch_size: 2}}
+  - {name: rlaif, kind: parquet, paths: parquet/rlaif_v.parquet, weight: 1,
+     options: {layout: rlaif_v}}
+  - {name: mint, kind: webdataset_interleaved, paths: interleaved/mint_pdf-00000.tar,
+     weight: 1}
+",
+    );
+    check_mixture_resume(&mixed, &[0, 2, 9, 30, 77], 60);
 }
 
 #[test]
@@ -852,6 +984,8 @@ sources:
     .collect();
     assert_eq!(kinds, expected, "{:#?}", stats.recent);
     assert_eq!(stats.bad, 6);
+    let json = serde_json::to_string(&stats).unwrap();
+    assert_eq!(serde_json::from_str::<LoaderStats>(&json).unwrap(), stats);
     assert_eq!(stats.good, samples);
     assert_eq!(stats.seen, stats.good + stats.bad);
     // Everything else still arrived: the samples lost are the planted ones and the captions after
