@@ -84,11 +84,18 @@ pub fn run(command: DataCommand) -> Result<()> {
     }
 }
 
+/// A data error as one message: its text already names the file and the cause, so the error
+/// chain would repeat the cause.
+pub(crate) fn flat(e: blip3_data::DataError) -> anyhow::Error {
+    anyhow::anyhow!("{e}")
+}
+
 /// `blip3 data synth`.
 fn synth(args: SynthArgs) -> Result<()> {
     let cfg = SynthConfig::preset(&args.preset)?.with_seed(args.seed);
     let started = std::time::Instant::now();
     let manifest = write_corpus(&args.out, &cfg)
+        .map_err(flat)
         .with_context(|| format!("writing the synthetic corpus to {}", args.out.display()))?;
     print_manifest(&manifest, &args.out);
     println!("written in {:.1} s", started.elapsed().as_secs_f64());
@@ -148,9 +155,11 @@ fn inspect(args: InspectArgs) -> Result<()> {
         bail!("--limit must be positive");
     }
     let recipe = Recipe::load(&args.recipe)
-        .with_context(|| format!("loading the recipe {}", args.recipe.display()))?;
+        .map_err(flat)
+        .context("loading the recipe")?;
     let tokenizer = match &args.tokenizer {
         Some(dir) => Blip3Tokenizer::from_dir(dir)
+            .map_err(flat)
             .with_context(|| format!("loading the tokenizer from {}", dir.display()))?,
         None => Blip3Tokenizer::tiny()?,
     };
@@ -174,6 +183,7 @@ fn inspect(args: InspectArgs) -> Result<()> {
         },
     )?;
     let mixture = Mixture::open(&recipe, args.rank, args.world)
+        .map_err(flat)
         .with_context(|| format!("opening the mixture of {}", args.recipe.display()))?;
     let names: Vec<String> = (0..mixture.num_sources())
         .map(|i| mixture.source_name(i).to_string())
@@ -272,8 +282,9 @@ fn print_inspection(
         for (kind, n) in &stats.by_kind {
             println!("  {kind:?}: {n}");
         }
-        if let Some(last) = &stats.last {
-            println!("last: {last}");
+        println!("most recent bad samples:");
+        for bad in &stats.recent {
+            println!("  {bad}");
         }
     }
     if stats.dropped > 0 {

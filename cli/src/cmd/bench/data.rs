@@ -96,6 +96,7 @@ pub fn run(args: DataBenchArgs) -> Result<()> {
             let guard = TempCorpus(Some(dir.clone()));
             let started = Instant::now();
             write_corpus(&dir, &SynthConfig::default_preset())
+                .map_err(crate::cmd::data::flat)
                 .with_context(|| format!("writing a synthetic corpus to {}", dir.display()))?;
             println!(
                 "wrote a `default` synthetic corpus to {} in {:.1} s",
@@ -105,10 +106,16 @@ pub fn run(args: DataBenchArgs) -> Result<()> {
             (dir, guard)
         }
     };
+    if !dir.join("pretrain/captions").is_dir() {
+        bail!(
+            "{} has no pretrain/captions shards: give a corpus written by `blip3 data synth`",
+            dir.display()
+        );
+    }
     let recipe_text = "seed: 0\nsources:\n  - {name: captions, kind: webdataset, paths: \
                        pretrain/captions, weight: 1, on_exhausted: restart}\n";
-    let recipe = Recipe::from_yaml_str(recipe_text, &dir, "bench recipe")
-        .with_context(|| format!("no caption shards under {}", dir.display()))?;
+    let recipe =
+        Recipe::from_yaml_str(recipe_text, &dir, "bench recipe").map_err(crate::cmd::data::flat)?;
     let image = ImageProcessorConfig {
         image_size: args.image_size,
         mode: if args.fixed {
