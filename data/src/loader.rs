@@ -86,7 +86,9 @@ pub struct LoaderConfig {
     pub items_per_epoch: usize,
     /// Pipeline worker threads (0: process in the iterating thread).
     pub num_workers: usize,
-    /// Bound of each of the two worker queues, in samples.
+    /// Bound of each of the two worker queues, in samples (default 8). Processed samples are
+    /// large (an any-res image at 384 px is about 1.8 MB a view), so memory in flight is about
+    /// `2 * prefetch + num_workers` samples, plus the current sort buffer.
     pub prefetch: usize,
     /// `Some(K)`: sort by length within buffers of `K` batches; `None`: stream order.
     pub length_grouping: Option<usize>,
@@ -104,7 +106,7 @@ impl Default for LoaderConfig {
             batch_size: 8,
             items_per_epoch: 8 * 100,
             num_workers: 2,
-            prefetch: 16,
+            prefetch: 8,
             length_grouping: None,
             max_bad_rate: 0.01,
             min_samples_for_rate: 100,
@@ -175,6 +177,9 @@ pub struct LoaderStats {
     pub by_kind: BTreeMap<BadKind, u64>,
     /// The last bad item: source, file, key, kind and reason.
     pub last: Option<String>,
+    /// The most recent bad items (at most [`LoaderStats::RECENT`]), oldest first.
+    #[serde(default)]
+    pub recent: Vec<String>,
     /// Good samples left out of an incomplete last batch when the stream ended.
     pub dropped: u64,
     /// Counts by source name.
@@ -182,6 +187,9 @@ pub struct LoaderStats {
 }
 
 impl LoaderStats {
+    /// How many recent bad items [`LoaderStats::recent`] keeps.
+    pub const RECENT: usize = 20;
+
     /// The fraction of bad items (0 when nothing was seen).
     pub fn bad_rate(&self) -> f64 {
         if self.seen == 0 {

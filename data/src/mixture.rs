@@ -114,7 +114,7 @@ enum Cursor {
     /// Weighted mode: the reader itself.
     Plain(Box<dyn ItemStream>),
     /// Count mode: the reader with the epoch's selection.
-    Counted(Counted),
+    Counted(Box<Counted>),
 }
 
 impl Cursor {
@@ -252,7 +252,12 @@ impl Mixture {
                 MixMode::Weighted => Cursor::Plain(stream),
                 MixMode::Counts => {
                     let selection = select_for_epoch(source, saved.epoch, rank)?;
-                    Cursor::Counted(Counted::new(stream, selection, saved.ordinal, saved.copies))
+                    Cursor::Counted(Box::new(Counted::new(
+                        stream,
+                        selection,
+                        saved.ordinal,
+                        saved.copies,
+                    )))
                 }
             };
         }
@@ -370,7 +375,7 @@ impl Mixture {
                 );
             }
             let stream = source.def.open(epoch, Position::default())?;
-            source.cursor = Cursor::Counted(Counted::new(stream, selection, 0, 0));
+            source.cursor = Cursor::Counted(Box::new(Counted::new(stream, selection, 0, 0)));
         }
         Ok(())
     }

@@ -1,15 +1,23 @@
 //! `blip3 bench ...`: speed and memory benchmarks (never timed tests).
 
+mod data;
+mod train;
+
 /// Benchmark subcommands.
 #[derive(clap::Subcommand, Debug)]
 pub enum BenchCommand {
-    /// Training step time, tokens/s and peak memory (tiny, mid; options on mid; PyTorch ratio).
-    Train(super::bench_train::Args),
+    /// Data loading: decode + any-res + tokenise throughput with 1, 2 and 4 workers, and peak
+    /// memory while streaming.
+    Data(data::DataBenchArgs),
+    /// Training step time, tokens/s and peak memory (tiny, mid; memory options on mid; PyTorch
+    /// ratio; MFU on GPUs).
+    Train(train::Args),
 }
 
 /// Runs a benchmark.
 pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
-        BenchCommand::Train(a) => super::bench_train::run(a),
+        BenchCommand::Data(args) => data::run(args),
+        BenchCommand::Train(args) => train::run(args),
     }
 }

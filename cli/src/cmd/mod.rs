@@ -1,7 +1,6 @@
 //! One module per subcommand.
 
 pub mod bench;
-pub mod bench_train;
 pub mod common;
 pub mod data;
 pub mod demo;

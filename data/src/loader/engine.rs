@@ -307,6 +307,10 @@ impl Engine {
                 *stats.by_kind.entry(e.kind).or_default() += 1;
                 let described = format!("{name}: {e}");
                 log::warn!("{described}");
+                if stats.recent.len() >= LoaderStats::RECENT {
+                    stats.recent.remove(0);
+                }
+                stats.recent.push(described.clone());
                 stats.last = Some(described);
             }
         }

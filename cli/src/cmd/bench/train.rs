@@ -20,7 +20,7 @@ use burn::prelude::*;
 use burn::tensor::{DType, Distribution};
 use burn::train::TrainStep;
 
-use super::common::{DeviceKindArg, device};
+use crate::cmd::common::{DeviceKindArg, device};
 
 /// Arguments of `blip3 bench train`.
 #[derive(clap::Args, Debug, Clone)]
