@@ -19,6 +19,7 @@ pub mod answers;
 pub mod engine;
 pub mod error;
 pub mod fingerprint;
+pub mod learning;
 pub mod likelihood;
 pub mod metrics;
 pub mod paper;

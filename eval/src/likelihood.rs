@@ -3,11 +3,9 @@
 //! the held-out measure of what DPO optimises, and a hallucination test when the unfaithful answer
 //! names an object the image lacks.
 //!
-//! [`synthetic_hallucination_pairs`] builds such items from a synthetic corpus's held-out `eval/`
-//! split: the first reference caption of an image is the faithful answer, and the same caption
-//! with one object's shape replaced by a shape absent from the image is the hallucinated one.
+//! [`synthetic_hallucination_pairs`] reads such items from a synthetic corpus's held-out `eval/`
+//! split (pairs made like the DPO training pairs, on held-out images).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use blip3_data::sample::{Origin, Role, Turn};
@@ -66,14 +64,25 @@ pub fn preference_accuracy(
                 let rgb = blip3_data::image::decode_path(&item.image).map_err(|e| e.to_string())?;
                 let p = model.processor.process(&rgb).map_err(|e| e.to_string())?;
                 let n_vis = model.model.vision_token_count(p.num_views);
-                let origin = Origin { file: item.image.display().to_string(), key: item.key.clone() };
+                let origin = Origin {
+                    file: item.image.display().to_string(),
+                    key: item.key.clone(),
+                };
                 let mut seqs = Vec::new();
                 for answer in [&item.chosen, &item.rejected] {
                     let turns = [
-                        Turn { role: Role::User, text: format!("<image>\n{}", item.prompt) },
-                        Turn { role: Role::Assistant, text: answer.clone() },
+                        Turn {
+                            role: Role::User,
+                            text: format!("<image>\n{}", item.prompt),
+                        },
+                        Turn {
+                            role: Role::Assistant,
+                            text: answer.clone(),
+                        },
                     ];
-                    let e = template.encode_conversation(tok, &turns, &[n_vis], &origin).map_err(|e| e.to_string())?;
+                    let e = template
+                        .encode_conversation(tok, &turns, &[n_vis], &origin)
+                        .map_err(|e| e.to_string())?;
                     seqs.push((e.input_ids, e.labels));
                 }
                 Ok((p, seqs))
@@ -107,7 +116,11 @@ pub fn preference_accuracy(
             continue;
         }
         let out = model.model.forward(&input)?;
-        let labels = out.fused.labels.as_ref().ok_or_else(|| EvalError::Config("no labels".into()))?;
+        let labels = out
+            .fused
+            .labels
+            .as_ref()
+            .ok_or_else(|| EvalError::Config("no labels".into()))?;
         let lp: Vec<f32> = sequence_logprobs(out.logits, labels)
             .cast(DType::F32)
             .into_data()
@@ -126,61 +139,41 @@ pub fn preference_accuracy(
     })
 }
 
-/// The shapes of the synthetic corpus (an absent one replaces a present one).
-const SHAPES: [&str; 7] = ["circle", "square", "triangle", "star", "cross", "ring", "diamond"];
-
-fn read_json(path: &Path) -> Result<Value, EvalError> {
-    let text = std::fs::read_to_string(path).map_err(|e| EvalError::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| EvalError::format(path.display(), e.to_string()))
-}
-
-/// Held-out hallucination pairs from a synthetic corpus directory (see the module docs), at most
-/// `limit` of them, in image order.
-pub fn synthetic_hallucination_pairs(corpus: &Path, limit: usize) -> Result<Vec<PreferenceItem>, EvalError> {
-    let eval = corpus.join("eval");
-    let captions = read_json(&eval.join("captions.json"))?;
-    let mut first_caption: BTreeMap<i64, String> = BTreeMap::new();
-    for a in captions["annotations"].as_array().into_iter().flatten() {
-        if let (Some(id), Some(c)) = (a["image_id"].as_i64(), a["caption"].as_str()) {
-            first_caption.entry(id).or_insert_with(|| c.to_string());
-        }
-    }
-    let mut files: BTreeMap<String, i64> = BTreeMap::new();
-    for im in captions["images"].as_array().into_iter().flatten() {
-        if let (Some(id), Some(f)) = (im["id"].as_i64(), im["file_name"].as_str()) {
-            files.insert(f.to_string(), id);
-        }
-    }
-    let scenes_path = eval.join("scenes.jsonl");
-    let scenes = std::fs::read_to_string(&scenes_path).map_err(|e| EvalError::io(&scenes_path, e))?;
+/// Held-out hallucination pairs of a synthetic corpus directory (`eval/dpo_pairs.jsonl`: pairs
+/// built like the DPO training pairs, on held-out images; the rejected answer names an object the
+/// image lacks), at most `limit` of them, in file order.
+pub fn synthetic_hallucination_pairs(
+    corpus: &Path,
+    limit: usize,
+) -> Result<Vec<PreferenceItem>, EvalError> {
+    let path = corpus.join("eval/dpo_pairs.jsonl");
+    let text = std::fs::read_to_string(&path).map_err(|e| EvalError::io(&path, e))?;
     let mut out = Vec::new();
-    for line in scenes.lines() {
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
         if out.len() >= limit {
             break;
         }
-        let v: Value = serde_json::from_str(line).map_err(|e| EvalError::format(scenes_path.display(), e.to_string()))?;
-        let Some(image) = v["image"].as_str() else { continue };
-        let file = Path::new(image).file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
-        let Some(id) = files.get(&file) else { continue };
-        let Some(caption) = first_caption.get(id) else { continue };
-        let objects: Vec<(String, String)> = v["scene"]["objects"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|o| Some((o["color"].as_str()?.to_string(), o["shape"].as_str()?.to_string())))
-            .collect();
-        let present: Vec<&str> = objects.iter().map(|o| o.1.as_str()).collect();
-        let Some(absent) = SHAPES.iter().find(|s| !present.contains(s)) else { continue };
-        let Some((color, shape)) = objects.iter().find(|(c, s)| caption.contains(&format!("{c} {s}"))) else {
-            continue;
+        let v: Value = serde_json::from_str(line).map_err(|e| {
+            EvalError::format(format!("{}:{}", path.display(), n + 1), e.to_string())
+        })?;
+        let field = |k: &str| {
+            v[k].as_str().map(str::to_string).ok_or_else(|| {
+                EvalError::format(
+                    format!("{}:{}", path.display(), n + 1),
+                    format!("no string field {k:?}"),
+                )
+            })
         };
-        let rejected = caption.replacen(&format!("{color} {shape}"), &format!("{color} {absent}"), 1);
         out.push(PreferenceItem {
-            key: format!("hallucination-{id}"),
-            image: eval.join(image),
-            prompt: "What is in this picture?".into(),
-            chosen: caption.clone(),
-            rejected,
+            key: field("id")?,
+            image: corpus.join("eval").join(field("image")?),
+            prompt: field("prompt")?,
+            chosen: field("chosen")?,
+            rejected: field("rejected")?,
         });
     }
     Ok(out)

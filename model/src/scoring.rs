@@ -38,10 +38,16 @@ pub fn target_logprobs(logits: Tensor<3>, labels: &[Vec<i64>]) -> (Tensor<1>, Ve
     let targets: Vec<i64> = kept.iter().map(|&(_, _, y)| y).collect();
     let n = kept.len();
     let flat = logits.reshape([b * s, v]);
-    let picked = flat.select(0, Tensor::<1, Int>::from_data(TensorData::new(rows, [n]), &device));
+    let picked = flat.select(
+        0,
+        Tensor::<1, Int>::from_data(TensorData::new(rows, [n]), &device),
+    );
     let logp = log_softmax(picked.cast(DType::F32), 1);
     let idx = Tensor::<2, Int>::from_data(TensorData::new(targets, [n, 1]), &device);
-    (logp.gather(1, idx).reshape([n]), kept.iter().map(|k| k.0).collect())
+    (
+        logp.gather(1, idx).reshape([n]),
+        kept.iter().map(|k| k.0).collect(),
+    )
 }
 
 /// Sum of target log-probabilities per row `[B]` (the log-likelihood of each sequence's labels).

@@ -86,7 +86,8 @@ pub fn build_optimizer(cfg: &OptimSection) -> Result<ModuleOptimizer, TrainError
 }
 
 /// Applies the stage's freezing and LoRA: frozen components get no gradients (and the frozen ViT
-/// runs untracked); with LoRA the whole language model is frozen and adapters are attached.
+/// runs untracked); with LoRA the decoder layers and final norm are frozen and adapters are
+/// attached to them, while the embeddings and output head follow `freeze.embeddings`.
 pub fn set_trainable(
     mut model: XGenMM,
     freeze: &FreezeSection,
@@ -107,7 +108,7 @@ pub fn set_trainable(
             .collect();
         lm.model.norm = lm.model.norm.clone().freeze();
     }
-    if freeze.embeddings || lora.is_some() {
+    if freeze.embeddings {
         lm.model.embed_tokens = lm.model.embed_tokens.clone().freeze();
         lm.lm_head = lm.lm_head.clone().freeze();
     }

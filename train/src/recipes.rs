@@ -34,8 +34,8 @@ impl Default for SyntheticPlan {
     fn default() -> Self {
         Self {
             preset: "tiny".into(),
-            steps: [600, 400, 150, 120, 120],
-            lr: [2e-3, 1e-3, 5e-4, 2e-4, 5e-4],
+            steps: [800, 400, 150, 150, 200],
+            lr: [2e-3, 1e-3, 5e-4, 1e-3, 2e-3],
             batch_size: 16,
             num_workers: 2,
             seed: 42,
@@ -80,7 +80,7 @@ pub fn synthetic_stages(
         "  - name: dpo_pairs\n    kind: dpo\n    paths: [\"{c}/dpo/pairs.jsonl\"]\n    image_root: \"{c}/dpo\"\n    weight: 1\n"
     );
     let safety = format!(
-        "  - name: vlguard\n    kind: vlguard\n    paths: [\"{c}/safety/train.json\"]\n    image_root: \"{c}/safety\"\n    weight: 1\n"
+        "  - name: vlguard\n    kind: vlguard\n    paths: [\"{c}/safety/train.json\"]\n    image_root: \"{c}/safety\"\n    weight: 2\n"
     );
     let head = format!("seed: {seed}\non_exhausted: restart\nsources:\n");
     let files = [
@@ -136,6 +136,10 @@ pub fn synthetic_stages(
                     targets: LoraConfig::TARGETS.iter().map(|s| s.to_string()).collect(),
                 });
                 cfg.freeze.resampler = true;
+                // DPO adapts only the LoRA weights (the paper's ~2.5%); safety also trains the
+                // embeddings and head, which the tiny model needs for the refusal's tokens (its
+                // earlier stages never produced them).
+                cfg.freeze.embeddings = stage == Stage::Dpo;
                 cfg.dpo.reference = DpoReference::LoraBase;
                 cfg.dpo.beta = 0.1;
             }

@@ -432,6 +432,22 @@ pub(super) fn write(
     let n_mmbench = mm_scenes.len();
     scenes.extend(mm_scenes);
 
+    // Held-out preference pairs on the caption/VQA images, made like the DPO training pairs (the
+    // rejected answer hallucinates), for likelihood-based hallucination checks.
+    let mut pref_rows = Vec::new();
+    for (i, (rel, s)) in scenes.iter().take(cfg.eval_images).enumerate() {
+        let mut rng = ctx.rng("eval-pref", i);
+        let sm = super::prefs::sample(s, i, &mut rng);
+        pref_rows.push(super::prefs::PairRow {
+            id: format!("eval_pref_{:06}", i + 1),
+            prompt: sm.prompt,
+            image: rel.clone(),
+            chosen: sm.chosen,
+            rejected: sm.rejected,
+        });
+    }
+    out.jsonl("eval/dpo_pairs.jsonl", &pref_rows)?;
+
     let rows = scene_rows(&scenes);
     out.jsonl("eval/scenes.jsonl", &rows)?;
 
@@ -473,6 +489,14 @@ pub(super) fn write(
             records: n_mmbench,
             images: n_mmbench,
             image_root: None,
+        },
+        DatasetEntry {
+            name: "eval/dpo_pairs".into(),
+            format: "dpo-jsonl".into(),
+            files: vec!["eval/dpo_pairs.jsonl".into()],
+            records: pref_rows.len(),
+            images: pref_rows.len(),
+            image_root: Some("eval".into()),
         },
         DatasetEntry {
             name: "eval/scenes".into(),

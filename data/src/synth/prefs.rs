@@ -26,12 +26,12 @@ const MODELS: [&str; 6] = [
 
 /// A generic DPO pair.
 #[derive(Serialize)]
-struct PairRow {
-    id: String,
-    prompt: String,
-    image: String,
-    chosen: String,
-    rejected: String,
+pub(super) struct PairRow {
+    pub(super) id: String,
+    pub(super) prompt: String,
+    pub(super) image: String,
+    pub(super) chosen: String,
+    pub(super) rejected: String,
 }
 
 /// A VLFeedback rating.
@@ -138,15 +138,15 @@ fn recolor(s: &Scene, rng: &mut Rng) -> Vec<(Color, Shape, usize)> {
 
 /// One preference sample: prompt, chosen, rejected, and two more completions of lower quality
 /// (with their helpfulness and faithfulness ratings) for the VLFeedback layout.
-struct Sample {
-    prompt: String,
-    chosen: String,
-    rejected: String,
+pub(super) struct Sample {
+    pub(super) prompt: String,
+    pub(super) chosen: String,
+    pub(super) rejected: String,
     extra: Vec<(String, u8, u8, usize)>,
 }
 
 /// Builds the preference sample of a scene.
-fn sample(s: &Scene, i: usize, rng: &mut Rng) -> Sample {
+pub(super) fn sample(s: &Scene, i: usize, rng: &mut Rng) -> Sample {
     match i % 4 {
         0..=2 => {
             let (prompt, style) = if i % 4 == 2 {

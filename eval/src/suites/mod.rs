@@ -507,6 +507,10 @@ pub fn collect_benchmarks(opts: &SuiteOptions) -> Result<Vec<Benchmark>, EvalErr
                 synthetic::ensure_corpus(root.as_deref(), &opts.synth, opts.synth_dir.as_deref())?;
             synthetic::specs(&dir)?
         }
+        // A synthetic corpus given as the data root serves every suite, filtered by family.
+        (Some(root), _) if root.join(blip3_data::synth::MANIFEST_FILE).is_file() => {
+            synthetic::specs(root)?
+        }
         (Some(root), _) => layout::discover(root)?,
     };
     let mut out = Vec::new();
