@@ -29,7 +29,7 @@ use crate::config::{DpoReference, ImageMode, Precision, Stage, TrainConfig};
 use crate::error::TrainError;
 use crate::monitor::{LogRow, PlainRenderer, RunLogger, StepMetric, StepMetricKind};
 use crate::optim::{WarmupCosine, build_optimizer, frozen_copy, set_trainable, trainable_params};
-use crate::stage::{StageModel, StageSettings, StepGuard, VlmBatch};
+use crate::stage::{NoisedNegatives, StageModel, StageSettings, StepGuard, VlmBatch};
 
 /// Options of one invocation.
 #[derive(Debug, Clone, Default)]
@@ -267,6 +267,15 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary, Train
         compute_dtype: (cfg.precision.mode == Precision::Bf16Mixed).then_some(DType::BF16),
         grad_clip: cfg.optim.grad_clip,
         guard: guard.clone(),
+        noised_negatives: (cfg.stage == Stage::Dpo && cfg.dpo.noised_image_negatives).then(|| {
+            NoisedNegatives {
+                noise_std: cfg.dpo.noise_std,
+                max_tokens: cfg.dpo.negative_max_tokens,
+                end_id: tok.end_id(),
+                eos_id: tok.eos_id(),
+                pad_id: tok.pad_id(),
+            }
+        }),
     };
     let stage_model = StageModel::new(policy, reference, settings);
 

@@ -76,6 +76,7 @@ fn settings(stage: Stage, guard: Arc<StepGuard>) -> StageSettings {
         compute_dtype: None,
         grad_clip: None,
         guard,
+        noised_negatives: None,
     }
 }
 
@@ -610,4 +611,36 @@ fn non_finite_losses_are_skipped_then_stop_the_run() {
     let _ = TrainStep::step(&model, pretrain_batch(&fx, &device));
     assert_eq!(guard.skipped(), 2);
     assert!(guard.failure().unwrap().contains("non-finite"));
+}
+
+/// DPO with the extra rejected answer generated from a noised image: the loss averages the two
+/// preference terms, so it differs from the plain pair loss, and gradients still flow.
+#[test]
+fn dpo_with_noised_image_negatives_adds_a_second_term() {
+    use blip3_train::stage::NoisedNegatives;
+    let device = Device::flex().autodiff();
+    let fx = read_fixture();
+    let policy = load_policy(&device);
+    let reference = frozen_copy(policy.clone());
+    let mut s = settings(Stage::Dpo, Arc::new(StepGuard::new(3)));
+    s.noised_negatives = Some(NoisedNegatives {
+        noise_std: 1.0,
+        max_tokens: 4,
+        end_id: 97,
+        eos_id: 98,
+        pad_id: 99,
+    });
+    let guard = s.guard.clone();
+    let model = StageModel::new(policy, Some(reference), s);
+    let out = TrainStep::step(&model, dpo_batch(&fx, &device));
+    assert!(guard.failure().is_none(), "{:?}", guard.failure());
+    assert!(!out.item.skipped);
+    let plain = fx.tensors["dpo_loss"].0[0] as f64;
+    let loss = out.item.loss_value();
+    assert!(
+        loss.is_finite() && (loss - plain).abs() > 1e-4,
+        "{loss} vs plain {plain}"
+    );
+    let w = &model.policy.lang_model.lm_head.weight;
+    assert!(out.grads.get::<2>(w.id).is_some());
 }

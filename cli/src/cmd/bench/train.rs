@@ -159,6 +159,7 @@ fn measure(config: &str, option: &str, args: &Args) -> Result<Measurement> {
         compute_dtype: (option == "bf16").then_some(DType::BF16),
         grad_clip: Some(1.0),
         guard: Arc::new(StepGuard::new(3)),
+        noised_negatives: None,
     };
     let mut model = StageModel::new(policy, None, settings);
     let mut optim = AdamWConfig::new().init();
