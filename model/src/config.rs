@@ -106,7 +106,7 @@ impl SiglipVisionConfig {
             "vision_config.num_attention_heads must be > 0",
         )?;
         check(
-            self.hidden_size % self.num_attention_heads == 0,
+            self.hidden_size.is_multiple_of(self.num_attention_heads),
             "vision_config.hidden_size must be divisible by num_attention_heads",
         )?;
         // The patch convolution floors: 384 px with patch 14 gives a 27 x 27 grid.
@@ -283,16 +283,16 @@ impl Phi3Config {
             "text_config.num_attention_heads must be > 0",
         )?;
         check(
-            self.hidden_size % self.num_attention_heads == 0,
+            self.hidden_size.is_multiple_of(self.num_attention_heads),
             "text_config.hidden_size must be divisible by num_attention_heads",
         )?;
         check(
             self.num_key_value_heads > 0
-                && self.num_attention_heads % self.num_key_value_heads == 0,
+                && self.num_attention_heads.is_multiple_of(self.num_key_value_heads),
             "text_config.num_attention_heads must be a multiple of num_key_value_heads",
         )?;
         check(
-            self.head_dim() % 2 == 0,
+            self.head_dim().is_multiple_of(2),
             "text_config head dim must be even for RoPE",
         )?;
         if let Some(s) = &self.rope_scaling {

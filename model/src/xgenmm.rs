@@ -312,15 +312,11 @@ impl XGenMM {
                 input.images.len()
             )));
         }
-        if let Some(labels) = &input.labels {
-            if labels.len() != b
-                || labels
-                    .iter()
-                    .zip(&input.input_ids)
-                    .any(|(l, i)| l.len() != i.len())
-            {
-                return Err(ModelError::Input("labels must align with input_ids".into()));
-            }
+        if let Some(labels) = &input.labels
+            && (labels.len() != b
+                || labels.iter().zip(&input.input_ids).any(|(l, i)| l.len() != i.len()))
+        {
+            return Err(ModelError::Input("labels must align with input_ids".into()));
         }
         let image_id = self.tokens.image;
         for (i, (ids, imgs)) in input.input_ids.iter().zip(&input.images).enumerate() {
