@@ -40,6 +40,8 @@ struct Case {
     sq: usize,
     sk: usize,
     dh: usize,
+    /// Value head size (`dh` unless a case says otherwise).
+    dv: usize,
     mask: MaskKind,
     causal: bool,
     /// Feed q, k, v as `[B, S, H, D]` data viewed through `swap_dims(1, 2)` (as `split_heads`
@@ -62,7 +64,7 @@ impl Case {
         let (b, h, sq, sk, dh) = (self.b, self.h, self.sq, self.sk, self.dh);
         let q = rng.vec(b * h * sq * dh, 2.0);
         let k = rng.vec(b * h * sk * dh, 2.0);
-        let v = rng.vec(b * h * sk * dh, 1.0);
+        let v = rng.vec(b * h * sk * self.dv, 1.0);
         let offset = sk as i64 - sq as i64;
         let shared = |f: &dyn Fn(usize, usize, usize) -> bool| {
             let mut m = Vec::with_capacity(b * sq * sk);
@@ -104,9 +106,9 @@ impl Case {
 
     /// Float64 softmax attention on the host with the documented semantics.
     fn reference(&self, x: &Inputs) -> Vec<f32> {
-        let (b, h, sq, sk, dh) = (self.b, self.h, self.sq, self.sk, self.dh);
+        let (b, h, sq, sk, dh, dv) = (self.b, self.h, self.sq, self.sk, self.dh, self.dv);
         let scale = 1.0 / (dh as f64).sqrt();
-        let mut out = vec![0f32; b * h * sq * dh];
+        let mut out = vec![0f32; b * h * sq * dv];
         for bi in 0..b {
             for hi in 0..h {
                 let bh = bi * h + hi;
@@ -137,12 +139,12 @@ impl Case {
                     }
                     let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
                     let total: f64 = weights.iter().sum();
-                    for d in 0..dh {
+                    for d in 0..dv {
                         let mut acc = 0.0;
                         for (j, w) in weights.iter().enumerate() {
-                            acc += w * f64::from(x.v[(bh * sk + j) * dh + d]);
+                            acc += w * f64::from(x.v[(bh * sk + j) * dv + d]);
                         }
-                        out[(bh * sq + i) * dh + d] = (acc / total) as f32;
+                        out[(bh * sq + i) * dv + d] = (acc / total) as f32;
                     }
                 }
             }
@@ -157,8 +159,8 @@ impl Case {
         device: &Device,
         dtype: DType,
     ) -> (Tensor<4>, Tensor<4>, Tensor<4>, Option<Tensor<4, Bool>>) {
-        let make = |data: &[f32], s: usize| -> Tensor<4> {
-            let (b, h, dh) = (self.b, self.h, self.dh);
+        let make = |data: &[f32], s: usize, dh: usize| -> Tensor<4> {
+            let (b, h) = (self.b, self.h);
             let t = if self.strided {
                 let mut bshd = vec![0f32; data.len()];
                 for bi in 0..b {
@@ -184,9 +186,9 @@ impl Case {
             )
         });
         (
-            make(&x.q, self.sq),
-            make(&x.k, self.sk),
-            make(&x.v, self.sk),
+            make(&x.q, self.sq, self.dh),
+            make(&x.k, self.sk, self.dh),
+            make(&x.v, self.sk, self.dv),
             mask,
         )
     }
@@ -260,6 +262,7 @@ fn case(name: &'static str, b: usize, h: usize, sq: usize, sk: usize, dh: usize)
         sq,
         sk,
         dh,
+        dv: dh,
         mask: MaskKind::None,
         causal: false,
         strided: false,
@@ -277,6 +280,31 @@ fn no_mask_matches_reference() {
         case("dh64", 1, 2, 37, 53, 64),
         case("dh16 single key", 2, 2, 5, 1, 16),
         case("dh96 cross", 1, 2, 8, 200, 96),
+    ]);
+}
+
+#[test]
+fn large_and_unequal_head_dims_match_reference() {
+    // Beyond the model's shapes: head sizes that force smaller tiles, and Dv != Dh.
+    check_cases(&[
+        Case {
+            mask: MaskKind::Random { p: 0.3, full: 5 },
+            ..case("dh200", 1, 2, 40, 45, 200)
+        },
+        Case {
+            causal: true,
+            ..case("dh256", 1, 1, 20, 33, 256)
+        },
+        case("decode dh256", 1, 2, 1, 50, 256),
+        Case {
+            dv: 40,
+            causal: true,
+            ..case("dh16 dv40", 2, 2, 19, 19, 16)
+        },
+        Case {
+            dv: 12,
+            ..case("decode dh64 dv12", 1, 2, 2, 70, 64)
+        },
     ]);
 }
 
@@ -386,9 +414,9 @@ fn gradients(
     let ad = device.clone().autodiff();
     let (q, k, v, mask) = c.tensors(x, &ad, dtype);
     let (q, k, v) = (q.require_grad(), k.require_grad(), v.require_grad());
-    let w_data = Rng::new(99).vec(c.b * c.h * c.sq * c.dh, 1.0);
+    let w_data = Rng::new(99).vec(c.b * c.h * c.sq * c.dv, 1.0);
     let w =
-        Tensor::<4>::from_data(TensorData::new(w_data, [c.b, c.h, c.sq, c.dh]), &ad).cast(dtype);
+        Tensor::<4>::from_data(TensorData::new(w_data, [c.b, c.h, c.sq, c.dv]), &ad).cast(dtype);
     let out = attention_with(path, q.clone(), k.clone(), v.clone(), mask, c.causal);
     let grads = (out * w).sum().backward();
     [q, k, v].map(|t| doubles(t.grad(&grads).expect("gradient")))
@@ -460,7 +488,7 @@ fn gradients_match_finite_differences() {
     };
     let x = c.inputs(5);
     let analytic = gradients(AttentionPath::Blip3, &c, &x, &device, DType::F64);
-    let w = Rng::new(99).vec(c.b * c.h * c.sq * c.dh, 1.0);
+    let w = Rng::new(99).vec(c.b * c.h * c.sq * c.dv, 1.0);
     let loss = |q: &[f64], k: &[f64], v: &[f64]| -> f64 {
         let t = |data: &[f64], s: usize| {
             Tensor::<4>::from_data(
