@@ -12,6 +12,7 @@
 
 use std::time::Instant;
 
+use blip3_data::image::{ResampleFilter as DataFilter, RgbImage, resize as cpu_resize};
 use blip3_shaders::attention::{AttentionPath, attention_with};
 use blip3_shaders::resample::{ResampleFilter, resize_batch};
 use burn::prelude::*;
@@ -254,8 +255,28 @@ fn main() {
         times.push(t0.elapsed().as_secs_f64() * 1e3);
     }
     times.sort_by(f64::total_cmp);
+    let device_ms = times[times.len() / 2];
+    // The same work on the CPU with the data crate's Pillow-exact resize, one image at a time.
+    let mut rng = 1u32;
+    let bytes: Vec<u8> = (0..h * w * 3)
+        .map(|_| {
+            rng = rng.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (rng >> 24) as u8
+        })
+        .collect();
+    let image = RgbImage::from_raw(w as u32, h as u32, bytes).expect("image buffer");
+    let mut cpu = Vec::new();
+    for _ in 0..reps {
+        let t0 = Instant::now();
+        for _ in 0..n {
+            let _ = cpu_resize(&image, 384, 384, DataFilter::Bicubic);
+        }
+        cpu.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    cpu.sort_by(f64::total_cmp);
     println!(
-        "resample: {n}×{w}×{h}×3 → 384×384 bicubic: {:.2} ms (median of {reps})",
-        times[times.len() / 2]
+        "resample: {n}×{w}×{h}×3 → 384×384 bicubic: device {device_ms:.2} ms, CPU (data crate, \
+         one thread) {:.2} ms (medians of {reps})",
+        cpu[cpu.len() / 2]
     );
 }

@@ -682,12 +682,10 @@ fn row_attention_kernel<F: Float, M: Numeric>(
         sync_cube();
         let row_first = r * groups;
         let mut m_row = f32::new(NO_MAX);
-        #[unroll]
         for gg in 0..groups {
             m_row = max(m_row, stats[(row_first + gg) * 2]);
         }
         let mut l_row = 0.0f32;
-        #[unroll]
         for gg in 0..groups {
             let idx = (row_first + gg) * 2;
             l_row += stats[idx + 1] * f32::exp(stats[idx] - m_row);
@@ -712,7 +710,6 @@ fn row_attention_kernel<F: Float, M: Numeric>(
                 let d = chunk * MERGE_CHUNK + c;
                 if row_valid && d < val_dim {
                     let mut sum = 0.0f32;
-                    #[unroll]
                     for gg in 0..groups {
                         sum += part[(row_first + gg) * MERGE_CHUNK + c];
                     }

@@ -102,7 +102,10 @@ fn data_filter(f: ResampleFilter) -> DataFilter {
 }
 
 /// `(w, h) → (w', h')` cases: both pass orders, single-axis, up, down, odd sizes.
-const SIZES: &[((usize, usize), (usize, usize))] = &[
+/// `(width, height)`.
+type Size = (usize, usize);
+
+const SIZES: &[(Size, Size)] = &[
     ((97, 61), (53, 41)),  // down, horizontal first
     ((50, 200), (45, 60)), // height shrinks most: vertical first
     ((7, 5), (23, 19)),    // up
