@@ -341,6 +341,12 @@ fn causal_matches_reference() {
             causal: true,
             ..case("causal long dh64", 1, 1, 150, 150, 64)
         },
+        // Phi-3 prefill length scale: many query blocks and key tiles.
+        Case {
+            mask: MaskKind::LeftPadding(vec![70]),
+            causal: true,
+            ..case("prefill 1100 dh96", 1, 1, 1100, 1100, 96)
+        },
     ]);
 }
 
@@ -377,6 +383,10 @@ fn decode_with_long_cache_matches_reference() {
             ..case("decode causal dh96", 1, 2, 1, 257, 96)
         },
         case("decode dh72", 1, 2, 1, 129, 72),
+        Case {
+            mask: MaskKind::LeftPadding(vec![123]),
+            ..case("decode 3000 dh96", 1, 2, 1, 3000, 96)
+        },
     ]);
 }
 
