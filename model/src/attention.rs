@@ -28,7 +28,12 @@ pub fn repeat_kv(x: Tensor<4>, n_rep: usize) -> Tensor<4> {
 }
 
 /// Softmax attention with scale `Dh^-0.5`. `mask` is `[B, H|1, Sq, Sk]`, true = masked out;
-/// `causal` adds bottom-right-aligned causal masking. Every query row must keep at least one key.
+/// `causal` adds bottom-right-aligned causal masking; a query row with every key masked gives
+/// zeros.
+///
+/// Routing lives in `blip3_shaders::attention`: its fused kernel on CubeCL devices (wgpu, CUDA)
+/// where it applies, Burn's attention op on Flex and elsewhere; `BLIP3_ATTENTION=burn|blip3|auto`
+/// forces a path. A head-broadcast mask is passed as is (the kernel reads it with stride 0).
 pub fn scaled_dot_product_attention(
     q: Tensor<4>,
     k: Tensor<4>,
@@ -36,8 +41,5 @@ pub fn scaled_dot_product_attention(
     mask: Option<Tensor<4, Bool>>,
     causal: bool,
 ) -> Tensor<4> {
-    let [b, h, sq, _] = q.dims();
-    let [_, _, sk, _] = k.dims();
-    let mask = mask.map(|m| m.expand([b, h, sq, sk]));
     blip3_shaders::attention(q, k, v, mask, causal)
 }

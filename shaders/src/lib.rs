@@ -1,26 +1,21 @@
-//! blip3-shaders: attention entry point and custom CubeCL kernels for blip3.
+//! blip3-shaders: custom CubeCL kernels for blip3, packaged as Burn backend extensions.
 //!
-//! Kernels know tensors, not models.
+//! * [`attention`]: scaled dot-product attention. On CubeCL devices (wgpu, CUDA) it runs a
+//!   flash-style kernel (online softmax, f32 accumulation, key tiles in shared memory); on Flex,
+//!   and wherever the kernel does not apply, Burn's own attention op. Under autodiff the kernel's
+//!   gradient is computed from the saved inputs with ordinary tensor operations.
+//! * [`resample`]: Pillow-exact separable image resampling (8-bit fixed point) of a batch of
+//!   images on the device, from coefficient tables computed on the host.
+//!
+//! Kernels know tensors, not models: shapes, dtypes and masks are their whole contract.
 #![warn(missing_docs)]
 
-use burn::prelude::*;
-use burn::tensor::module::attention as burn_attention;
-use burn::tensor::ops::AttentionModuleOptions;
+pub mod attention;
+#[cfg(feature = "cube")]
+mod attention_kernel;
+pub mod resample;
+#[cfg(feature = "cube")]
+mod resample_kernel;
 
-/// Scaled dot-product attention over `[B, H, S, Dh]` tensors with scale `Dh^-0.5`.
-///
-/// `mask` is `[B, H, Sq, Sk]`, true = masked out; `causal` adds bottom-right-aligned causal
-/// masking.
-pub fn attention(
-    q: Tensor<4>,
-    k: Tensor<4>,
-    v: Tensor<4>,
-    mask: Option<Tensor<4, Bool>>,
-    causal: bool,
-) -> Tensor<4> {
-    let opts = AttentionModuleOptions {
-        is_causal: causal,
-        ..Default::default()
-    };
-    burn_attention(q, k, v, mask, None, opts)
-}
+pub use attention::{AttentionPath, attention, attention_with, burn_attention, flash_attention};
+pub use resample::{AxisCoefficients, ResampleError, ResampleFilter, resample_axis, resize_batch};

@@ -1,0 +1,282 @@
+//! Kernel benchmark: the blip3 attention kernel against Burn's attention op for the shapes the
+//! model produces (SigLIP so400m, the perceiver resampler, Phi-3 mini prefill and decode), and
+//! the resampling kernel on a batch of views, printing milliseconds per call and the ratio.
+//!
+//! Run: `cargo bench --workspace --bench kernels`. The device is wgpu by default
+//! (`BLIP3_BENCH_DEVICE=cuda` with the `cuda` feature); `BLIP3_BENCH_SCALE=full` uses the real
+//! sequence lengths and batch sizes, the default `small` shrinks the long ones so that a CPU
+//! Vulkan driver (lavapipe) finishes in minutes. Each shape is warmed up (kernel compilation,
+//! Burn's autotuning) before timing; every timed call gets fresh inputs and ends in a device
+//! sync. `BLIP3_BENCH_FILTER=<text>` keeps the shapes whose name contains the text,
+//! `BLIP3_BENCH_REPS` sets the timed calls (default 5). Speed is measured here, never in tests.
+
+use std::time::Instant;
+
+use blip3_data::image::{ResampleFilter as DataFilter, RgbImage, resize as cpu_resize};
+use blip3_shaders::attention::{AttentionPath, attention_with};
+use blip3_shaders::resample::{ResampleFilter, resize_batch};
+use burn::prelude::*;
+use burn::tensor::{DType, Distribution};
+
+/// One attention problem.
+struct Shape {
+    name: &'static str,
+    b: usize,
+    h: usize,
+    sq: usize,
+    sk: usize,
+    dh: usize,
+    mask: MaskKind,
+    causal: bool,
+}
+
+#[derive(Clone, Copy)]
+enum MaskKind {
+    None,
+    /// `[B, 1, Sq, Sk]`, the first `pad` keys of every row masked.
+    KeyPrefix(usize),
+}
+
+fn shapes(full: bool) -> Vec<Shape> {
+    // (small, full)
+    let pick = |small: usize, big: usize| if full { big } else { small };
+    vec![
+        Shape {
+            name: "siglip so400m (5 views, 729 tokens, Dh 72)",
+            b: pick(1, 5),
+            h: 16,
+            sq: 729,
+            sk: 729,
+            dh: 72,
+            mask: MaskKind::None,
+            causal: false,
+        },
+        Shape {
+            name: "resampler (128 latents over 729+128, Dh 96, key padding)",
+            b: pick(1, 5),
+            h: 16,
+            sq: 128,
+            sk: 857,
+            dh: 96,
+            mask: MaskKind::KeyPrefix(0),
+            causal: false,
+        },
+        Shape {
+            name: "phi-3 prefill causal (Dh 96)",
+            b: 1,
+            h: 32,
+            sq: pick(512, 2048),
+            sk: pick(512, 2048),
+            dh: 96,
+            mask: MaskKind::None,
+            causal: true,
+        },
+        Shape {
+            name: "phi-3 prefill, left-padding mask + causal (Dh 96)",
+            b: 2,
+            h: 32,
+            sq: pick(256, 1024),
+            sk: pick(256, 1024),
+            dh: 96,
+            mask: MaskKind::KeyPrefix(17),
+            causal: true,
+        },
+        Shape {
+            name: "phi-3 decode Sq=1 (Dh 96, masked cache)",
+            b: pick(1, 4),
+            h: 32,
+            sq: 1,
+            sk: pick(1024, 4096),
+            dh: 96,
+            mask: MaskKind::KeyPrefix(5),
+            causal: false,
+        },
+        Shape {
+            name: "tiny preset (Dh 16)",
+            b: 2,
+            h: 4,
+            sq: 80,
+            sk: 80,
+            dh: 16,
+            mask: MaskKind::None,
+            causal: true,
+        },
+    ]
+}
+
+type Inputs = (Tensor<4>, Tensor<4>, Tensor<4>, Option<Tensor<4, Bool>>);
+
+fn inputs(s: &Shape, device: &Device, dtype: DType) -> Inputs {
+    let r = |len: usize| {
+        Tensor::<4>::random(
+            [s.b, s.h, len, s.dh],
+            Distribution::Uniform(-1.0, 1.0),
+            device,
+        )
+        .cast(dtype)
+    };
+    let mask = match s.mask {
+        MaskKind::None => None,
+        MaskKind::KeyPrefix(pad) => {
+            let mut m = vec![false; s.b * s.sq * s.sk];
+            for row in m.chunks_exact_mut(s.sk) {
+                row[..pad.min(s.sk)].fill(true);
+            }
+            Some(Tensor::<4, Bool>::from_data(
+                TensorData::new(m, [s.b, 1, s.sq, s.sk]),
+                device,
+            ))
+        }
+    };
+    (r(s.sq), r(s.sk), r(s.sk), mask)
+}
+
+/// Median milliseconds of `reps` calls (after `warmup` untimed calls), fresh inputs each time.
+fn time_path(
+    path: AttentionPath,
+    s: &Shape,
+    sets: &[Inputs],
+    device: &Device,
+    warmup: usize,
+) -> f64 {
+    let run = |(q, k, v, m): &Inputs| {
+        let out = attention_with(path, q.clone(), k.clone(), v.clone(), m.clone(), s.causal);
+        // A read-back of one value forces execution through fusion's lazy queue.
+        let _ = out.slice([0..1, 0..1, 0..1, 0..1]).into_data();
+    };
+    for set in sets.iter().take(warmup) {
+        run(set);
+    }
+    let _ = device.sync();
+    let mut times = Vec::new();
+    for set in &sets[warmup..] {
+        let t0 = Instant::now();
+        run(set);
+        let _ = device.sync();
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+fn bench_device() -> Option<(String, Device)> {
+    let which = std::env::var("BLIP3_BENCH_DEVICE").unwrap_or_else(|_| "wgpu".to_string());
+    let device = match which.as_str() {
+        #[cfg(feature = "cuda")]
+        "cuda" => Device::cuda(0),
+        "wgpu" => Device::wgpu(DeviceKind::DefaultDevice),
+        other => {
+            eprintln!("unknown BLIP3_BENCH_DEVICE={other} (wgpu, or cuda with the cuda feature)");
+            return None;
+        }
+    };
+    let probe = std::panic::catch_unwind(|| {
+        let t = Tensor::<1>::from_floats([1.0, 2.0], &device) * 2.0;
+        t.into_data().try_into_vec_as::<f32>().ok()
+    });
+    match probe {
+        Ok(Some(v)) if v == [2.0, 4.0] => {
+            let name = device
+                .identity()
+                .map(|i| format!("{which} ({i:?})"))
+                .unwrap_or(which);
+            Some((name, device))
+        }
+        _ => {
+            eprintln!("no working {which} adapter here: nothing to benchmark");
+            None
+        }
+    }
+}
+
+fn main() {
+    let Some((name, device)) = bench_device() else {
+        return;
+    };
+    let full = std::env::var("BLIP3_BENCH_SCALE").is_ok_and(|s| s == "full");
+    let reps: usize = std::env::var("BLIP3_BENCH_REPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    println!("device: {name}");
+    println!(
+        "scale: {}; median of {reps} calls after 2 warm-up calls",
+        if full { "full" } else { "small" }
+    );
+    println!();
+    println!("| shape | B×H×Sq×Sk×Dh | dtype | burn ms | blip3 ms | burn/blip3 |");
+    println!("|---|---|---|---:|---:|---:|");
+    let mut dtypes = vec![DType::F32];
+    if device.supports_dtype(DType::F16) {
+        dtypes.push(DType::F16);
+    }
+    let filter = std::env::var("BLIP3_BENCH_FILTER").unwrap_or_default();
+    for s in shapes(full)
+        .into_iter()
+        .filter(|s| s.name.contains(filter.as_str()))
+    {
+        for &dtype in &dtypes {
+            let warmup = 2;
+            let sets: Vec<Inputs> = (0..warmup + reps)
+                .map(|_| inputs(&s, &device, dtype))
+                .collect();
+            let burn = time_path(AttentionPath::Burn, &s, &sets, &device, warmup);
+            let ours = time_path(AttentionPath::Blip3, &s, &sets, &device, warmup);
+            println!(
+                "| {} | {}×{}×{}×{}×{} | {dtype:?} | {burn:.2} | {ours:.2} | {:.2} |",
+                s.name,
+                s.b,
+                s.h,
+                s.sq,
+                s.sk,
+                s.dh,
+                burn / ours
+            );
+        }
+    }
+
+    // Resampling: a batch of 5 views of a 1000×750 RGB image to 384×384 (Pillow bicubic).
+    println!();
+    let (n, h, w) = (5, 750, 1000);
+    let make =
+        || Tensor::<4>::random([n, h, w, 3], Distribution::Uniform(0.0, 255.0), &device).int();
+    let run = |t: Tensor<4, Int>| {
+        let out = resize_batch(t, 384, 384, ResampleFilter::Bicubic).expect("resize");
+        let _ = out.slice([0..1, 0..1, 0..1, 0..1]).into_data();
+    };
+    run(make());
+    let mut times = Vec::new();
+    for _ in 0..reps {
+        let t = make();
+        let _ = device.sync();
+        let t0 = Instant::now();
+        run(t);
+        let _ = device.sync();
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    let device_ms = times[times.len() / 2];
+    // The same work on the CPU with the data crate's Pillow-exact resize, one image at a time.
+    let mut rng = 1u32;
+    let bytes: Vec<u8> = (0..h * w * 3)
+        .map(|_| {
+            rng = rng.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (rng >> 24) as u8
+        })
+        .collect();
+    let image = RgbImage::from_raw(w as u32, h as u32, bytes).expect("image buffer");
+    let mut cpu = Vec::new();
+    for _ in 0..reps {
+        let t0 = Instant::now();
+        for _ in 0..n {
+            let _ = cpu_resize(&image, 384, 384, DataFilter::Bicubic);
+        }
+        cpu.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    cpu.sort_by(f64::total_cmp);
+    println!(
+        "resample: {n}×{w}×{h}×3 → 384×384 bicubic: device {device_ms:.2} ms, CPU (data crate, \
+         one thread) {:.2} ms (medians of {reps})",
+        cpu[cpu.len() / 2]
+    );
+}
