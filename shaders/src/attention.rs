@@ -38,9 +38,11 @@ pub const MAX_KERNEL_HEAD_DIM: usize = 256;
 pub enum AttentionPath {
     /// The blip3 kernel on CubeCL devices where it applies (float dtype, head dims up to
     /// [`MAX_KERNEL_HEAD_DIM`]), Burn's op everywhere else.
-    #[default]
     Auto,
-    /// Always Burn's `attention` op.
+    /// Always Burn's `attention` op. The default: on the only device measured so far (Mesa
+    /// lavapipe) Burn's autotuned kernels are 2-9x faster than ours (docs/kernels.md); switch
+    /// with `BLIP3_ATTENTION=auto|blip3` once a GPU measurement says otherwise.
+    #[default]
     Burn,
     /// The [`FlashAttentionBackend`] extension wherever it is implemented (the kernel on CubeCL
     /// devices, Burn's op inside the extension on Flex); Burn's op on other backends. The kernel
@@ -60,15 +62,15 @@ impl AttentionPath {
     }
 
     /// The path named by `BLIP3_ATTENTION`, read once per process. Unset means
-    /// [`AttentionPath::Auto`]; an unrecognised value is reported once (log warning) and also
-    /// means `Auto`.
+    /// [`AttentionPath::Burn`] (the default, see its docs); an unrecognised value is reported
+    /// once (log warning) and also means the default.
     pub fn configured() -> AttentionPath {
         static CONFIGURED: OnceLock<AttentionPath> = OnceLock::new();
         *CONFIGURED.get_or_init(|| match std::env::var(ATTENTION_ENV) {
-            Err(_) => AttentionPath::Auto,
+            Err(_) => AttentionPath::default(),
             Ok(text) => AttentionPath::parse(&text).unwrap_or_else(|| {
-                log::warn!("{ATTENTION_ENV}={text:?} is not one of burn, blip3, auto; using auto");
-                AttentionPath::Auto
+                log::warn!("{ATTENTION_ENV}={text:?} is not one of burn, blip3, auto; using burn");
+                AttentionPath::default()
             }),
         })
     }

@@ -441,7 +441,7 @@ impl TrainConfig {
         if o.grad_accum == 0 || self.data.batch_size == 0 {
             return Err("optim.grad_accum and data.batch_size must be > 0".into());
         }
-        if !(o.lr > 0.0) {
+        if o.lr.is_nan() || o.lr <= 0.0 {
             return Err("optim.lr must be > 0".into());
         }
         if self.checkpoint.every_steps == 0 || self.checkpoint.keep_last == 0 {

@@ -121,13 +121,9 @@ pub fn synthetic_stages(
         cfg.monitor.log_every = 50;
         cfg.freeze = FreezeSection::default();
         match stage {
-            Stage::Pretrain => {
-                // The tiny ViT is random: pre-training trains it too, unlike the released recipe
-                // whose SigLIP is pre-trained and frozen.
-                if plan.preset == "tiny" {
-                    cfg.freeze.vision = false;
-                }
-            }
+            // The tiny ViT is random: pre-training trains it too, unlike the released recipe
+            // whose SigLIP is pre-trained and frozen.
+            Stage::Pretrain if plan.preset == "tiny" => cfg.freeze.vision = false,
             Stage::Dpo | Stage::Safety => {
                 cfg.lora = Some(LoraConfig {
                     rank: 8,
