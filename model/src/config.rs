@@ -288,7 +288,9 @@ impl Phi3Config {
         )?;
         check(
             self.num_key_value_heads > 0
-                && self.num_attention_heads.is_multiple_of(self.num_key_value_heads),
+                && self
+                    .num_attention_heads
+                    .is_multiple_of(self.num_key_value_heads),
             "text_config.num_attention_heads must be a multiple of num_key_value_heads",
         )?;
         check(

@@ -31,3 +31,8 @@ pub use phi3::{KvCache, LogitsFor, Phi3ForCausalLM};
 pub use resampler::PerceiverResampler;
 pub use siglip::SiglipVisionTransformer;
 pub use xgenmm::{ImageInput, MultimodalInput, Padding, SpecialTokens, XGenMM, XGenMMOutput};
+
+/// The README's code examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

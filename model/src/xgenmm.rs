@@ -314,7 +314,10 @@ impl XGenMM {
         }
         if let Some(labels) = &input.labels
             && (labels.len() != b
-                || labels.iter().zip(&input.input_ids).any(|(l, i)| l.len() != i.len()))
+                || labels
+                    .iter()
+                    .zip(&input.input_ids)
+                    .any(|(l, i)| l.len() != i.len()))
         {
             return Err(ModelError::Input("labels must align with input_ids".into()));
         }
