@@ -196,168 +196,13 @@ fn high_byte(v: u16) -> u8 {
     (v >> 8) as u8
 }
 
-/// A Pillow resampling filter (`PIL.Image.Resampling`), minus NEAREST, which Pillow implements as
-/// an affine transform rather than a convolution.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ResampleFilter {
-    /// `Resampling.BOX`: each output pixel averages the input pixels it covers.
-    Box,
-    /// `Resampling.BILINEAR`: triangle filter, support 1.
-    Bilinear,
-    /// `Resampling.HAMMING`: Hamming-windowed sinc, support 1.
-    Hamming,
-    /// `Resampling.BICUBIC`: cubic convolution with a = -0.5, support 2. The default of
-    /// `Image.resize` for RGB images (Pillow ≥ 7, including 13).
-    #[default]
-    Bicubic,
-    /// `Resampling.LANCZOS`: Lanczos-windowed sinc, support 3.
-    Lanczos,
-}
+// The filter definitions and Pillow's fixed-point coefficient tables live in the shaders crate,
+// so the host resize here and the device resampling kernel share one implementation.
+pub use blip3_shaders::resample::{AxisCoefficients, PRECISION_BITS, ResampleFilter};
 
-impl ResampleFilter {
-    /// Half-width of the filter kernel at scale 1, in input pixels.
-    fn support(self) -> f64 {
-        match self {
-            ResampleFilter::Box => 0.5,
-            ResampleFilter::Bilinear | ResampleFilter::Hamming => 1.0,
-            ResampleFilter::Bicubic => 2.0,
-            ResampleFilter::Lanczos => 3.0,
-        }
-    }
-
-    /// The kernel value at distance `x` (in kernel units), with Pillow's exact expressions so that
-    /// the weights round to the same fixed-point values.
-    fn weight(self, x: f64) -> f64 {
-        match self {
-            ResampleFilter::Box => {
-                if x > -0.5 && x <= 0.5 {
-                    1.0
-                } else {
-                    0.0
-                }
-            }
-            ResampleFilter::Bilinear => {
-                let x = x.abs();
-                if x < 1.0 { 1.0 - x } else { 0.0 }
-            }
-            ResampleFilter::Hamming => {
-                let x = x.abs();
-                if x == 0.0 {
-                    1.0
-                } else if x >= 1.0 {
-                    0.0
-                } else {
-                    let px = x * std::f64::consts::PI;
-                    // Pillow writes the window constants as single-precision literals.
-                    px.sin() / px * (f64::from(0.54f32) + f64::from(0.46f32) * px.cos())
-                }
-            }
-            ResampleFilter::Bicubic => {
-                const A: f64 = -0.5;
-                let x = x.abs();
-                if x < 1.0 {
-                    ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
-                } else if x < 2.0 {
-                    (((x - 5.0) * x + 8.0) * x - 4.0) * A
-                } else {
-                    0.0
-                }
-            }
-            ResampleFilter::Lanczos => {
-                if (-3.0..3.0).contains(&x) {
-                    sinc(x) * sinc(x / 3.0)
-                } else {
-                    0.0
-                }
-            }
-        }
-    }
-}
-
-fn sinc(x: f64) -> f64 {
-    if x == 0.0 {
-        1.0
-    } else {
-        let px = x * std::f64::consts::PI;
-        px.sin() / px
-    }
-}
-
-/// Fractional bits of the fixed-point weights: 32 bits minus 8 for the sample and 2 for the
-/// overshoot of filters with negative lobes.
-const PRECISION_BITS: u32 = 32 - 8 - 2;
-
-/// Resampling weights for one axis: for every output position, the first input index, the number
-/// of taps, and `stride` fixed-point weights (only the first `taps` are used).
-struct AxisWeights {
-    /// `(first input index, number of taps)` per output position.
-    windows: Vec<(usize, usize)>,
-    /// Fixed-point weights, `stride` per output position.
-    weights: Vec<i32>,
-    /// Weights reserved per output position.
-    stride: usize,
-}
-
-impl AxisWeights {
-    /// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for resampling the whole input axis
-    /// `0..in_size` onto `out_size` pixels.
-    fn new(in_size: usize, out_size: usize, filter: ResampleFilter) -> AxisWeights {
-        // Pillow passes the source box as single-precision floats.
-        let scale = f64::from(in_size as f32) / out_size as f64;
-        let filter_scale = scale.max(1.0);
-        let support = filter.support() * filter_scale;
-        let stride = support.ceil() as usize * 2 + 1;
-        let inv_filter_scale = 1.0 / filter_scale;
-
-        let mut windows = Vec::with_capacity(out_size);
-        let mut weights = vec![0i32; out_size * stride];
-        let mut window = vec![0f64; stride];
-        for (xx, out) in weights.chunks_exact_mut(stride).enumerate() {
-            let center = (xx as f64 + 0.5) * scale;
-            // C `(int)` casts truncate toward zero, as `as` does.
-            let first = ((center - support + 0.5) as i64).max(0);
-            let end = ((center + support + 0.5) as i64).min(in_size as i64);
-            let taps = (end - first).clamp(0, stride as i64) as usize;
-            let first = first as usize;
-
-            let mut sum = 0.0;
-            for (x, w) in window.iter_mut().enumerate().take(taps) {
-                *w = filter.weight(((x + first) as f64 - center + 0.5) * inv_filter_scale);
-                sum += *w;
-            }
-            for (k, w) in out.iter_mut().zip(&window).take(taps) {
-                let w = if sum != 0.0 { *w / sum } else { *w };
-                let scaled = w * f64::from(1u32 << PRECISION_BITS);
-                *k = if w < 0.0 {
-                    (scaled - 0.5) as i32
-                } else {
-                    (scaled + 0.5) as i32
-                };
-            }
-            windows.push((first, taps));
-        }
-        AxisWeights {
-            windows,
-            weights,
-            stride,
-        }
-    }
-
-    /// The input window and weights of output position `i`.
-    fn get(&self, i: usize) -> (usize, &[i32]) {
-        let (first, taps) = self.windows[i];
-        (
-            first,
-            &self.weights[i * self.stride..i * self.stride + taps],
-        )
-    }
-
-    /// The input rows `first..end` that any output position reads.
-    fn span(&self) -> (usize, usize) {
-        let first = self.windows.first().map_or(0, |w| w.0);
-        let end = self.windows.last().map_or(0, |w| w.0 + w.1);
-        (first, end.max(first))
-    }
+/// The input window and weights of output position `i` (empty past the end of the table).
+fn taps(weights: &AxisCoefficients, i: usize) -> (usize, &[i32]) {
+    weights.window(i).unwrap_or((0, &[]))
 }
 
 /// Rounds a fixed-point accumulator (which starts at one half) to an 8-bit sample, clamping.
@@ -393,17 +238,22 @@ pub fn resize(src: &RgbImage, width: u32, height: u32, filter: ResampleFilter) -
     );
     let pixels = src.as_raw();
     let data = if out_w == in_w {
-        resample_vertical(pixels, in_w, &AxisWeights::new(in_h, out_h, filter), 0)
+        resample_vertical(
+            pixels,
+            in_w,
+            &AxisCoefficients::pillow(in_h, out_h, filter),
+            0,
+        )
     } else if out_h == in_h {
         resample_horizontal(
             pixels,
             in_w,
             0..in_h,
-            &AxisWeights::new(in_w, out_w, filter),
+            &AxisCoefficients::pillow(in_w, out_w, filter),
         )
     } else {
-        let horizontal = AxisWeights::new(in_w, out_w, filter);
-        let vertical = AxisWeights::new(in_h, out_h, filter);
+        let horizontal = AxisCoefficients::pillow(in_w, out_w, filter);
+        let vertical = AxisCoefficients::pillow(in_h, out_h, filter);
         let shrink_h = in_h as i64 - out_h as i64;
         let shrink_w = in_w as i64 - out_w as i64;
         if shrink_h > 0 && shrink_h > 2 * shrink_w {
@@ -420,21 +270,21 @@ pub fn resize(src: &RgbImage, width: u32, height: u32, filter: ResampleFilter) -
 }
 
 /// Horizontal pass over the input rows `rows`: returns `rows.len()` rows of
-/// `weights.windows.len()` RGB pixels.
+/// `weights.out_size` RGB pixels.
 fn resample_horizontal(
     src: &[u8],
     in_w: usize,
     rows: std::ops::Range<usize>,
-    weights: &AxisWeights,
+    weights: &AxisCoefficients,
 ) -> Vec<u8> {
-    let out_w = weights.windows.len();
+    let out_w = weights.out_size;
     let half = 1i32 << (PRECISION_BITS - 1);
     let mut out = vec![0u8; rows.len() * out_w * 3];
     for (y, out_row) in rows.zip(out.chunks_exact_mut(out_w * 3)) {
         let (in_row, _) = src[y * in_w * 3..(y + 1) * in_w * 3].as_chunks::<3>();
         let (out_row, _) = out_row.as_chunks_mut::<3>();
         for (x, out_px) in out_row.iter_mut().enumerate() {
-            let (first, ks) = weights.get(x);
+            let (first, ks) = taps(weights, x);
             let taps = &in_row[first..first + ks.len()];
             let (mut r, mut g, mut b) = (half, half, half);
             for (&[pr, pg, pb], &k) in taps.iter().zip(ks) {
@@ -449,22 +299,22 @@ fn resample_horizontal(
 }
 
 /// Vertical pass: `src` holds rows of `width` RGB pixels starting at input row `row_offset` (the
-/// horizontal pass may have skipped rows no output reads); returns `weights.windows.len()` rows.
+/// horizontal pass may have skipped rows no output reads); returns `weights.out_size` rows.
 fn resample_vertical(
     src: &[u8],
     width: usize,
-    weights: &AxisWeights,
+    weights: &AxisCoefficients,
     row_offset: usize,
 ) -> Vec<u8> {
     let row_len = width * 3;
-    let out_h = weights.windows.len();
+    let out_h = weights.out_size;
     let half = 1i32 << (PRECISION_BITS - 1);
     let mut out = vec![0u8; out_h * row_len];
     // One accumulator row, reused: whole input rows are added in turn, which keeps memory access
     // sequential (integer sums do not depend on the order).
     let mut acc = vec![0i32; row_len];
     for (y, out_row) in out.chunks_exact_mut(row_len).enumerate() {
-        let (first, ks) = weights.get(y);
+        let (first, ks) = taps(weights, y);
         acc.fill(half);
         for (i, &k) in ks.iter().enumerate() {
             let row = first + i - row_offset;
@@ -487,9 +337,9 @@ mod tests {
     #[test]
     fn bicubic_weights_sum_to_one_in_fixed_point() {
         for (i, o) in [(10, 3), (3, 10), (523, 96), (97, 247), (1, 5)] {
-            let w = AxisWeights::new(i, o, ResampleFilter::Bicubic);
+            let w = AxisCoefficients::pillow(i, o, ResampleFilter::Bicubic);
             for x in 0..o {
-                let (_, ks) = w.get(x);
+                let (_, ks) = taps(&w, x);
                 let sum: i32 = ks.iter().sum();
                 // Each weight is rounded separately, so the sum may be off by a few units.
                 assert!(

@@ -12,7 +12,7 @@
 
 use std::time::Instant;
 
-use blip3_data::image::{ResampleFilter as DataFilter, RgbImage, resize as cpu_resize};
+use blip3_data::image::{RgbImage, resize as cpu_resize};
 use blip3_shaders::attention::{AttentionPath, attention_with};
 use blip3_shaders::resample::{ResampleFilter, resize_batch};
 use burn::prelude::*;
@@ -269,7 +269,7 @@ fn main() {
     for _ in 0..reps {
         let t0 = Instant::now();
         for _ in 0..n {
-            let _ = cpu_resize(&image, 384, 384, DataFilter::Bicubic);
+            let _ = cpu_resize(&image, 384, 384, ResampleFilter::Bicubic);
         }
         cpu.push(t0.elapsed().as_secs_f64() * 1e3);
     }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use blip3_data::image::{ResampleFilter as DataFilter, RgbImage, resize as data_resize};
+use blip3_data::image::{RgbImage, resize as data_resize};
 use blip3_shaders::resample::{
     AxisCoefficients, PRECISION_BITS, ResampleError, ResampleFilter, resample_axis, resize_batch,
 };
@@ -91,16 +91,6 @@ fn cpu_resize(src: &[i64], dims: [usize; 4], ow: usize, oh: usize, f: ResampleFi
     }
 }
 
-fn data_filter(f: ResampleFilter) -> DataFilter {
-    match f {
-        ResampleFilter::Box => DataFilter::Box,
-        ResampleFilter::Bilinear => DataFilter::Bilinear,
-        ResampleFilter::Hamming => DataFilter::Hamming,
-        ResampleFilter::Bicubic => DataFilter::Bicubic,
-        ResampleFilter::Lanczos => DataFilter::Lanczos,
-    }
-}
-
 /// `(w, h) → (w', h')` cases: both pass orders, single-axis, up, down, odd sizes.
 /// `(width, height)`.
 type Size = (usize, usize);
@@ -153,7 +143,7 @@ fn device_resize_matches_cpu_tables_and_pillow_path() {
                         .map(|&v| v as u8)
                         .collect();
                     let img = RgbImage::from_raw(w as u32, h as u32, bytes).expect("image");
-                    let pillow = data_resize(&img, ow as u32, oh as u32, data_filter(filter));
+                    let pillow = data_resize(&img, ow as u32, oh as u32, filter);
                     let ours: Vec<u8> = got[ni * oh * ow * c..(ni + 1) * oh * ow * c]
                         .iter()
                         .map(|&v| v as u8)
