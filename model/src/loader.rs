@@ -23,14 +23,13 @@ use std::path::{Path, PathBuf};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::store::burn_pack::Tensor as PackTensor;
-use burn::store::{
-    BurnToPyTorchAdapter, FloatCastAdapter, ModuleAdapter, ModuleSnapshot, PyTorchToBurnAdapter,
-};
+use burn::store::{FloatCastAdapter, ModuleAdapter, ModuleSnapshot};
 use burn::tensor::{Bytes, DType};
 use serde_json::Value;
 
 use crate::config::{Phi3Config, XGenMMConfig, siglip_from_hf_value};
 use crate::error::ModelError;
+use crate::layout::{Direction, TorchLayout};
 use crate::phi3::Phi3ForCausalLM;
 use crate::siglip::SiglipVisionTransformer;
 use crate::xgenmm::{SpecialTokens, XGenMM};
@@ -545,8 +544,8 @@ pub fn load_weights<M: Module + ModuleSnapshot>(
     }
     report.loaded = tensors.len();
     let adapter: Box<dyn ModuleAdapter> = match opts.dtype {
-        Some(d) => Box::new(PyTorchToBurnAdapter.chain(FloatCastAdapter::to(d))),
-        None => Box::new(PyTorchToBurnAdapter),
+        Some(d) => Box::new(TorchLayout(Direction::TorchToBurn).chain(FloatCastAdapter::to(d))),
+        None => Box::new(TorchLayout(Direction::TorchToBurn)),
     };
     let result = module.apply(tensors, None, Some(adapter), false);
     if let Some(e) = result.errors.first() {
@@ -716,8 +715,8 @@ pub fn save_hf_safetensors<M: Module + ModuleSnapshot>(
     dtype: Option<DType>,
 ) -> Result<(), ModelError> {
     let adapter: Box<dyn ModuleAdapter> = match dtype {
-        Some(d) => Box::new(BurnToPyTorchAdapter.chain(FloatCastAdapter::to(d))),
-        None => Box::new(BurnToPyTorchAdapter),
+        Some(d) => Box::new(TorchLayout(Direction::BurnToTorch).chain(FloatCastAdapter::to(d))),
+        None => Box::new(TorchLayout(Direction::BurnToTorch)),
     };
     let tensors = module.collect(None, Some(adapter), false);
     let mut views = Vec::with_capacity(tensors.len());

@@ -1,6 +1,7 @@
 //! `blip3 bench ...`: speed and memory benchmarks (never timed tests).
 
 mod data;
+mod load;
 mod train;
 
 /// Benchmark subcommands.
@@ -12,6 +13,8 @@ pub enum BenchCommand {
     /// Training step time, tokens/s and peak memory (tiny, mid; memory options on mid; PyTorch
     /// ratio; MFU on GPUs).
     Train(train::Args),
+    /// Checkpoint loading time and peak memory (a sparse full-size checkpoint by default).
+    Load(load::Args),
 }
 
 /// Runs a benchmark.
@@ -19,5 +22,6 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Data(args) => data::run(args),
         BenchCommand::Train(args) => train::run(args),
+        BenchCommand::Load(args) => load::run(args),
     }
 }
