@@ -2,8 +2,11 @@
 //! flex (CPU), and the same configs in PyTorch in the same run when a Python with torch and
 //! transformers is available (`BLIP3_PYTHON`, default `python3`), reported as a ratio.
 //!
-//! Run: `cargo bench -p blip3-model` (set `BLIP3_BENCH_CONFIGS=tiny` to skip `mid`).
-//! Speed is measured here, never in tests.
+//! Run: `cargo bench -p blip3-model` (set `BLIP3_BENCH_CONFIGS=tiny` to skip `mid`; `full` is
+//! the released size with random weights). On a GPU machine: `BLIP3_BENCH_DEVICE=cuda` (built with
+//! the `cuda` feature) or `BLIP3_BENCH_DEVICE=wgpu` (Vulkan) with `BLIP3_BENCH_TORCH_DEVICE=cuda`,
+//! and `BLIP3_BENCH_DTYPE=f16|bf16`; PyTorch then runs on the same GPU. Speed is measured here,
+//! never in tests.
 
 use std::process::Command;
 use std::time::Instant;
@@ -12,7 +15,7 @@ use blip3_model::{
     GenerationConfig, ImageInput, KvCache, LogitsFor, MultimodalInput, XGenMMConfig,
 };
 use burn::prelude::*;
-use burn::tensor::Distribution;
+use burn::tensor::{DType, Distribution};
 
 /// Text tokens per prompt and generated tokens per measurement.
 const TEXT_TOKENS: usize = 32;
@@ -46,12 +49,39 @@ fn input(cfg: &XGenMMConfig, device: &Device) -> MultimodalInput {
     }
 }
 
+/// Device and dtype from `BLIP3_BENCH_DEVICE` (flex, wgpu, cuda) and `BLIP3_BENCH_DTYPE` (f32, f16,
+/// bf16).
+fn bench_device() -> (String, Device, DType) {
+    let name = std::env::var("BLIP3_BENCH_DEVICE").unwrap_or_else(|_| "flex".into());
+    let device = match name.as_str() {
+        "wgpu" => Device::wgpu(burn::prelude::DeviceKind::DefaultDevice),
+        #[cfg(feature = "cuda")]
+        "cuda" => Device::cuda(0),
+        "flex" => Device::flex(),
+        other => {
+            panic!("BLIP3_BENCH_DEVICE={other}: use flex, wgpu or cuda (with the cuda feature)")
+        }
+    };
+    let dtype = match std::env::var("BLIP3_BENCH_DTYPE").as_deref() {
+        Ok("bf16") => DType::BF16,
+        Ok("f16") => DType::F16,
+        Ok("f32") | Err(_) => DType::F32,
+        Ok(other) => panic!("BLIP3_BENCH_DTYPE={other}: use f32, f16 or bf16"),
+    };
+    (name, device, dtype)
+}
+
 fn bench_rust(name: &str, cfg: &XGenMMConfig, reps: usize) -> Timing {
-    let device = Device::flex();
-    let model = cfg.init(&device);
+    let (dev_name, device, dtype) = bench_device();
+    let mut model = cfg.init(&device);
+    if dtype != DType::F32 {
+        model = blip3_model::loader::cast_module(model, dtype);
+    }
     let inp = input(cfg, &device);
-    // Warm-up (materialises the lazily initialised weights).
-    let _ = model.forward(&inp).expect("forward").logits.into_data();
+    // Warm-up (materialises the lazily initialised weights; on GPUs, compiles and autotunes).
+    for _ in 0..2 {
+        let _ = model.forward(&inp).expect("forward").logits.into_data();
+    }
     let mut fwd = Vec::new();
     for _ in 0..reps {
         let t0 = Instant::now();
@@ -83,7 +113,7 @@ fn bench_rust(name: &str, cfg: &XGenMMConfig, reps: usize) -> Timing {
         token_ms: median(tok),
     };
     println!(
-        "rust/flex  {name:5}  forward {:9.2} ms   decode {:8.2} ms/token   ({} params)",
+        "rust/{dev_name:5} {name:5}  forward {:9.2} ms   decode {:8.2} ms/token   ({} params, {dtype:?})",
         t.forward_ms,
         t.token_ms,
         model.num_params()
@@ -95,12 +125,27 @@ fn bench_torch(name: &str, cfg: &XGenMMConfig, reps: usize) -> Option<Timing> {
     let python = std::env::var("BLIP3_PYTHON").unwrap_or_else(|_| "python3".into());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/torch_reference.py");
     let cfg_json = serde_json::to_string(&cfg.to_hf_value()).ok()?;
+    // PyTorch runs on `BLIP3_BENCH_TORCH_DEVICE` (cpu or cuda; default cuda when blip3 runs on
+    // cuda) in `BLIP3_BENCH_TORCH_DTYPE` (default: blip3's dtype).
+    let (dev_name, _, dtype) = bench_device();
+    let torch_device = std::env::var("BLIP3_BENCH_TORCH_DEVICE")
+        .unwrap_or_else(|_| if dev_name == "cuda" { "cuda" } else { "cpu" }.into());
+    let torch_dtype = std::env::var("BLIP3_BENCH_TORCH_DTYPE").unwrap_or_else(|_| {
+        match dtype {
+            DType::BF16 => "bf16",
+            DType::F16 => "f16",
+            _ => "f32",
+        }
+        .into()
+    });
     let out = Command::new(&python)
         .arg(script)
         .arg(&cfg_json)
         .arg(TEXT_TOKENS.to_string())
         .arg(NEW_TOKENS.to_string())
         .arg(reps.to_string())
+        .arg(torch_device)
+        .arg(torch_dtype)
         .output();
     let out = match out {
         Ok(o) if o.status.success() => o,
@@ -126,8 +171,12 @@ fn bench_torch(name: &str, cfg: &XGenMMConfig, reps: usize) -> Option<Timing> {
         token_ms: v["token_ms"].as_f64()?,
     };
     println!(
-        "torch/cpu  {name:5}  forward {:9.2} ms   decode {:8.2} ms/token   (torch {} threads)",
-        t.forward_ms, t.token_ms, v["threads"]
+        "torch/{:5} {name:5}  forward {:9.2} ms   decode {:8.2} ms/token   (torch {} threads, {})",
+        v["device"].as_str().unwrap_or("?"),
+        t.forward_ms,
+        t.token_ms,
+        v["threads"],
+        v["dtype"].as_str().unwrap_or("?")
     );
     Some(t)
 }
@@ -143,6 +192,7 @@ fn main() {
         let (cfg, reps) = match name.trim() {
             "tiny" => (XGenMMConfig::tiny(1968), 20),
             "mid" => (XGenMMConfig::mid(), 5),
+            "full" => (XGenMMConfig::xgenmm_phi3_mini_v1_5(), 5),
             other => {
                 eprintln!("unknown config {other}");
                 continue;

@@ -1,8 +1,11 @@
 """PyTorch counterpart of `model/benches/model.rs`: the same xGen-MM config (HF SiglipVisionModel +
 the spec resampler + HF Phi3ForCausalLM with the decoupled vocabulary, from the fixture generator),
-the same input shapes, timed on the CPU with the same number of threads as torch defaults to here.
+the same input shapes, timed on the CPU with the same number of threads as torch defaults to here,
+or on the GPU (DEVICE cuda, DTYPE f32, f16 or bf16). Each decode step reads its greedy token back, and
+each forward copies its logits to the host, as the Rust side does.
 
-Usage: torch_reference.py CONFIG_JSON TEXT_TOKENS NEW_TOKENS REPS  -> prints one JSON line.
+Usage: torch_reference.py CONFIG_JSON TEXT_TOKENS NEW_TOKENS REPS [DEVICE [DTYPE]]
+  -> prints one JSON line.
 """
 import json
 import os
@@ -42,10 +45,21 @@ def build(cfg):
 def main():
     cfg = json.loads(sys.argv[1])
     text_tokens, new_tokens, reps = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    device = sys.argv[5] if len(sys.argv) > 5 else "cpu"
+    dtype = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[sys.argv[6] if len(sys.argv) > 6 else "f32"]
     torch.manual_seed(0)
-    vis, res, lm, s, init = build(cfg)
-    views = torch.rand(5, 3, s, s) * 2 - 1
-    ids = torch.tensor([[10 + i % 200 for i in range(text_tokens)]])
+    # Build directly on the device in the target dtype (the full size would take minutes on CPU).
+    # The device context only around construction: as a global default it would intercept every
+    # op in Python and slow small models down several times.
+    torch.set_default_dtype(dtype)
+    with torch.device(device):
+        vis, res, lm, s, init = build(cfg)
+    views = torch.rand(5, 3, s, s, device=device) * 2 - 1
+    ids = torch.tensor([[10 + i % 200 for i in range(text_tokens)]], device=device)
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
     emb = lm.get_input_embeddings()
 
     def forward():
@@ -55,32 +69,37 @@ def main():
         d = feats.shape[2]
         crops = feats[1:].view(2, 2, g, g, d).permute(4, 0, 2, 1, 3).reshape(d, 2, 2, n).flatten(1, 2).permute(1, 2, 0)
         groups = torch.cat([feats[:1], crops], 0)
-        tokens = res(groups, torch.ones(groups.shape[0], n, dtype=torch.bool)).reshape(-1, lm.config.hidden_size)
+        tokens = res(groups, torch.ones(groups.shape[0], n, dtype=torch.bool, device=device)).reshape(-1, lm.config.hidden_size)
         e = emb(ids)[0]
         x = torch.cat([e[:4], tokens, e[5:]], 0).unsqueeze(0)
         return lm(inputs_embeds=x, use_cache=True), x
 
     with torch.inference_mode():
-        forward()
+        for _ in range(2):
+            forward()[0].logits.cpu()
         fwd = []
         for _ in range(reps):
+            sync()
             t0 = time.perf_counter()
-            forward()
+            forward()[0].logits.cpu()
             fwd.append((time.perf_counter() - t0) * 1e3)
         tok = []
         for _ in range(min(reps, 3)):
             out, x = forward()
             past = out.past_key_values
             length = x.shape[1]
+            sync()
             t0 = time.perf_counter()
             for i in range(new_tokens):
-                nxt = torch.tensor([[10 + i % 100]])
+                nxt = torch.tensor([[10 + i % 100]], device=device)
                 o = lm(input_ids=nxt, past_key_values=past, use_cache=True,
-                       position_ids=torch.tensor([[length + i]]))
+                       position_ids=torch.tensor([[length + i]], device=device))
                 past = o.past_key_values
+                o.logits[0, -1].argmax().item()
             tok.append((time.perf_counter() - t0) * 1e3 / new_tokens)
     print(json.dumps({"forward_ms": statistics.median(fwd), "token_ms": statistics.median(tok),
-                      "threads": torch.get_num_threads()}))
+                      "threads": torch.get_num_threads(), "device": device,
+                      "dtype": str(dtype).removeprefix("torch.")}))
 
 
 if __name__ == "__main__":

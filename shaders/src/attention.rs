@@ -33,16 +33,21 @@ pub const ATTENTION_ENV: &str = "BLIP3_ATTENTION";
 /// to Burn's op. The kernel keeps one query row and one output row per thread in registers.
 pub const MAX_KERNEL_HEAD_DIM: usize = 256;
 
+/// Fewest query rows (`B·H·Sq`) for which [`AttentionPath::Auto`] picks the kernel. The kernel
+/// gives each query row one thread that walks all keys, so its parallelism is the row count: on
+/// an H100 through Vulkan (docs/kernels.md) it beat Burn's op 2.3-3.3x on SigLIP (58k rows) and
+/// Phi-3 prefill (65k rows) and lost 4-10x on the resampler (10k rows) and decoding (128 rows).
+pub const MIN_KERNEL_ROWS: usize = 32_768;
+
 /// Which implementation [`attention_with`] uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AttentionPath {
-    /// The blip3 kernel on CubeCL devices where it applies (float dtype, head dims up to
-    /// [`MAX_KERNEL_HEAD_DIM`]), Burn's op everywhere else.
-    Auto,
-    /// Always Burn's `attention` op. The default: on the only device measured so far (Mesa
-    /// lavapipe) Burn's autotuned kernels are 2-9x faster than ours (docs/kernels.md); switch
-    /// with `BLIP3_ATTENTION=auto|blip3` once a GPU measurement says otherwise.
+    /// The default: the blip3 kernel on CubeCL devices where it applies
+    /// ([`kernel_supports`]) and is faster ([`MIN_KERNEL_ROWS`] query rows or more), Burn's op
+    /// everywhere else (Flex, decoding, the resampler).
     #[default]
+    Auto,
+    /// Always Burn's `attention` op.
     Burn,
     /// The [`FlashAttentionBackend`] extension wherever it is implemented (the kernel on CubeCL
     /// devices, Burn's op inside the extension on Flex); Burn's op on other backends. The kernel
@@ -62,14 +67,14 @@ impl AttentionPath {
     }
 
     /// The path named by `BLIP3_ATTENTION`, read once per process. Unset means
-    /// [`AttentionPath::Burn`] (the default, see its docs); an unrecognised value is reported
+    /// [`AttentionPath::Auto`] (the default, see its docs); an unrecognised value is reported
     /// once (log warning) and also means the default.
     pub fn configured() -> AttentionPath {
         static CONFIGURED: OnceLock<AttentionPath> = OnceLock::new();
         *CONFIGURED.get_or_init(|| match std::env::var(ATTENTION_ENV) {
             Err(_) => AttentionPath::default(),
             Ok(text) => AttentionPath::parse(&text).unwrap_or_else(|| {
-                log::warn!("{ATTENTION_ENV}={text:?} is not one of burn, blip3, auto; using burn");
+                log::warn!("{ATTENTION_ENV}={text:?} is not one of burn, blip3, auto; using auto");
                 AttentionPath::default()
             }),
         })
@@ -203,9 +208,16 @@ fn extension_available(device: &Device) -> bool {
     false
 }
 
-/// The [`AttentionPath::Auto`] rule: the kernel runs on CubeCL devices for float tensors whose
-/// head dimensions are at most [`MAX_KERNEL_HEAD_DIM`] and whose sequences are not empty.
+/// The [`AttentionPath::Auto`] rule: the kernel can run ([`kernel_supports`]) and the problem
+/// has at least [`MIN_KERNEL_ROWS`] query rows.
 pub fn kernel_applies(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>) -> bool {
+    let [b, h, sq, _] = q.dims();
+    kernel_supports(q, k, v) && b * h * sq >= MIN_KERNEL_ROWS
+}
+
+/// Whether the kernel can run these tensors: a CubeCL device, one float dtype for all three,
+/// head dimensions at most [`MAX_KERNEL_HEAD_DIM`], non-empty sequences.
+pub fn kernel_supports(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>) -> bool {
     let [b, h, sq, dh] = q.dims();
     let [_, _, sk, dv] = v.dims();
     let float = matches!(q.dtype(), DType::F32 | DType::F16 | DType::BF16);

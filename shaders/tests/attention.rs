@@ -5,7 +5,8 @@
 mod common;
 
 use blip3_shaders::attention::{
-    AttentionPath, attention_with, burn_attention, is_cube_device, kernel_applies,
+    AttentionPath, MIN_KERNEL_ROWS, attention_with, burn_attention, is_cube_device, kernel_applies,
+    kernel_supports,
 };
 use burn::prelude::*;
 use burn::tensor::DType;
@@ -209,8 +210,8 @@ fn check_cases(cases: &[Case]) {
                 let (q, k, v, mask) = case.tensors(&x, &device, dtype);
                 if device_name == "wgpu" {
                     assert!(
-                        kernel_applies(&q, &k, &v),
-                        "{}: the auto path should pick the kernel on wgpu",
+                        kernel_supports(&q, &k, &v),
+                        "{}: the kernel should run these tensors on wgpu",
                         case.name
                     );
                 }
@@ -541,17 +542,29 @@ fn auto_path_routes_by_device() {
     let flex = Device::flex();
     let t = Tensor::<4>::zeros([1, 1, 2, 8], &flex);
     assert!(!is_cube_device(&flex));
-    assert!(!kernel_applies(&t, &t, &t), "flex keeps Burn's op");
+    assert!(!kernel_supports(&t, &t, &t), "flex keeps Burn's op");
+    assert_eq!(AttentionPath::default(), AttentionPath::Auto);
     if let Some(wgpu) = wgpu_device() {
         assert!(is_cube_device(&wgpu));
         assert!(is_cube_device(&wgpu.clone().autodiff()));
         let t = Tensor::<4>::zeros([1, 1, 2, 8], &wgpu);
-        assert!(kernel_applies(&t, &t, &t));
+        assert!(kernel_supports(&t, &t, &t));
+        assert!(
+            !kernel_applies(&t, &t, &t),
+            "2 query rows: Burn's op is faster"
+        );
         let big = Tensor::<4>::zeros([1, 1, 2, 300], &wgpu);
         assert!(
-            !kernel_applies(&big, &big, &big),
+            !kernel_supports(&big, &big, &big),
             "head dim 300 goes to Burn"
         );
+        // SigLIP-like: enough query rows for the kernel; one row fewer goes to Burn.
+        let q = Tensor::<4>::zeros([1, 8, MIN_KERNEL_ROWS / 8, 4], &wgpu);
+        let kv = Tensor::<4>::zeros([1, 8, 16, 4], &wgpu);
+        assert!(kernel_applies(&q, &kv, &kv));
+        let q = Tensor::<4>::zeros([1, 1, MIN_KERNEL_ROWS - 1, 4], &wgpu);
+        let kv = Tensor::<4>::zeros([1, 1, 16, 4], &wgpu);
+        assert!(!kernel_applies(&q, &kv, &kv));
     }
     assert_eq!(AttentionPath::parse(" Burn "), Some(AttentionPath::Burn));
     assert_eq!(AttentionPath::parse("blip3"), Some(AttentionPath::Blip3));

@@ -123,7 +123,15 @@ pub fn initial_model(
         "tiny" | "mid" | "xgenmm-phi3-mini-v1.5" => {
             XGenMMConfig::preset(spec, tok.initial_len())?.init(device)
         }
-        dir => load_model_dir(Path::new(dir), device, LoadOptions::default())?,
+        // Released checkpoints are bf16; training keeps f32 master weights (bf16 mixed precision
+        // computes on a bf16 view of them), so gradients and AdamW state are f32 as well.
+        dir => load_model_dir(
+            Path::new(dir),
+            device,
+            LoadOptions {
+                dtype: Some(DType::F32),
+            },
+        )?,
     };
     let cfg = model.config();
     if cfg.initial_tokenizer_len != tok.initial_len() {

@@ -644,3 +644,26 @@ fn dpo_with_noised_image_negatives_adds_a_second_term() {
     let w = &model.policy.lang_model.lm_head.weight;
     assert!(out.grads.get::<2>(w.id).is_some());
 }
+
+/// A released-style bf16 checkpoint used as a stage's `init` is trained with f32 master weights
+/// (so gradients and AdamW state are f32), not in bf16.
+#[test]
+fn bf16_checkpoint_init_trains_with_f32_master_weights() {
+    let device = Device::flex();
+    let tok = blip3_data::tokenizer::Blip3Tokenizer::tiny().expect("tokenizer");
+    let model = blip3_train::run::initial_model("tiny", &tok, &device).expect("tiny");
+    let dir = tempfile::tempdir().expect("tempdir");
+    loader::export_hf(&model, dir.path(), Some(DType::BF16)).expect("export");
+    let spec = dir.path().to_string_lossy().to_string();
+    let loaded = blip3_train::run::initial_model(&spec, &tok, &device).expect("load");
+    let mut dtypes = Vec::new();
+    struct Dtypes<'a>(&'a mut Vec<DType>);
+    impl burn::module::ModuleVisitor for Dtypes<'_> {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            self.0.push(p.val().dtype());
+        }
+    }
+    loaded.visit(&mut Dtypes(&mut dtypes));
+    assert!(!dtypes.is_empty());
+    assert!(dtypes.iter().all(|d| *d == DType::F32), "{dtypes:?}");
+}

@@ -46,6 +46,11 @@ pub struct Args {
     /// Skip the memory-option comparison on the mid config.
     #[arg(long)]
     pub no_options: bool,
+    /// Device of the PyTorch reference (`cpu` or `cuda`; default: `cuda` with `--device cuda`,
+    /// else `cpu`). On a GPU machine, `--device wgpu --torch-device cuda` compares blip3 through
+    /// Vulkan with PyTorch on CUDA.
+    #[arg(long)]
+    pub torch_device: Option<String>,
     /// Python with torch for the reference measurement (default `python3`).
     #[arg(long, env = "BLIP3_PYTHON", default_value = "python3")]
     pub python: String,
@@ -61,6 +66,9 @@ struct Measurement {
     ms_per_step: f64,
     tokens_per_s: f64,
     peak_rss_mb: f64,
+    /// GPU memory in use after the steps (GPU devices; Burn's pool keeps its pages, so this is
+    /// the step's peak reservation), read from `nvidia-smi`.
+    gpu_mem_mb: Option<f64>,
     trainable_params: usize,
     params: usize,
     mfu: Option<f64>,
@@ -86,6 +94,21 @@ fn peak_rss_mb() -> f64 {
             })
         })
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// GPU memory in use on the first NVIDIA GPU according to `nvidia-smi`, in MiB (each
+/// measurement runs alone, so this is its own; Vulkan processes are not listed per process).
+fn gpu_mem_mb() -> Option<f64> {
+    let out = Command::new("nvidia-smi")
+        .args(["--query-gpu=memory.used", "--format=csv,noheader,nounits"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn batch(cfg: &XGenMMConfig, args: &Args, device: &Device) -> VlmBatch {
@@ -191,6 +214,9 @@ fn measure(config: &str, option: &str, args: &Args) -> Result<Measurement> {
         ms_per_step: t * 1e3,
         tokens_per_s: tokens as f64 / t,
         peak_rss_mb: peak_rss_mb(),
+        gpu_mem_mb: (!matches!(args.device, DeviceKindArg::Flex))
+            .then(gpu_mem_mb)
+            .flatten(),
         trainable_params: trainable,
         params,
         mfu,
@@ -233,7 +259,9 @@ fn child(args: &Args, config: &str, option: &str) -> Result<Measurement> {
     Ok(serde_json::from_str(text.lines().last().unwrap_or(""))?)
 }
 
-fn torch(args: &Args, config: &str) -> Option<(f64, f64)> {
+/// The PyTorch step in `precision` (`f32`, or `bf16` autocast) on the same device kind: ms/step and
+/// peak memory (RSS on CPU, GPU memory in use on CUDA).
+fn torch(args: &Args, config: &str, precision: &str) -> Option<(f64, f64)> {
     let script: PathBuf = [
         env!("CARGO_MANIFEST_DIR"),
         "..",
@@ -251,6 +279,13 @@ fn torch(args: &Args, config: &str) -> Option<(f64, f64)> {
             args.batch.to_string(),
             args.text_tokens.to_string(),
             args.steps.to_string(),
+            args.torch_device
+                .clone()
+                .unwrap_or_else(|| match args.device {
+                    DeviceKindArg::Cuda => "cuda".into(),
+                    _ => "cpu".into(),
+                }),
+            precision.to_string(),
         ])
         .output()
         .ok()?;
@@ -266,7 +301,8 @@ fn torch(args: &Args, config: &str) -> Option<(f64, f64)> {
     }
     let v: serde_json::Value =
         serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last()?).ok()?;
-    Some((v["ms_per_step"].as_f64()?, v["peak_rss_mb"].as_f64()?))
+    let mem = v["gpu_mem_mb"].as_f64().or(v["peak_rss_mb"].as_f64())?;
+    Some((v["ms_per_step"].as_f64()?, mem))
 }
 
 /// Runs the benchmark.
@@ -281,10 +317,19 @@ pub fn run(args: Args) -> Result<()> {
         "training step: batch {} x ({} text tokens + one 2x2 any-res image), AdamW, {:?}, median of {} steps",
         args.batch, args.text_tokens, args.device, args.steps
     );
+    let gpu = !matches!(args.device, DeviceKindArg::Flex);
+    let memory = if gpu { "GPU MiB" } else { "peak RSS MB" };
     println!(
         "{:<6} {:<14} {:>11} {:>11} {:>12} {:>14} {:>8}",
-        "config", "option", "ms/step", "tokens/s", "peak RSS MB", "trainable", "MFU"
+        "config", "option", "ms/step", "tokens/s", memory, "trainable", "MFU"
     );
+    let mem = |m: &Measurement| {
+        if gpu {
+            m.gpu_mem_mb.unwrap_or(f64::NAN)
+        } else {
+            m.peak_rss_mb
+        }
+    };
     let print = |m: &Measurement| {
         println!(
             "{:<6} {:<14} {:>11.1} {:>11.0} {:>12.0} {:>14} {:>8}",
@@ -292,24 +337,37 @@ pub fn run(args: Args) -> Result<()> {
             m.option,
             m.ms_per_step,
             m.tokens_per_s,
-            m.peak_rss_mb,
+            mem(m),
             m.trainable_params,
             m.mfu.map_or("-".into(), |v| format!("{:.1}%", v * 100.0))
         );
     };
-    for config in args.configs.split(',').map(str::trim) {
-        let base = child(&args, config, "baseline")?;
-        print(&base);
-        if let Some((ms, rss)) = torch(&args, config) {
+    let print_torch = |config: &str, precision: &str, ours: &Measurement| {
+        if let Some((ms, memory)) = torch(&args, config, precision) {
             println!(
                 "{:<6} {:<14} {:>11.1} {:>11} {:>12.0}   -> torch/blip3 time ratio {:.2}x (>1: blip3 faster)",
                 config,
-                "pytorch",
+                format!("pytorch {precision}"),
                 ms,
                 "",
-                rss,
-                ms / base.ms_per_step
+                memory,
+                ms / ours.ms_per_step
             );
+        }
+    };
+    for config in args.configs.split(',').map(str::trim) {
+        let base = child(&args, config, "baseline")?;
+        print(&base);
+        print_torch(config, "f32", &base);
+        // On a GPU, bf16 mixed precision is the configuration that matters: compare it too.
+        if gpu {
+            match child(&args, config, "bf16") {
+                Ok(m) => {
+                    print(&m);
+                    print_torch(config, "bf16", &m);
+                }
+                Err(e) => println!("{config} bf16: failed: {e}"),
+            }
         }
         if config == "mid" && !args.no_options {
             for option in ["lora", "checkpointing", "bf16"] {
@@ -317,10 +375,10 @@ pub fn run(args: Args) -> Result<()> {
                     Ok(m) => {
                         print(&m);
                         println!(
-                            "{:<6} {:<14} saves {:.0} MB of peak RSS vs baseline ({:+.0}% time)",
+                            "{:<6} {:<14} saves {:.0} {memory} vs baseline ({:+.0}% time)",
                             "",
                             option,
-                            base.peak_rss_mb - m.peak_rss_mb,
+                            mem(&base) - mem(&m),
                             (m.ms_per_step / base.ms_per_step - 1.0) * 100.0
                         );
                     }
