@@ -6,6 +6,7 @@
 //!   gradient is computed from the saved inputs with ordinary tensor operations.
 //! * [`resample`]: Pillow-exact separable image resampling (8-bit fixed point) of a batch of
 //!   images on the device, from coefficient tables computed on the host.
+//! * [`device`]: probing whether the wgpu backend works on this machine.
 //!
 //! Kernels know tensors, not models: shapes, dtypes and masks are their whole contract.
 #![warn(missing_docs)]
@@ -13,6 +14,8 @@
 pub mod attention;
 #[cfg(feature = "cube")]
 mod attention_kernel;
+#[cfg(feature = "wgpu")]
+pub mod device;
 pub mod resample;
 #[cfg(feature = "cube")]
 mod resample_kernel;

@@ -90,21 +90,7 @@ pub fn wgpu_device() -> Option<Device> {
         eprintln!("skipping wgpu: BLIP3_SKIP_WGPU is set");
         return None;
     }
-    let probe = std::panic::catch_unwind(|| {
-        let d = Device::wgpu(DeviceKind::DefaultDevice);
-        let t = Tensor::<1>::from_floats([1.0, 2.0], &d);
-        let v = values(t * 2.0);
-        (d, v)
-    });
-    match probe {
-        Ok((d, v)) if v == vec![2.0, 4.0] => Some(d),
-        Ok(_) => {
-            eprintln!("skipping wgpu: the adapter computed a wrong result");
-            None
-        }
-        Err(_) => {
-            eprintln!("skipping wgpu: no Vulkan/Metal/WebGPU adapter could be created here");
-            None
-        }
-    }
+    blip3_shaders::device::probe_wgpu()
+        .map_err(|why| eprintln!("skipping wgpu: {why}"))
+        .ok()
 }
