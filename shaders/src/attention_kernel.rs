@@ -272,6 +272,59 @@ fn launch_attention(
     out
 }
 
+/// End of the keys a block of query rows `block_start..block_start + block_rows` can see: all
+/// `sk`, or with `causal` (bottom-right aligned) up to what the block's last row sees.
+#[cube]
+fn visible_key_end(
+    block_start: usize,
+    block_rows: usize,
+    sq: usize,
+    sk: usize,
+    #[comptime] causal: bool,
+) -> usize {
+    let mut end = sk;
+    if causal {
+        let last = min(block_start + block_rows, sq);
+        let reach = last + sk;
+        end = 0;
+        if reach > sq {
+            end = min(reach - sq, sk);
+        }
+    }
+    end
+}
+
+/// Stages keys `tile_start..tile_start + tile_keys` of one head of `src` (`width` values a key,
+/// the head starting at `base`) transposed into `tile[d · stride + j]`, as f32; keys at or past
+/// `end` become zeros. Thread `unit` of `threads` copies every `threads`-th element.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn stage_transposed<F: Float>(
+    src: &Tensor<F>,
+    base: usize,
+    tile_start: usize,
+    end: usize,
+    tile: &mut Shared<[f32]>,
+    #[comptime] width: usize,
+    #[comptime] tile_keys: usize,
+    #[comptime] stride: usize,
+    unit: usize,
+    #[comptime] threads: usize,
+) {
+    let mut i = unit;
+    while i < comptime!(tile_keys * width) {
+        let j = i / width;
+        let d = i % width;
+        let key = tile_start + j;
+        let mut x = 0.0f32;
+        if key < end {
+            x = f32::cast_from(src[base + key * src.stride(2) + d * src.stride(3)]);
+        }
+        tile[d * stride + j] = x;
+        i += threads;
+    }
+}
+
 /// The block kernel (see the module documentation). `F` is the tensor float type, `M` the mask
 /// storage type (any non-zero value = masked). Thread `(tr, tc)` of the 8 × 8 grid owns query
 /// rows `tr + 8·i`, keys `tc + 8·j` of each tile and output columns `tc + 8·u`.
@@ -313,15 +366,7 @@ fn block_attention_kernel<F: Float, M: Numeric>(
     let h = bh % heads;
     let block_start = CUBE_POS_X as usize * block_rows;
 
-    let mut kv_end = sk;
-    if causal {
-        let last = min(block_start + block_rows, sq);
-        let reach = last + sk;
-        kv_end = 0;
-        if reach > sq {
-            kv_end = min(reach - sq, sk);
-        }
-    }
+    let kv_end = visible_key_end(block_start, block_rows, sq, sk, causal);
 
     let mut q_tile = Shared::<[f32]>::new_slice(comptime!(block_rows * (head_dim + 1)));
     let mut kv_tile = Shared::<[f32]>::new_slice(comptime!(std::cmp::max(
@@ -362,18 +407,18 @@ fn block_attention_kernel<F: Float, M: Numeric>(
     let mut tile_start = 0usize;
     while tile_start < kv_end {
         // Stage K (keys past the end are zeros, and masked below).
-        let mut i = unit;
-        while i < comptime!(tile_keys * head_dim) {
-            let j = i / head_dim;
-            let d = i % head_dim;
-            let key = tile_start + j;
-            let mut x = 0.0f32;
-            if key < kv_end {
-                x = f32::cast_from(k[k_base + key * k.stride(2) + d * k.stride(3)]);
-            }
-            kv_tile[d * kt_stride + j] = x;
-            i += THREADS;
-        }
+        stage_transposed::<F>(
+            k,
+            k_base,
+            tile_start,
+            kv_end,
+            &mut kv_tile,
+            head_dim,
+            tile_keys,
+            kt_stride,
+            unit,
+            THREADS,
+        );
         sync_cube();
 
         // Scores of this thread's rows × keys.
@@ -552,15 +597,7 @@ fn row_attention_kernel<F: Float, M: Numeric>(
     let row_valid = row < sq;
 
     // Keys this cube may need: all of them, or up to what its last row sees when causal.
-    let mut kv_end = sk;
-    if causal {
-        let last = min(block_start + block_rows, sq);
-        let reach = last + sk;
-        kv_end = 0;
-        if reach > sq {
-            kv_end = min(reach - sq, sk);
-        }
-    }
+    let kv_end = visible_key_end(block_start, block_rows, sq, sk, causal);
 
     // This thread's query row, pre-scaled.
     let mut q_row = Array::<f32>::new(head_dim);
@@ -593,30 +630,30 @@ fn row_attention_kernel<F: Float, M: Numeric>(
     let mut tile_start = 0usize;
     while tile_start < kv_end {
         // Stage the tile; keys past the end become zeros (never used).
-        let mut i = unit;
-        while i < comptime!(tile_keys * head_dim) {
-            let j = i / head_dim;
-            let d = i % head_dim;
-            let key = tile_start + j;
-            let mut x = 0.0f32;
-            if key < kv_end {
-                x = f32::cast_from(k[k_base + key * k.stride(2) + d * k.stride(3)]);
-            }
-            k_tile[d * kt_stride + j] = x;
-            i += threads;
-        }
-        let mut i = unit;
-        while i < comptime!(tile_keys * val_dim) {
-            let j = i / val_dim;
-            let d = i % val_dim;
-            let key = tile_start + j;
-            let mut x = 0.0f32;
-            if key < kv_end {
-                x = f32::cast_from(v[v_base + key * v.stride(2) + d * v.stride(3)]);
-            }
-            v_tile[d * kt_stride + j] = x;
-            i += threads;
-        }
+        stage_transposed::<F>(
+            k,
+            k_base,
+            tile_start,
+            kv_end,
+            &mut k_tile,
+            head_dim,
+            tile_keys,
+            kt_stride,
+            unit,
+            threads,
+        );
+        stage_transposed::<F>(
+            v,
+            v_base,
+            tile_start,
+            kv_end,
+            &mut v_tile,
+            val_dim,
+            tile_keys,
+            kt_stride,
+            unit,
+            threads,
+        );
         sync_cube();
 
         if row_valid {
