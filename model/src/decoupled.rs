@@ -5,6 +5,7 @@
 //! Weights are kept in the checkpoint's layout (`[rows, width]` for both the table and the head),
 //! so the loader maps them without transposition.
 
+use blip3_shaders::matvec::row_matmul;
 use burn::module::Param;
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
 use burn::prelude::*;
@@ -128,11 +129,8 @@ impl DecoupledLinear {
         // A 2-D product against the whole (transposed) table, surplus columns dropped afterwards:
         // on CPU a batched product against a broadcast weight, or a transposed view of a
         // row-narrowed table, made the backend copy the whole head (~100 MB for Phi-3) every call
-        // (8x slower decoding).
-        let mut logits = x
-            .clone()
-            .reshape([b * t, d])
-            .matmul(w.transpose())
+        // (8x slower decoding). A single row is split over the CPU threads (`row_matmul`).
+        let mut logits = row_matmul(x.clone().reshape([b * t, d]), w.transpose())
             .reshape([b, t, self.weight.dims()[0]])
             .narrow(2, 0, self.initial_len);
         if let Some(bias) = &self.bias {

@@ -5,6 +5,7 @@
 //! (Kaiming, like PEFT) and `B` at zero, so attaching an adapter does not change the model.
 //! [`merge`](LoraBranch::merge_into) folds `scale · A·B` into the base weight for export.
 
+use blip3_shaders::matvec::row_matmul;
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -111,11 +112,27 @@ impl LoraBranch {
 /// `base(x)` plus the branch's update when a branch is attached.
 pub fn adapted(base: &Linear, lora: Option<&LoraBranch>, x: Tensor<3>) -> Tensor<3> {
     match lora {
-        None => base.forward(x),
+        None => linear(base, x),
         Some(l) => {
-            let y = base.forward(x.clone());
+            let y = linear(base, x.clone());
             let dtype = y.dtype();
             y + l.forward(x).cast(dtype)
         }
     }
+}
+
+/// `base.forward(x)`; a single row (decoding one token) goes through
+/// [`blip3_shaders::matvec::row_matmul`], which splits the product over the CPU threads on Flex.
+fn linear(base: &Linear, x: Tensor<3>) -> Tensor<3> {
+    let [b, t, d] = x.dims();
+    if b * t != 1 {
+        return base.forward(x);
+    }
+    let w = base.weight.val();
+    let n = w.dims()[1];
+    let mut y = row_matmul(x.reshape([1, d]), w);
+    if let Some(bias) = &base.bias {
+        y = y + bias.val().unsqueeze::<2>();
+    }
+    y.reshape([1, 1, n])
 }

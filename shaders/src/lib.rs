@@ -7,6 +7,7 @@
 //! * [`resample`]: Pillow-exact separable image resampling (8-bit fixed point) of a batch of
 //!   images on the device, from coefficient tables computed on the host.
 //! * [`device`]: probing whether the wgpu backend works on this machine.
+//! * [`matvec`]: single-row matrix products split over the CPU threads (decoding on Flex).
 //!
 //! Kernels know tensors, not models: shapes, dtypes and masks are their whole contract.
 #![warn(missing_docs)]
@@ -16,6 +17,7 @@ pub mod attention;
 mod attention_kernel;
 #[cfg(feature = "wgpu")]
 pub mod device;
+pub mod matvec;
 pub mod resample;
 #[cfg(feature = "cube")]
 mod resample_kernel;
