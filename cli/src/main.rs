@@ -39,6 +39,8 @@ enum Command {
 }
 
 fn main() {
+    // Reuse freed activation memory instead of faulting it in again (see its docs).
+    blip3_model::host::keep_freed_memory();
     let cli = Cli::parse();
     // Burn's learner logs every iteration at info level; keep it at warn unless asked.
     let filter = format!(

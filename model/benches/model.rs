@@ -182,6 +182,8 @@ fn bench_torch(name: &str, cfg: &XGenMMConfig, reps: usize) -> Option<Timing> {
 }
 
 fn main() {
+    // As the `blip3` binary does.
+    blip3_model::host::keep_freed_memory();
     let which = std::env::var("BLIP3_BENCH_CONFIGS").unwrap_or_else(|_| "tiny,mid".into());
     println!(
         "blip3 model benchmark: 1 image (2x2 any-res, 5 views) + {TEXT_TOKENS} text tokens; \

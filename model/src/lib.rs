@@ -11,6 +11,7 @@ pub mod config;
 pub mod decoupled;
 pub mod error;
 pub mod generate;
+pub mod host;
 pub mod layout;
 pub mod loader;
 pub mod lora;
