@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use blip3_data::synth::{SynthConfig, write_corpus};
 use blip3_model::loader::load_checkpoint;
-use burn::module::{Module, ModuleVisitor, Param};
+use blip3_model::params::{max_param_diff, param_values};
 use burn::prelude::*;
 
 fn blip3() -> Command {
@@ -36,17 +36,7 @@ fn write_config(dir: &Path, corpus: &Path, out: &str, steps: usize) -> PathBuf {
 }
 
 fn params(dir: &Path) -> Vec<Vec<f32>> {
-    let m = load_checkpoint(dir, &Device::flex()).unwrap();
-    struct V(Vec<Vec<f32>>);
-    impl ModuleVisitor for V {
-        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
-            self.0
-                .push(p.val().into_data().try_into_vec_as::<f32>().unwrap());
-        }
-    }
-    let mut v = V(Vec::new());
-    m.visit(&mut v);
-    v.0
+    param_values(&load_checkpoint(dir, &Device::flex()).unwrap())
 }
 
 #[test]
@@ -121,12 +111,7 @@ fn killed_and_resumed_run_matches_uninterrupted_run() {
         params(&tmp.path().join("a/final")),
         params(&tmp.path().join("b/final")),
     );
-    assert_eq!(pa.len(), pb.len());
-    let worst = pa
-        .iter()
-        .zip(&pb)
-        .flat_map(|(x, y)| x.iter().zip(y).map(|(u, v)| (u - v).abs()))
-        .fold(0f32, f32::max);
+    let worst = max_param_diff(&pa, &pb).expect("same parameter shapes");
     assert!(
         worst <= 1e-6,
         "resumed weights differ from the uninterrupted run by {worst}"

@@ -9,6 +9,7 @@ pub mod loader;
 pub mod mixture;
 pub mod pipeline;
 pub mod readers;
+pub mod rng;
 pub mod sample;
 pub mod synth;
 pub mod template;

@@ -348,7 +348,7 @@ impl Mixture {
             seed: self.recipe.seed,
             rank: self.split.rank,
             world: self.split.world,
-            rng: self.rng.state,
+            rng: self.rng.state(),
             epoch: self.epoch,
             drawn: self.drawn,
             finished: self.finished,

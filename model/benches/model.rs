@@ -11,9 +11,7 @@
 use std::process::Command;
 use std::time::Instant;
 
-use blip3_model::{
-    GenerationConfig, ImageInput, KvCache, LogitsFor, MultimodalInput, XGenMMConfig,
-};
+use blip3_model::{ImageInput, KvCache, MultimodalInput, XGenMMConfig};
 use burn::prelude::*;
 use burn::tensor::{DType, Distribution};
 
@@ -107,7 +105,6 @@ fn bench_rust(name: &str, cfg: &XGenMMConfig, reps: usize) -> Timing {
         }
         tok.push(t0.elapsed().as_secs_f64() * 1e3 / NEW_TOKENS as f64);
     }
-    let _ = (LogitsFor::All, GenerationConfig::default());
     let t = Timing {
         forward_ms: median(fwd),
         token_ms: median(tok),

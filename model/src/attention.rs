@@ -31,15 +31,7 @@ pub fn repeat_kv(x: Tensor<4>, n_rep: usize) -> Tensor<4> {
 /// `causal` adds bottom-right-aligned causal masking; a query row with every key masked gives
 /// zeros.
 ///
-/// Routing lives in `blip3_shaders::attention`: its fused kernel on CubeCL devices (wgpu, CUDA)
-/// where it applies, Burn's attention op on Flex and elsewhere; `BLIP3_ATTENTION=burn|blip3|auto`
-/// forces a path. A head-broadcast mask is passed as is (the kernel reads it with stride 0).
-pub fn scaled_dot_product_attention(
-    q: Tensor<4>,
-    k: Tensor<4>,
-    v: Tensor<4>,
-    mask: Option<Tensor<4, Bool>>,
-    causal: bool,
-) -> Tensor<4> {
-    blip3_shaders::attention(q, k, v, mask, causal)
-}
+/// This is `blip3_shaders::attention`, which chooses the path: its fused kernel on CubeCL devices
+/// (wgpu, CUDA) for large problems, Burn's attention op on Flex and elsewhere;
+/// `BLIP3_ATTENTION=burn|blip3|auto` forces a path. A head-broadcast mask is passed as is.
+pub use blip3_shaders::attention::attention as scaled_dot_product_attention;

@@ -15,6 +15,7 @@ pub mod host;
 pub mod layout;
 pub mod loader;
 pub mod lora;
+pub mod params;
 pub mod phi3;
 pub mod resampler;
 pub mod rope;

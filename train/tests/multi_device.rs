@@ -11,9 +11,9 @@ use blip3_data::sample::{Origin, Role, Turn};
 use blip3_data::template::ChatTemplate;
 use blip3_data::tokenizer::Blip3Tokenizer;
 use blip3_model::loader::load_checkpoint;
+use blip3_model::params::{max_param_diff, param_values};
 use blip3_train::config::{Stage, TrainConfig};
 use blip3_train::{RunOptions, train};
-use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
 
 /// Answers whose conversations carry the same number of label tokens (checked below).
@@ -72,17 +72,7 @@ fn corpus(dir: &Path) {
 }
 
 fn weights(dir: &Path) -> Vec<Vec<f32>> {
-    let m = load_checkpoint(dir, &Device::flex()).unwrap();
-    struct V(Vec<Vec<f32>>);
-    impl ModuleVisitor for V {
-        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
-            self.0
-                .push(p.val().into_data().try_into_vec_as::<f32>().unwrap());
-        }
-    }
-    let mut v = V(Vec::new());
-    m.visit(&mut v);
-    v.0
+    param_values(&load_checkpoint(dir, &Device::flex()).unwrap())
 }
 
 fn config(dir: &Path, out: &str, devices: usize, batch: usize) -> TrainConfig {
@@ -108,14 +98,11 @@ fn config(dir: &Path, out: &str, devices: usize, batch: usize) -> TrainConfig {
 }
 
 /// The initial weights of the runs (same seed, same preset).
-fn weights_of_initial(dir: &Path) -> Vec<Vec<f32>> {
+fn weights_of_initial() -> Vec<Vec<f32>> {
     let tok = Blip3Tokenizer::tiny().unwrap();
     let device = Device::flex();
     device.seed(9);
-    let m = blip3_model::XGenMMConfig::tiny(tok.initial_len()).init(&device);
-    let path = dir.join("initial");
-    blip3_model::loader::save_checkpoint(&m, &path).unwrap();
-    weights(&path)
+    param_values(&blip3_model::XGenMMConfig::tiny(tok.initial_len()).init(&device))
 }
 
 #[test]
@@ -128,18 +115,9 @@ fn two_flex_devices_equal_one_device_with_the_doubled_batch() {
     assert_eq!(one.steps, 6);
     assert_eq!(two.steps, 6);
     let (a, b) = (weights(&one.final_dir), weights(&two.final_dir));
-    let worst = a
-        .iter()
-        .zip(&b)
-        .flat_map(|(x, y)| x.iter().zip(y).map(|(u, v)| (u - v).abs()))
-        .fold(0f32, f32::max);
+    let worst = max_param_diff(&a, &b).expect("same parameter shapes");
     assert!(worst <= 1e-5, "multi-device weights differ by {worst}");
     // Training did move the weights (a tiny learning rate would make the comparison vacuous).
-    let start = weights_of_initial(tmp);
-    let moved = start
-        .iter()
-        .zip(&a)
-        .flat_map(|(x, y)| x.iter().zip(y).map(|(u, v)| (u - v).abs()))
-        .fold(0f32, f32::max);
+    let moved = max_param_diff(&weights_of_initial(), &a).expect("same parameter shapes");
     assert!(moved > 1e-3, "weights moved by only {moved}");
 }

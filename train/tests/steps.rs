@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use blip3_model::loader::{self, LoadOptions};
+use blip3_model::params::{param_dtypes, param_values};
 use blip3_model::{ImageInput, LoraConfig, MultimodalInput, XGenMM};
 use blip3_train::config::{DpoReference, FreezeSection, Stage};
 use blip3_train::optim::{frozen_copy, set_trainable, trainable_params};
@@ -357,19 +358,6 @@ fn gradients_match_finite_differences() {
     }
 }
 
-fn snapshot<M: Module>(m: &M) -> Vec<Vec<f32>> {
-    struct S(Vec<Vec<f32>>);
-    impl burn::module::ModuleVisitor for S {
-        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
-            self.0
-                .push(p.val().into_data().try_into_vec_as::<f32>().unwrap());
-        }
-    }
-    let mut s = S(Vec::new());
-    m.visit(&mut s);
-    s.0
-}
-
 #[test]
 fn frozen_parts_stay_bit_identical_and_trained_parts_move() {
     let device = Device::flex().autodiff();
@@ -384,7 +372,7 @@ fn frozen_parts_stay_bit_identical_and_trained_parts_move() {
         .unwrap()
         .train();
     let policy = set_trainable(policy, &freeze, None, &device);
-    let vit0 = snapshot(&policy.vision_encoder.clone().valid());
+    let vit0 = param_values(&policy.vision_encoder.clone().valid());
     let res0 = policy.vision_tokenizer.latents.val().into_data();
     let emb0 = policy
         .lang_model
@@ -411,7 +399,7 @@ fn frozen_parts_stay_bit_identical_and_trained_parts_move() {
     }
     let p = &model.policy;
     assert_eq!(
-        snapshot(&p.vision_encoder.clone().valid()),
+        param_values(&p.vision_encoder.clone().valid()),
         vit0,
         "ViT changed"
     );
@@ -656,14 +644,7 @@ fn bf16_checkpoint_init_trains_with_f32_master_weights() {
     loader::export_hf(&model, dir.path(), Some(DType::BF16)).expect("export");
     let spec = dir.path().to_string_lossy().to_string();
     let loaded = blip3_train::run::initial_model(&spec, &tok, &device).expect("load");
-    let mut dtypes = Vec::new();
-    struct Dtypes<'a>(&'a mut Vec<DType>);
-    impl burn::module::ModuleVisitor for Dtypes<'_> {
-        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
-            self.0.push(p.val().dtype());
-        }
-    }
-    loaded.visit(&mut Dtypes(&mut dtypes));
+    let dtypes = param_dtypes(&loaded);
     assert!(!dtypes.is_empty());
     assert!(dtypes.iter().all(|d| *d == DType::F32), "{dtypes:?}");
 }

@@ -1,26 +1,21 @@
 //! The mixture's random number generator: SplitMix64, whose whole state is one `u64`, so that it
 //! can be saved in a [`super::MixturePosition`] and restored exactly.
 
-/// The SplitMix64 increment.
-const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
-
-/// The SplitMix64 output mix.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
+use crate::rng::{GAMMA, SplitMix64, mix};
 
 /// A SplitMix64 generator.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Rng {
-    pub(crate) state: u64,
-}
+pub(crate) struct Rng(SplitMix64);
 
 impl Rng {
     /// A generator with the given state.
     pub(crate) fn from_state(state: u64) -> Self {
-        Rng { state }
+        Rng(SplitMix64::new(state))
+    }
+
+    /// The state, to save in a position.
+    pub(crate) fn state(&self) -> u64 {
+        self.0.state
     }
 
     /// An independent generator for `(seed, purpose, a, b)`.
@@ -31,18 +26,17 @@ impl Rng {
         }
         h = mix(h ^ a.wrapping_mul(GAMMA));
         h = mix(h ^ b.wrapping_add(1).wrapping_mul(0xD1B5_4A32_D192_ED03));
-        Rng { state: h }
+        Rng::from_state(h)
     }
 
     /// The next 64 random bits.
     pub(crate) fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(GAMMA);
-        mix(self.state)
+        self.0.next_u64()
     }
 
     /// A uniform integer in `0..n` (`n > 0`; 0 for `n == 0`).
     pub(crate) fn below(&mut self, n: u64) -> u64 {
-        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
+        self.0.below(n)
     }
 
     /// A uniform float in `[0, 1)`.

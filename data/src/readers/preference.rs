@@ -447,8 +447,5 @@ fn parse_annotations(value: Option<&Value>) -> Result<Vec<(String, Option<f64>)>
 
 /// One step of the SplitMix64 generator: a well-mixed 64-bit hash of `x`.
 fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    crate::rng::SplitMix64::new(x).next_u64()
 }
