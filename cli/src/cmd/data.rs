@@ -163,15 +163,7 @@ fn inspect(args: InspectArgs) -> Result<()> {
             .with_context(|| format!("loading the tokenizer from {}", dir.display()))?,
         None => Blip3Tokenizer::tiny()?,
     };
-    let image = ImageProcessorConfig {
-        image_size: args.image_size,
-        mode: if args.fixed {
-            ResolutionMode::Fixed
-        } else {
-            ResolutionMode::AnyRes
-        },
-        ..ImageProcessorConfig::default()
-    };
+    let image = image_config(args.image_size, args.fixed);
     let per_view = args.tokens_per_view;
     let pipeline = Pipeline::new(
         tokenizer,
@@ -292,5 +284,18 @@ fn print_inspection(
             "{} samples short of a full batch were dropped",
             stats.dropped
         );
+    }
+}
+
+/// The image processor of `--image-size` and `--fixed` (one 384 view) or any-res.
+pub(crate) fn image_config(image_size: u32, fixed: bool) -> ImageProcessorConfig {
+    ImageProcessorConfig {
+        image_size,
+        mode: if fixed {
+            ResolutionMode::Fixed
+        } else {
+            ResolutionMode::AnyRes
+        },
+        ..ImageProcessorConfig::default()
     }
 }

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use blip3_data::anyres::{ImageProcessor, ImageProcessorConfig, ResolutionMode};
+use blip3_data::anyres::{ImageProcessor, ImageProcessorConfig};
 use blip3_data::image::decode_image;
 use blip3_data::loader::{LoaderConfig, StreamingLoader};
 use blip3_data::mixture::{Mixture, Recipe};
@@ -116,15 +116,7 @@ pub fn run(args: DataBenchArgs) -> Result<()> {
                        pretrain/captions, weight: 1, on_exhausted: restart}\n";
     let recipe =
         Recipe::from_yaml_str(recipe_text, &dir, "bench recipe").map_err(crate::cmd::data::flat)?;
-    let image = ImageProcessorConfig {
-        image_size: args.image_size,
-        mode: if args.fixed {
-            ResolutionMode::Fixed
-        } else {
-            ResolutionMode::AnyRes
-        },
-        ..ImageProcessorConfig::default()
-    };
+    let image = crate::cmd::data::image_config(args.image_size, args.fixed);
     let pipeline_config = PipelineConfig {
         image: image.clone(),
         ..PipelineConfig::default()
