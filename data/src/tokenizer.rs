@@ -25,7 +25,7 @@
 //! When `add_bos_token` is given, it wins over the `tokenizer.json` post-processor (as in Hugging
 //! Face's Llama tokenizers): `true` installs a `<s> $A` template, `false` removes BOS insertion.
 //!
-//! # Findings on the reference tokenizer (spec open question 2)
+//! # Findings on the reference tokenizer (docs/reference.md §3.4; open question 2 of §6)
 //!
 //! * **BOS is prepended.** The reference SFT code (`sft_data_utils.py`, `preprocess_phi_3_new`)
 //!   renders the conversation with a chat template that starts with the BOS string, deletes every

@@ -4,8 +4,8 @@
 //! The released xGen-MM `config.json` lists only a few `text_config` fields and relies on the HF
 //! `Phi3Config` defaults (Phi-3-mini's sizes) for the rest; [`XGenMMConfig::from_hf_json`] applies
 //! those defaults field by field. Tiny checkpoints go through the same path: every size is read
-//! from the file when present (see the spec, section 3, and the optional `vision_config` /
-//! `vision_tokenizer_config` extensions).
+//! from the file when present (see docs/model.md, "Checkpoint layout", and the optional
+//! `vision_config` / `vision_tokenizer_config` extensions).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

@@ -1,6 +1,7 @@
-//! The decoupled vocabulary of xGen-MM (spec 1.4): the original embedding table and output head
-//! serve ids below `initial_tokenizer_len`; a few additional rows (`<image>`,
-//! `<image placeholder>`, `<|endofchunk|>`) live in separate small parameters.
+//! The decoupled vocabulary of xGen-MM (docs/model.md, "Vocabulary and the decoupled embedding
+//! and head"): the original embedding table and output head serve ids below
+//! `initial_tokenizer_len`; a few additional rows (`<image>`, `<image placeholder>`,
+//! `<|endofchunk|>`) live in separate small parameters.
 //!
 //! Weights are kept in the checkpoint's layout (`[rows, width]` for both the table and the head),
 //! so the loader maps them without transposition.

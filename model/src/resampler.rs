@@ -2,10 +2,11 @@
 //! media tokens through `depth` layers of attention over concat(media, latents) plus a bias-free
 //! feed-forward block, then a LayerNorm and a projection to the language model's width.
 //!
-//! Per the reference (spec 1.2): two separate LayerNorms for media and latents inside each
-//! attention block, Q from the latents only, K/V from the concatenation (media first), one fused
-//! `to_kv` split in half (K then V), padded media keys masked (latent keys always valid), exact
-//! GELU in the feed-forward, and residual connections around both blocks.
+//! Per the reference (docs/model.md, "Perceiver resampler"): two separate LayerNorms for media
+//! and latents inside each attention block, Q from the latents only, K/V from the concatenation
+//! (media first), one fused `to_kv` split in half (K then V), padded media keys masked (latent
+//! keys always valid), exact GELU in the feed-forward, and residual connections around both
+//! blocks.
 
 use burn::module::Param;
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};

@@ -1,9 +1,9 @@
 //! The xGen-MM composite (HF `XGenMMModelForConditionalGeneration`, LAVIS `XGenMMPerceiver`):
 //! every image is encoded by the ViT (all views batched), its any-res crops are stitched and cut
-//! into groups with a padding mask (spec 2.7, including the band-chunking quirk), each group is
-//! resampled to `num_latents` tokens, and each `<image>` token of the text is replaced in place by
-//! its image's tokens. Samples are stacked with right padding (training) or left padding
-//! (generation).
+//! into groups with a padding mask (docs/reference.md §2.7, including the band-chunking quirk),
+//! each group is resampled to `num_latents` tokens, and each `<image>` token of the text is
+//! replaced in place by its image's tokens. Samples are stacked with right padding (training) or
+//! left padding (generation).
 
 use burn::prelude::*;
 

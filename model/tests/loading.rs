@@ -13,7 +13,8 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use common::*;
 
-/// The key/shape list of spec section 3, written out from the spec's patterns.
+/// The key/shape list of the released checkpoint, written out from the key patterns of
+/// docs/model.md, "Key names".
 fn spec_keys() -> BTreeMap<String, Vec<usize>> {
     let mut k = BTreeMap::new();
     let mut add = |name: String, shape: &[usize]| {
@@ -142,7 +143,8 @@ fn full_size_key_set_matches_the_released_checkpoint() {
     for k in spec_head_keys().keys() {
         assert!(loader::is_known_unused(k, CheckpointKind::XGenMM), "{k}");
     }
-    // Parameter counts re-derived from the shapes equal the reference's printout (spec 1):
+    // Parameter counts re-derived from the shapes equal the reference's printout (docs/model.md,
+    // "Sizes and presets"):
     // 4,359,257,219 including the unused head.
     let count = |m: &BTreeMap<String, Vec<usize>>| -> usize {
         m.values().map(|s| s.iter().product::<usize>()).sum()

@@ -149,9 +149,9 @@ pub struct StageSettings {
     pub noised_negatives: Option<NoisedNegatives>,
 }
 
-/// Settings of DPO's extra rejected answers (spec 4.1): the policy answers each prompt from its
-/// image with Gaussian noise added to the normalised pixels, greedily, and that answer is used as
-/// a second dispreferred response.
+/// Settings of DPO's extra rejected answers (docs/reference.md §4.1): the policy answers each
+/// prompt from its image with Gaussian noise added to the normalised pixels, greedily, and that
+/// answer is used as a second dispreferred response.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NoisedNegatives {
     /// Standard deviation of the pixel noise.

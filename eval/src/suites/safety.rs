@@ -1,4 +1,4 @@
-//! VLGuard safety evaluation (test split, dataset-formats §5).
+//! VLGuard safety evaluation (test split; file format in docs/data.md, "Dataset formats").
 //!
 //! Each `instr-resp` entry of `test.json` is one prompt: the image and the instruction, asked
 //! through the chat template (`<image>\n{instruction}`). Prompts fall in VLGuard's three
