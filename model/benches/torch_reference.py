@@ -1,5 +1,5 @@
 """PyTorch counterpart of `model/benches/model.rs`: the same xGen-MM config (HF SiglipVisionModel +
-the spec resampler + HF Phi3ForCausalLM with the decoupled vocabulary, from the fixture generator),
+the resampler of docs/model.md + HF Phi3ForCausalLM with the decoupled vocabulary, from the fixture generator),
 the same input shapes, timed on the CPU with the same number of threads as torch defaults to here,
 or on the GPU (DEVICE cuda, DTYPE f32, f16 or bf16). Each decode step reads its greedy token back, and
 each forward copies its logits to the host, as the Rust side does.

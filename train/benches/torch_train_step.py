@@ -1,5 +1,5 @@
 """PyTorch counterpart of `blip3 bench train`: the same config (HF SiglipVisionModel frozen +
-the spec resampler + HF Phi3ForCausalLM with the decoupled vocabulary), the same batch shape
+the resampler of docs/model.md + HF Phi3ForCausalLM with the decoupled vocabulary), the same batch shape
 (B samples of T text tokens with one 2x2 any-res image each), one AdamW step: forward, masked
 next-token loss, backward, clip, update. Prints one JSON line with ms/step and peak RSS (and, on
 CUDA, the GPU memory in use from nvidia-smi, read as the Rust side reads it).
