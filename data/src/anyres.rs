@@ -19,7 +19,7 @@
 use std::path::Path;
 
 use crate::error::DataError;
-use crate::image::{ResampleFilter, RgbImage, decode_image, resize};
+use crate::image::{ImageLimits, ResampleFilter, RgbImage, decode_image_with, resize};
 use crate::sample::ImageSource;
 
 /// A candidate crop grid: `cols` crops across and `rows` crops down, i.e. a canvas of
@@ -163,6 +163,11 @@ pub struct ImageProcessorConfig {
     pub grids: Vec<AnyResGrid>,
     /// Any-resolution or fixed single view.
     pub mode: ResolutionMode,
+    /// Limits checked before an image is decoded ([`ImageLimits`]: pixel budget, file size);
+    /// `None`: the defaults, overridden by the `BLIP3_MAX_IMAGE_PIXELS` and
+    /// `BLIP3_MAX_IMAGE_BYTES` environment variables ([`ImageLimits::from_env`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limits: Option<ImageLimits>,
 }
 
 impl Default for ImageProcessorConfig {
@@ -173,6 +178,7 @@ impl Default for ImageProcessorConfig {
             image_std: [0.5; 3],
             grids: AnyResGrid::v1_5_candidates(),
             mode: ResolutionMode::AnyRes,
+            limits: None,
         }
     }
 }
@@ -502,9 +508,14 @@ impl ImageProcessor {
         })
     }
 
-    /// Decodes `src` ([`decode_image`]) and processes it. Errors name the source.
+    /// Decodes `src` ([`decode_image_with`] the configured [`ImageProcessorConfig::limits`]) and
+    /// processes it. Errors name the source.
     pub fn process_source(&self, src: &ImageSource) -> Result<ProcessedImage, DataError> {
-        let image = decode_image(src)?;
+        let limits = match self.config.limits {
+            Some(limits) => limits,
+            None => ImageLimits::from_env()?,
+        };
+        let image = decode_image_with(src, &limits)?;
         self.process(&image)
     }
 }

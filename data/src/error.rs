@@ -32,6 +32,15 @@ pub enum DataError {
         /// The decoder's message.
         msg: String,
     },
+    /// An image was refused before decoding: not a regular file, or over a size or pixel limit
+    /// ([`crate::image::ImageLimits`]).
+    #[error("{path}: image refused: {msg}")]
+    ImageRefused {
+        /// The file or `shard.tar:key.jpg` member.
+        path: String,
+        /// Which rule or limit, with the values.
+        msg: String,
+    },
     /// A tokenizer could not be loaded or lacks a required token.
     #[error("tokenizer {path}: {msg}")]
     Tokenizer {
@@ -56,6 +65,17 @@ pub enum DataError {
         rate: f64,
         /// Threshold in percent.
         threshold: f64,
+        /// The last bad sample's description.
+        last: String,
+    },
+    /// Every item read was bad (bad-sample rate 100%), whatever the tolerated rate: the stream
+    /// gives nothing to train on or inspect.
+    #[error(
+        "bad-sample rate 100%: all {seen} items read were bad, not one good sample; last: {last}"
+    )]
+    NoGoodSamples {
+        /// Items seen (all bad).
+        seen: u64,
         /// The last bad sample's description.
         last: String,
     },
@@ -96,6 +116,9 @@ pub enum BadKind {
     ImageCountMismatch,
     /// A sample that violates some other rule (too many images, empty text, ...).
     Invalid,
+    /// An image path that resolves outside the configured image root (`..`, an absolute path, a
+    /// symbolic link leaving the root); see [`crate::paths`].
+    OutsideRoot,
 }
 
 /// One bad sample: where it is and what is wrong. Loaders log it as a warning, count it and go on.

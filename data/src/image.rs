@@ -13,6 +13,13 @@
 //!   white instead, a quirk not copied here);
 //! * a GIF contributes its first frame.
 //!
+//! Before anything is decoded, [`ImageLimits`] are enforced: only regular files are read (not
+//! devices, FIFOs or directories), encoded images larger than [`ImageLimits::max_bytes`] (64 MiB by
+//! default) are refused, and so are images whose header declares more than
+//! [`ImageLimits::max_pixels`] pixels (178,956,970 by default, Pillow's `Image.MAX_IMAGE_PIXELS`).
+//! The environment variables [`MAX_PIXELS_ENV`] and [`MAX_BYTES_ENV`] override the defaults for
+//! every entry point that is not given explicit limits (`0` disables a limit).
+//!
 //! [`resize`] reimplements Pillow's `Image.resize` for 8-bit RGB (libImaging `Resample.c`), so that
 //! the any-resolution tiling in [`crate::anyres`] reproduces the reference pixels exactly: a
 //! separable convolution whose filter support is widened by the downscale factor (antialiasing),
@@ -20,7 +27,7 @@
 //! bits, two one-axis passes with an 8-bit intermediate (in Pillow 13's order), and clamping to
 //! 0..=255.
 
-use std::io::Cursor;
+use std::io::{Cursor, Read};
 use std::path::Path;
 
 use ::image::{DynamicImage, ImageDecoder, ImageReader};
@@ -31,27 +38,188 @@ use crate::sample::ImageSource;
 /// An 8-bit RGB image, row-major, 3 bytes a pixel (the `image` crate's buffer type).
 pub use ::image::RgbImage;
 
+/// The default pixel budget: Pillow's `Image.MAX_IMAGE_PIXELS` (`int(1024 * 1024 * 1024 // 4 //
+/// 3)`), above which Pillow refuses to open an image as a likely decompression bomb.
+pub const DEFAULT_MAX_PIXELS: u64 = 178_956_970;
+
+/// The default size limit of an encoded image: 64 MiB (far above any real photograph or scan at
+/// the default pixel budget, far below what would exhaust memory).
+pub const DEFAULT_MAX_BYTES: u64 = 64 << 20;
+
+/// The environment variable that overrides [`ImageLimits::max_pixels`] (a count; `0`: no limit).
+pub const MAX_PIXELS_ENV: &str = "BLIP3_MAX_IMAGE_PIXELS";
+
+/// The environment variable that overrides [`ImageLimits::max_bytes`] (a count; `0`: no limit).
+pub const MAX_BYTES_ENV: &str = "BLIP3_MAX_IMAGE_BYTES";
+
+/// Limits checked before an image is decoded (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImageLimits {
+    /// The largest `width * height` accepted, as declared by the image header
+    /// ([`DEFAULT_MAX_PIXELS`]; `0`: no limit).
+    pub max_pixels: u64,
+    /// The largest encoded size accepted, in bytes ([`DEFAULT_MAX_BYTES`]; `0`: no limit).
+    pub max_bytes: u64,
+}
+
+impl Default for ImageLimits {
+    fn default() -> Self {
+        ImageLimits {
+            max_pixels: DEFAULT_MAX_PIXELS,
+            max_bytes: DEFAULT_MAX_BYTES,
+        }
+    }
+}
+
+impl ImageLimits {
+    /// The defaults, overridden by [`MAX_PIXELS_ENV`] and [`MAX_BYTES_ENV`] when they are set. A
+    /// value that is not a non-negative integer is a [`DataError::Config`] naming the variable.
+    pub fn from_env() -> Result<ImageLimits, DataError> {
+        let read = |name: &str, default: u64| -> Result<u64, DataError> {
+            match std::env::var(name) {
+                Err(std::env::VarError::NotPresent) => Ok(default),
+                Ok(value) => value.trim().replace('_', "").parse().map_err(|_| {
+                    DataError::Config(format!(
+                        "{name}={value:?} is not a non-negative integer (0 disables the limit)"
+                    ))
+                }),
+                Err(e) => Err(DataError::Config(format!("{name}: {e}"))),
+            }
+        };
+        Ok(ImageLimits {
+            max_pixels: read(MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS)?,
+            max_bytes: read(MAX_BYTES_ENV, DEFAULT_MAX_BYTES)?,
+        })
+    }
+
+    /// Refuses an encoded size over [`ImageLimits::max_bytes`].
+    fn check_bytes(&self, len: u64, name: &str) -> Result<(), DataError> {
+        if self.max_bytes > 0 && len > self.max_bytes {
+            return Err(DataError::ImageRefused {
+                path: name.to_string(),
+                msg: format!(
+                    "{len} bytes, more than the limit of {} bytes ({MAX_BYTES_ENV})",
+                    self.max_bytes
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Refuses declared dimensions over [`ImageLimits::max_pixels`].
+    fn check_pixels(&self, (width, height): (u32, u32)) -> Result<(), String> {
+        let pixels = u64::from(width) * u64::from(height);
+        if self.max_pixels > 0 && pixels > self.max_pixels {
+            return Err(format!(
+                "{width}x{height} = {pixels} pixels, more than the limit of {} pixels \
+                 ({MAX_PIXELS_ENV}); refused before decoding",
+                self.max_pixels
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Decodes an image from wherever it lives, applies its EXIF orientation and converts it to 8-bit
-/// RGB (see the module documentation for the conversion rules).
+/// RGB (see the module documentation for the conversion rules), within the limits of
+/// [`ImageLimits::from_env`].
 ///
 /// Errors name the file (or the `name` of an in-memory source): [`DataError::Io`] when a file cannot
-/// be read, [`DataError::Image`] when its content does not decode.
+/// be read, [`DataError::ImageRefused`] when it is not a regular file or exceeds a limit,
+/// [`DataError::Image`] when its content does not decode.
 pub fn decode_image(src: &ImageSource) -> Result<RgbImage, DataError> {
+    decode_image_with(src, &ImageLimits::from_env()?)
+}
+
+/// [`decode_image`] with explicit limits.
+pub fn decode_image_with(src: &ImageSource, limits: &ImageLimits) -> Result<RgbImage, DataError> {
     match src {
-        ImageSource::Path(path) => decode_path(path),
-        ImageSource::Bytes { bytes, name } => decode_bytes(bytes, name),
+        ImageSource::Path(path) => decode_path_with(path, limits),
+        ImageSource::Bytes { bytes, name } => decode_bytes_with(bytes, name, limits),
     }
 }
 
 /// Reads and decodes an image file. See [`decode_image`].
 pub fn decode_path(path: &Path) -> Result<RgbImage, DataError> {
-    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
-    decode_bytes(&bytes, &path.display().to_string())
+    decode_path_with(path, &ImageLimits::from_env()?)
+}
+
+/// [`decode_path`] with explicit limits.
+pub fn decode_path_with(path: &Path, limits: &ImageLimits) -> Result<RgbImage, DataError> {
+    let bytes = read_image_file(path, limits)?;
+    decode_bytes_with(&bytes, &path.display().to_string(), limits)
+}
+
+/// Reads an image file: a regular file (checked before it is opened, so that a FIFO does not
+/// block) of at most [`ImageLimits::max_bytes`] (checked before and while reading, so that a file
+/// that grows meanwhile cannot exceed it).
+pub fn read_image_file(path: &Path, limits: &ImageLimits) -> Result<Vec<u8>, DataError> {
+    let name = path.display().to_string();
+    let refused = |msg: String| DataError::ImageRefused {
+        path: name.clone(),
+        msg,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| DataError::io(path, e))?;
+    if !meta.is_file() {
+        return Err(refused(format!(
+            "not a regular file ({}); images are read from regular files only",
+            file_kind(&meta)
+        )));
+    }
+    limits.check_bytes(meta.len(), &name)?;
+    let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+    let cap = if limits.max_bytes > 0 {
+        limits.max_bytes.saturating_add(1)
+    } else {
+        u64::MAX
+    };
+    let mut bytes = Vec::with_capacity(meta.len().min(cap) as usize);
+    file.take(cap)
+        .read_to_end(&mut bytes)
+        .map_err(|e| DataError::io(path, e))?;
+    limits.check_bytes(bytes.len() as u64, &name)?;
+    Ok(bytes)
+}
+
+/// What kind of non-regular file `meta` describes, for messages.
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        let t = meta.file_type();
+        if t.is_char_device() {
+            return "a character device";
+        }
+        if t.is_block_device() {
+            return "a block device";
+        }
+        if t.is_fifo() {
+            return "a FIFO";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+    }
+    if meta.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file"
+    }
 }
 
 /// Decodes encoded image bytes; `name` locates them in error messages (a path, or a
 /// `shard.tar:key.jpg` member). See [`decode_image`].
 pub fn decode_bytes(bytes: &[u8], name: &str) -> Result<RgbImage, DataError> {
+    decode_bytes_with(bytes, name, &ImageLimits::from_env()?)
+}
+
+/// [`decode_bytes`] with explicit limits.
+pub fn decode_bytes_with(
+    bytes: &[u8],
+    name: &str,
+    limits: &ImageLimits,
+) -> Result<RgbImage, DataError> {
     let image_error = |msg: String| DataError::Image {
         path: name.to_string(),
         msg,
@@ -59,9 +227,10 @@ pub fn decode_bytes(bytes: &[u8], name: &str) -> Result<RgbImage, DataError> {
     if bytes.is_empty() {
         return Err(image_error("empty file".to_string()));
     }
+    limits.check_bytes(bytes.len() as u64, name)?;
     // The decoders are third-party code fed untrusted bytes: a panic inside one must become an
     // error for this image, not bring the loader down.
-    let decoded = std::panic::catch_unwind(|| decode_oriented(bytes)).map_err(|panic| {
+    let decoded = std::panic::catch_unwind(|| decode_oriented(bytes, limits)).map_err(|panic| {
         let what = panic
             .downcast_ref::<&str>()
             .map(|s| s.to_string())
@@ -69,7 +238,13 @@ pub fn decode_bytes(bytes: &[u8], name: &str) -> Result<RgbImage, DataError> {
             .unwrap_or_else(|| "unknown panic".to_string());
         image_error(format!("decoder panicked: {what}"))
     })?;
-    let image = decoded.map_err(image_error)?;
+    let image = decoded.map_err(|e| match e {
+        Refusal::Limit(msg) => DataError::ImageRefused {
+            path: name.to_string(),
+            msg,
+        },
+        Refusal::Decode(msg) => image_error(msg),
+    })?;
     if image.width() == 0 || image.height() == 0 {
         return Err(image_error(format!(
             "image has no pixels ({}x{})",
@@ -80,27 +255,43 @@ pub fn decode_bytes(bytes: &[u8], name: &str) -> Result<RgbImage, DataError> {
     Ok(to_rgb8(image))
 }
 
-/// Decodes `bytes` (format guessed from the content) and applies the EXIF orientation.
-fn decode_oriented(bytes: &[u8]) -> Result<DynamicImage, String> {
+/// Why [`decode_oriented`] gave no image.
+enum Refusal {
+    /// Over an [`ImageLimits`] limit (before decoding).
+    Limit(String),
+    /// Not a decodable image.
+    Decode(String),
+}
+
+/// Decodes `bytes` (format guessed from the content) and applies the EXIF orientation, after
+/// checking the declared dimensions against `limits`.
+fn decode_oriented(bytes: &[u8], limits: &ImageLimits) -> Result<DynamicImage, Refusal> {
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| Refusal::Decode(e.to_string()))?;
     match reader.format() {
         None => {
-            return Err(
+            return Err(Refusal::Decode(
                 "unrecognised image format (expected JPEG, PNG, WebP, GIF or BMP)".to_string(),
-            );
+            ));
         }
         // The JPEG decoder fills a cut-off stream with grey instead of failing; Pillow refuses
         // such files ("image file is truncated"), and so do we.
         Some(::image::ImageFormat::Jpeg) if !jpeg_has_end(bytes) => {
-            return Err("truncated JPEG (no end-of-image marker after the scan data)".to_string());
+            return Err(Refusal::Decode(
+                "truncated JPEG (no end-of-image marker after the scan data)".to_string(),
+            ));
         }
         Some(_) => {}
     }
-    // `ImageReader::new` keeps the crate's default allocation limit, which rejects decompression
-    // bombs before any pixel buffer is allocated.
-    let mut decoder = reader.into_decoder().map_err(|e| e.to_string())?;
+    // `ImageReader::new` also keeps the crate's default allocation limit.
+    let mut decoder = reader
+        .into_decoder()
+        .map_err(|e| Refusal::Decode(e.to_string()))?;
+    // The header's dimensions are known before any pixel is decoded.
+    limits
+        .check_pixels(decoder.dimensions())
+        .map_err(Refusal::Limit)?;
     let orientation = match decoder.orientation() {
         Ok(orientation) => orientation,
         Err(e) => {
@@ -109,7 +300,8 @@ fn decode_oriented(bytes: &[u8]) -> Result<DynamicImage, String> {
             ::image::metadata::Orientation::NoTransforms
         }
     };
-    let mut image = DynamicImage::from_decoder(decoder).map_err(|e| e.to_string())?;
+    let mut image =
+        DynamicImage::from_decoder(decoder).map_err(|e| Refusal::Decode(e.to_string()))?;
     image.apply_orientation(orientation);
     Ok(image)
 }

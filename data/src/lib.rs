@@ -7,6 +7,7 @@ pub mod error;
 pub mod image;
 pub mod loader;
 pub mod mixture;
+pub mod paths;
 pub mod pipeline;
 pub mod readers;
 pub mod rng;

@@ -58,7 +58,10 @@
 //! source, file and key, counted in [`LoaderStats`] (by kind and by source, with the last one
 //! described) and skipped. Once at least [`LoaderConfig::min_samples_for_rate`] items were seen,
 //! a bad-sample rate above [`LoaderConfig::max_bad_rate`] makes the iterator yield an error whose
-//! message is [`DataError::TooManyBadSamples`]; burn-train then stops with it.
+//! message is [`DataError::TooManyBadSamples`]; burn-train then stops with it. Whatever the
+//! threshold (even 1.0), a stream whose items were all bad, once `min_samples_for_rate` of them
+//! were seen or when it ends, yields [`DataError::NoGoodSamples`]. A warning repeated word for
+//! word (the same bad record read again in every epoch) is logged once, then with its count.
 
 mod engine;
 mod feed;

@@ -8,15 +8,17 @@
 //!   `weight / sum of the active sources' weights` using a seeded generator, then takes that
 //!   source's next item. A source that runs out restarts from its beginning (a new epoch over it),
 //!   stops the whole mixture, or is dropped from it, as its `on_exhausted` says. The stream is
-//!   endless with `restart`.
+//!   endless with `restart`, except that a source whose whole epoch was bad records is left out
+//!   instead of restarted (it would yield the same bad records forever).
 //! * **Count mode** (every source has `samples`, or the reference's `data_path: {json: n}` form):
 //!   a mixture epoch holds exactly `n` items of each source (split between ranks). When the source
 //!   has at least `n` items, `n` distinct items are chosen at random (without replacement);
 //!   otherwise `n` items are drawn uniformly with replacement. The chosen items keep the source's
 //!   read order (a repeated item comes out several times in a row), and the sources are interleaved
 //!   at random in proportion to the items each still has to give, so every source finishes with
-//!   the epoch. Counting a source's items costs one pass over it when the mixture opens (and at
-//!   every epoch for sources with `shuffle_shards`).
+//!   the epoch. A mixture epoch that yields only bad records is the last. Counting a source's
+//!   items costs one pass over it when the mixture opens (and at every epoch for sources with
+//!   `shuffle_shards`).
 //!
 //! **Determinism**: the order depends only on the recipe (seed included), the files, and the
 //! rank and world size. Within a source, items come in file order (shard order, optionally
@@ -84,6 +86,9 @@ pub struct SourcePosition {
     /// Count mode: copies of the current item already emitted.
     #[serde(default)]
     pub copies: u32,
+    /// Items drawn in the current epoch that were bad records ([`MixItem::sample`] an error).
+    #[serde(default)]
+    pub bad_in_epoch: u64,
 }
 
 /// The full resume position of a [`Mixture`].
@@ -138,6 +143,8 @@ struct Source {
     epoch: u64,
     drawn: u64,
     drawn_in_epoch: u64,
+    /// Items drawn in the current epoch that were bad records.
+    bad_in_epoch: u64,
     active: bool,
     /// Count mode: the rank's item count, cached when the file order does not change per epoch.
     len: Option<u64>,
@@ -160,6 +167,16 @@ impl Source {
             active: self.active,
             ordinal,
             copies,
+            bad_in_epoch: self.bad_in_epoch,
+        }
+    }
+
+    /// Counts one drawn item.
+    fn count(&mut self, sample: &Result<RawSample, SampleError>) {
+        self.drawn += 1;
+        self.drawn_in_epoch += 1;
+        if sample.is_err() {
+            self.bad_in_epoch += 1;
         }
     }
 }
@@ -175,6 +192,8 @@ pub struct Mixture {
     drawn: u64,
     drawn_at_epoch_start: u64,
     finished: bool,
+    /// Stop after this many items drawn in total ([`Mixture::with_limit`]).
+    limit: Option<u64>,
 }
 
 impl Mixture {
@@ -243,6 +262,7 @@ impl Mixture {
             source.epoch = saved.epoch;
             source.drawn = saved.drawn;
             source.drawn_in_epoch = saved.drawn_in_epoch;
+            source.bad_in_epoch = saved.bad_in_epoch;
             source.active = saved.active;
             if !saved.active {
                 continue;
@@ -290,6 +310,7 @@ impl Mixture {
                 epoch: 0,
                 drawn: 0,
                 drawn_in_epoch: 0,
+                bad_in_epoch: 0,
                 active: true,
                 len: None,
             });
@@ -304,7 +325,16 @@ impl Mixture {
             drawn: 0,
             drawn_at_epoch_start: 0,
             finished: false,
+            limit: None,
         })
+    }
+
+    /// Ends the stream once `items` items were drawn in total (counted from the beginning of the
+    /// stream, restored positions included), e.g. to inspect the first items of an endless
+    /// mixture. The limit is not part of [`Mixture::state`].
+    pub fn with_limit(mut self, items: u64) -> Self {
+        self.limit = Some(items);
+        self
     }
 
     /// The recipe.
@@ -364,6 +394,7 @@ impl Mixture {
         for source in &mut self.sources {
             source.epoch = epoch;
             source.drawn_in_epoch = 0;
+            source.bad_in_epoch = 0;
             let selection = select_for_epoch(source, epoch, rank)?;
             source.active = selection.len() > 0 && source.target > 0;
             if selection.len() == 0 && source.target > 0 {
@@ -422,8 +453,7 @@ impl Mixture {
         loop {
             let source = &mut self.sources[i];
             if let Some((sample, tags)) = source.cursor.next_item() {
-                source.drawn += 1;
-                source.drawn_in_epoch += 1;
+                source.count(&sample);
                 self.drawn += 1;
                 return Ok(Some(MixItem {
                     source: i,
@@ -435,6 +465,21 @@ impl Mixture {
                 log::warn!(
                     "mixture source {:?} has no items for rank {rank} of {world}; it is left out",
                     source.def.name()
+                );
+                source.active = false;
+                source.cursor = Cursor::Closed;
+                return Ok(None);
+            }
+            if source.on_exhausted == Exhausted::Restart
+                && source.bad_in_epoch == source.drawn_in_epoch
+            {
+                // Restarting a source that only gives bad records would loop forever.
+                log::warn!(
+                    "mixture source {:?} gave no good item in epoch {} ({} bad); it is left out \
+                     instead of restarting",
+                    source.def.name(),
+                    source.epoch,
+                    source.bad_in_epoch
                 );
                 source.active = false;
                 source.cursor = Cursor::Closed;
@@ -461,7 +506,15 @@ impl Mixture {
                 Exhausted::Restart => {
                     source.epoch += 1;
                     source.drawn_in_epoch = 0;
-                    log::info!(
+                    source.bad_in_epoch = 0;
+                    // A small source restarts often: only its first restart is worth an info line.
+                    let level = if source.epoch == 1 {
+                        log::Level::Info
+                    } else {
+                        log::Level::Debug
+                    };
+                    log::log!(
+                        level,
                         "mixture source {:?} restarts (epoch {})",
                         source.def.name(),
                         source.epoch
@@ -483,8 +536,19 @@ impl Mixture {
                 .map(|s| s.target.saturating_sub(s.drawn_in_epoch))
                 .sum();
             if total == 0 {
-                let empty_epoch = self.drawn == self.drawn_at_epoch_start;
-                if self.recipe.on_exhausted != Exhausted::Restart || empty_epoch {
+                let drawn = self.drawn - self.drawn_at_epoch_start;
+                let bad: u64 = self.sources.iter().map(|s| s.bad_in_epoch).sum();
+                if self.recipe.on_exhausted != Exhausted::Restart || drawn == 0 {
+                    self.finished = true;
+                    return None;
+                }
+                if bad == drawn {
+                    // Another epoch of the same bad records would loop forever.
+                    log::warn!(
+                        "mixture epoch {} gave no good item ({bad} bad); the mixture stops \
+                         instead of restarting",
+                        self.epoch
+                    );
                     self.finished = true;
                     return None;
                 }
@@ -509,8 +573,7 @@ impl Mixture {
             let source = &mut self.sources[i];
             match source.cursor.next_item() {
                 Some((sample, tags)) => {
-                    source.drawn += 1;
-                    source.drawn_in_epoch += 1;
+                    source.count(&sample);
                     self.drawn += 1;
                     return Some(Ok(MixItem {
                         source: i,
@@ -535,7 +598,7 @@ impl Iterator for Mixture {
     type Item = Result<MixItem, DataError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.finished {
+        if self.finished || self.limit.is_some_and(|limit| self.drawn >= limit) {
             return None;
         }
         match self.mode {

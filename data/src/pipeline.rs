@@ -270,6 +270,7 @@ impl Pipeline {
                 self.images.process_source(source).map_err(|e| {
                     let kind = match e {
                         DataError::Io { .. } => BadKind::MissingImage,
+                        DataError::ImageRefused { .. } => BadKind::Invalid,
                         _ => BadKind::CorruptImage,
                     };
                     let msg = format!("image {}: {e}", source.describe());

@@ -47,7 +47,7 @@ pub struct InspectArgs {
     /// The mixture recipe (`.yaml`, `.yml` or `.toml`).
     #[arg(long)]
     pub recipe: PathBuf,
-    /// How many mixture items to stream.
+    /// How many mixture items to stream, good and bad together.
     #[arg(long, default_value_t = 1000)]
     pub limit: usize,
     /// A tokenizer directory (`tokenizer.json`, ...); default: the built-in tiny tokenizer.
@@ -174,9 +174,12 @@ fn inspect(args: InspectArgs) -> Result<()> {
             vision_tokens_per_group: per_view,
         },
     )?;
+    // `--limit` counts mixture items, bad ones included: a recipe whose items are all bad must
+    // not be read forever looking for good ones.
     let mixture = Mixture::open(&recipe, args.rank, args.world)
         .map_err(flat)
-        .with_context(|| format!("opening the mixture of {}", args.recipe.display()))?;
+        .with_context(|| format!("opening the mixture of {}", args.recipe.display()))?
+        .with_limit(args.limit as u64);
     let names: Vec<String> = (0..mixture.num_sources())
         .map(|i| mixture.source_name(i).to_string())
         .collect();
@@ -196,8 +199,15 @@ fn inspect(args: InspectArgs) -> Result<()> {
     )?;
     let started = std::time::Instant::now();
     let mut lengths: BTreeMap<String, Lengths> = BTreeMap::new();
+    let mut failure = None;
     for batch in loader.iter() {
-        let batch = batch.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let batch = match batch {
+            Ok(batch) => batch,
+            Err(e) => {
+                failure = Some(anyhow::anyhow!("{e}"));
+                break;
+            }
+        };
         for sample in batch {
             let l = lengths.entry(sample.source.clone()).or_default();
             l.text.push(sample.seq.input_ids.len());
@@ -210,8 +220,12 @@ fn inspect(args: InspectArgs) -> Result<()> {
     }
     let seconds = started.elapsed().as_secs_f64();
     let stats = loader.stats();
+    // The report of what was read is useful even (especially) when the stream failed.
     print_inspection(&names, &lengths, &stats, seconds);
-    Ok(())
+    match failure {
+        Some(e) => Err(e.context(format!("inspecting {}", args.recipe.display()))),
+        None => Ok(()),
+    }
 }
 
 /// `(min, mean, median, p95, max)` of a list.

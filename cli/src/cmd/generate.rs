@@ -28,7 +28,9 @@ pub struct Args {
     #[arg(long)]
     pub model: PathBuf,
     /// An image; repeat for several. `<image>` markers in the prompt place them in order; without
-    /// markers, `<image>\n` is prepended once per image.
+    /// markers, `<image>\n` is prepended once per image. Only regular files within the image
+    /// limits are read (env BLIP3_MAX_IMAGE_BYTES, default 64 MiB; BLIP3_MAX_IMAGE_PIXELS, default
+    /// 178956970; see docs/data.md).
     #[arg(long = "image")]
     pub images: Vec<PathBuf>,
     /// The user's message.
@@ -120,6 +122,14 @@ pub fn run(args: Args) -> Result<()> {
     let dtype = args.dtype.map(|d| d.dtype());
     check_dtype(&dev, dtype)?;
     let t0 = Instant::now();
+    // Images are read first, so that a file refused by the image limits (not a regular file, over
+    // BLIP3_MAX_IMAGE_BYTES, or declaring more than BLIP3_MAX_IMAGE_PIXELS pixels) fails at once,
+    // before the model is loaded. The errors name the file and the limit.
+    let decoded = args
+        .images
+        .iter()
+        .map(|path| decode_path(path).map_err(|e| anyhow::anyhow!("--image: {e}")))
+        .collect::<Result<Vec<_>>>()?;
     let Loaded {
         model,
         tokenizer,
@@ -138,10 +148,9 @@ pub fn run(args: Args) -> Result<()> {
         .encode_prompt(&tokenizer, &turns, args.images.len(), &origin)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut inputs = Vec::with_capacity(args.images.len());
-    for path in &args.images {
-        let rgb = decode_path(path)?;
+    for (path, rgb) in args.images.iter().zip(&decoded) {
         let p = images
-            .process(&rgb)
+            .process(rgb)
             .with_context(|| format!("processing {}", path.display()))?;
         let [v, c, s, _] = p.shape();
         inputs.push(ImageInput::from_host(

@@ -23,6 +23,8 @@ pub(crate) enum Failure {
         threshold: f64,
         last: String,
     },
+    /// Every item was bad: at least `min_samples_for_rate` of them, or all of a stream that ended.
+    NoGood { seen: u64, last: String },
     /// The mixture (or the loader) failed.
     Fatal(Arc<DataError>),
     /// The readers of the loader disagree on how it is split.
@@ -61,6 +63,10 @@ impl Failure {
                 seen: *seen,
                 rate: *rate,
                 threshold: *threshold,
+                last: last.clone(),
+            }),
+            Failure::NoGood { seen, last } => DatasetError::new(DataError::NoGoodSamples {
+                seen: *seen,
                 last: last.clone(),
             }),
             Failure::Fatal(e) => DatasetError::new(SharedError(e.clone())),
@@ -109,6 +115,45 @@ pub(crate) struct Engine {
     initial: LoaderState,
     ended: bool,
     failure: Option<Failure>,
+    /// Bad-sample warnings, each run of identical ones logged once with a count.
+    warnings: RepeatedWarning,
+}
+
+/// Logs a warning once per run of identical messages: repeats are counted, and the count is
+/// logged when another message comes, or when the loader stops or is dropped. (A source whose
+/// bad record comes back every epoch must not fill the log.)
+#[derive(Default)]
+struct RepeatedWarning {
+    last: Option<String>,
+    repeats: u64,
+}
+
+impl RepeatedWarning {
+    fn warn(&mut self, msg: &str) {
+        if self.last.as_deref() == Some(msg) {
+            self.repeats += 1;
+            return;
+        }
+        self.flush();
+        log::warn!("{msg}");
+        self.last = Some(msg.to_string());
+    }
+
+    /// Logs the count of repeats of the last message, if any.
+    fn flush(&mut self) {
+        if self.repeats > 0
+            && let Some(last) = &self.last
+        {
+            log::warn!("{last} (repeated {} more times)", self.repeats);
+        }
+        self.repeats = 0;
+    }
+}
+
+impl Drop for RepeatedWarning {
+    fn drop(&mut self) {
+        self.flush();
+    }
 }
 
 impl Engine {
@@ -152,6 +197,7 @@ impl Engine {
             initial,
             ended: false,
             failure: None,
+            warnings: RepeatedWarning::default(),
         })
     }
 
@@ -239,6 +285,7 @@ impl Engine {
                 return Ok(None);
             }
             if let Err(failure) = self.fill_buffer() {
+                self.warnings.flush();
                 self.failure = Some(failure.clone());
                 return Err(failure);
             }
@@ -306,7 +353,7 @@ impl Engine {
                 stats.bad += 1;
                 *stats.by_kind.entry(e.kind).or_default() += 1;
                 let described = format!("{name}: {e}");
-                log::warn!("{described}");
+                self.warnings.warn(&described);
                 if stats.recent.len() >= LoaderStats::RECENT {
                     stats.recent.remove(0);
                 }
@@ -326,6 +373,14 @@ impl Engine {
                     last: stats.last.clone().unwrap_or_default(),
                 });
             }
+        }
+        // However high the tolerated rate (`blip3 data inspect` tolerates everything), a stream
+        // that has given nothing good is broken.
+        if stats.good == 0 && stats.seen >= policy.min_samples_for_rate.max(1) {
+            return Err(Failure::NoGood {
+                seen: stats.seen,
+                last: stats.last.clone().unwrap_or_default(),
+            });
         }
         Ok(())
     }
@@ -348,6 +403,13 @@ impl Engine {
         while samples.len() < wanted {
             let Some(item) = self.next_processed()? else {
                 self.ended = true;
+                self.warnings.flush();
+                if self.stats.good == 0 && self.stats.bad > 0 {
+                    return Err(Failure::NoGood {
+                        seen: self.stats.seen,
+                        last: self.stats.last.clone().unwrap_or_default(),
+                    });
+                }
                 break;
             };
             let Processed {

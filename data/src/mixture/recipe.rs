@@ -210,6 +210,11 @@ pub struct SourceSpec {
     /// Image-root rules tried before `image_root` (LLaVA, DPO, VLGuard).
     #[serde(default)]
     pub root_rules: Vec<RootRuleSpec>,
+    /// Accept image paths of the dataset files that resolve outside their image root (`..`,
+    /// absolute paths, symbolic links leaving the root). Off by default: such paths are refused
+    /// and counted as [`crate::error::BadKind::OutsideRoot`] bad samples (see [`crate::paths`]).
+    #[serde(default)]
+    pub allow_outside_root: bool,
     /// What happens when the source runs out (weighted mode); default: the recipe's setting.
     #[serde(default)]
     pub on_exhausted: Option<Exhausted>,
@@ -252,6 +257,9 @@ pub struct Recipe {
     /// Image root of the `data_path` sources.
     #[serde(default)]
     pub image_root: Option<String>,
+    /// [`SourceSpec::allow_outside_root`] of the `data_path` sources.
+    #[serde(default)]
+    pub allow_outside_root: bool,
     /// Substring image-folder rules of the `data_path` sources (xGen-MM's `IMAGE_FOLDER_DICT`:
     /// every occurrence of the key is replaced by the value; keys are tried in sorted order).
     #[serde(default)]
@@ -326,6 +334,7 @@ impl Recipe {
                 samples: Some(count),
                 image_root: self.image_root.clone(),
                 root_rules,
+                allow_outside_root: self.allow_outside_root,
                 on_exhausted: None,
                 shuffle_shards: false,
                 options: SourceOptions::default(),

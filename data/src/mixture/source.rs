@@ -218,6 +218,7 @@ impl SourceDef {
         ImageRoots {
             rules,
             default_root: self.spec.image_root.as_ref().map(PathBuf::from),
+            allow_outside: self.spec.allow_outside_root,
         }
     }
 
@@ -236,10 +237,10 @@ impl SourceDef {
                 },
             },
         };
-        Ok(ImageResolver::new(
-            self.spec.image_root.as_ref().map(PathBuf::from),
-            urls,
-        ))
+        Ok(
+            ImageResolver::new(self.spec.image_root.as_ref().map(PathBuf::from), urls)
+                .allowing_outside(self.spec.allow_outside_root),
+        )
     }
 
     /// Interleaved-document options.

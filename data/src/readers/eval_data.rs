@@ -6,7 +6,9 @@
 //! structure that identifies its format, is a fatal [`DataError`]. Any single bad entry (a question
 //! without an annotation, an undecodable base64 image cell, a row with a missing column) is left
 //! out of the items and reported beside them in [`Loaded::problems`], so that evaluation can
-//! exclude and count it.
+//! exclude and count it. So is an entry whose image path resolves outside the image directory it
+//! is given ([`BadKind::OutsideRoot`]: a `file_name`, id or `image` with `..`, an absolute path, a
+//! symbolic link leaving the directory; see [`crate::paths`]).
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -23,6 +25,7 @@ use serde_json::Value;
 
 use super::json_stream::{JsonLayout, JsonStream, StreamOptions};
 use crate::error::{BadKind, DataError, SampleError};
+use crate::paths::{OutsideRoot, check_inside, resolve_inside};
 use crate::sample::ImageSource;
 
 /// Items loaded from an evaluation file, and the entries that were left out.
@@ -155,6 +158,18 @@ impl ImageLocator {
     pub fn locate(&self, id: &Id) -> PathBuf {
         self.dir.join(self.file_name(id))
     }
+
+    /// The path of an image id, refused when it resolves outside [`ImageLocator::dir`] (an id
+    /// such as `../../etc/passwd`; see [`crate::paths`]).
+    pub fn locate_inside(&self, id: &Id) -> Result<PathBuf, OutsideRoot> {
+        self.file_inside(&self.file_name(id))
+    }
+
+    /// The path of a file name read from an annotation file (COCO's `file_name`), refused when it
+    /// resolves outside [`ImageLocator::dir`].
+    pub fn file_inside(&self, name: &str) -> Result<PathBuf, OutsideRoot> {
+        resolve_inside(&self.dir, Path::new(name), false)
+    }
 }
 
 /// Parses `:0N` or `:0Nd` (zero fill, width `N` up to 64).
@@ -268,10 +283,17 @@ pub fn load_coco_captions(
                 .push(malformed(&file, &image_id, "image has no caption"));
             continue;
         }
-        let image = images.map(|loc| match &file_name {
-            Some(name) => loc.dir.join(name),
-            None => loc.locate(&image_id),
-        });
+        let image = match images.map(|loc| match &file_name {
+            Some(name) => loc.file_inside(name),
+            None => loc.locate_inside(&image_id),
+        }) {
+            None => None,
+            Some(Ok(image)) => Some(image),
+            Some(Err(e)) => {
+                loaded.problems.push(outside(&file, &image_id, &e));
+                continue;
+            }
+        };
         loaded.items.push(CaptionRefs {
             image_id,
             file_name,
@@ -406,8 +428,18 @@ pub fn load_vqa(
                 .push(malformed(&qfile, &q.question_id, "duplicate question id"));
             continue;
         }
+        let image = match images.locate_inside(&q.image_id) {
+            Ok(image) => image,
+            Err(e) => {
+                if let Some((_, by_question)) = truth.as_mut() {
+                    by_question.remove(&q.question_id);
+                }
+                loaded.problems.push(outside(&qfile, &q.question_id, &e));
+                continue;
+            }
+        };
         let mut item = VqaQuestion {
-            image: images.locate(&q.image_id),
+            image,
             question_id: q.question_id,
             image_id: q.image_id,
             question: q.question,
@@ -468,7 +500,13 @@ pub fn load_textvqa(path: &Path, images: &ImageLocator) -> Result<Loaded<VqaQues
     for (i, entry) in parsed.data.into_iter().enumerate() {
         match entry.0 {
             Ok(q) => loaded.items.push(VqaQuestion {
-                image: images.locate(&q.image_id),
+                image: match images.locate_inside(&q.image_id) {
+                    Ok(image) => image,
+                    Err(e) => {
+                        loaded.problems.push(outside(&file, &q.question_id, &e));
+                        continue;
+                    }
+                },
                 question_id: q.question_id,
                 image_id: q.image_id,
                 question: q.question,
@@ -522,7 +560,12 @@ pub fn load_pope(
             }
         };
         match pope_item(&record, image_dir, default_category) {
-            Ok(item) => loaded.items.push(item),
+            // An empty directory: images are not located (scoring opens none).
+            Ok(item) if image_dir.as_os_str().is_empty() => loaded.items.push(item),
+            Ok(item) => match check_inside(image_dir, &item.image, false) {
+                Ok(_) => loaded.items.push(item),
+                Err(e) => loaded.problems.push(outside(&file, &item.question_id, &e)),
+            },
             Err(msg) => {
                 let key = record.get("question_id").and_then(Id::from_value);
                 let key = key.map_or_else(|| format!("element {index}"), |k| k.to_string());
@@ -840,7 +883,18 @@ pub fn load_scienceqa(path: &Path, image_dir: Option<&Path>) -> Result<Loaded<Mc
     }
     for (id, keyed, record) in records {
         match scienceqa_item(&id, keyed, &record, image_dir) {
-            Ok(item) => loaded.items.push(item),
+            Ok(item) => {
+                let escape = match (&item.image, image_dir) {
+                    (Some(ImageSource::Path(path)), Some(dir)) => {
+                        check_inside(dir, path, false).err()
+                    }
+                    _ => None,
+                };
+                match escape {
+                    None => loaded.items.push(item),
+                    Some(e) => loaded.problems.push(outside(&file, &id, &e)),
+                }
+            }
             Err(msg) => loaded.problems.push(malformed(&file, &id, &msg)),
         }
     }
@@ -946,6 +1000,11 @@ fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, DataError> {
     let handle = File::open(path).map_err(|e| DataError::io(path, e))?;
     serde_json::from_reader(BufReader::new(handle))
         .map_err(|e| DataError::format(path.display(), format!("not the expected JSON: {e}")))
+}
+
+/// An image outside its directory: the entry is left out.
+fn outside(file: &str, key: impl fmt::Display, error: &OutsideRoot) -> SampleError {
+    SampleError::new(file, key, BadKind::OutsideRoot, error.to_string())
 }
 
 /// A malformed-entry problem.

@@ -37,6 +37,8 @@
 //! by the SHA-1 hex of the URL, or listed in a `url<TAB>path` manifest). An image that is not
 //! available is dropped from its document (default) or makes the document skipped
 //! ([`MissingImagePolicy`]); each dropped image is reported as a [`BadKind::MissingImage`] error
+//! (a path that resolves outside the image root, see [`crate::paths`], as
+//! [`BadKind::OutsideRoot`], unless [`ImageResolver::allow_outside`] is set)
 //! unless `report_dropped_images` is off, and a document left with fewer than `min_images` images
 //! is skipped with a [`SampleError`].
 //!
@@ -64,6 +66,7 @@ use super::webdataset::{
     expand_paths, expand_shards,
 };
 use crate::error::{BadKind, DataError, SampleError};
+use crate::paths::resolve_inside;
 use crate::sample::{ImageSource, Origin, RawSample};
 
 /// The image marker.
@@ -149,20 +152,36 @@ pub enum UrlRule {
     Manifest(Arc<HashMap<String, PathBuf>>),
 }
 
-/// Maps image references (paths and URLs) to local files.
+/// Why an image reference has no usable file: [`BadKind::MissingImage`] or
+/// [`BadKind::OutsideRoot`], and the reason.
+pub type Unavailable = (BadKind, String);
+
+/// Maps image references (paths and URLs) to local files, inside the root (see [`crate::paths`]).
 #[derive(Debug, Clone, Default)]
 pub struct ImageResolver {
     /// The directory that relative paths and URL rules are resolved against (none: the working
-    /// directory).
+    /// directory). Files must resolve inside it.
     pub root: Option<PathBuf>,
     /// How URLs are mapped.
     pub urls: UrlRule,
+    /// Accept files that resolve outside the root (a recipe's `allow_outside_root: true`).
+    pub allow_outside: bool,
 }
 
 impl ImageResolver {
     /// A resolver with an image root and a URL rule.
     pub fn new(root: Option<PathBuf>, urls: UrlRule) -> Self {
-        ImageResolver { root, urls }
+        ImageResolver {
+            root,
+            urls,
+            allow_outside: false,
+        }
+    }
+
+    /// The same resolver, accepting (`true`) or refusing files that resolve outside the root.
+    pub fn allowing_outside(mut self, allow: bool) -> Self {
+        self.allow_outside = allow;
+        self
     }
 
     /// Loads a manifest: one `url<TAB>relative/path` per line (a first line `url<TAB>path` is
@@ -183,22 +202,36 @@ impl ImageResolver {
         Ok(UrlRule::Manifest(Arc::new(map)))
     }
 
-    /// The local file for `reference` (a URL or a path), or why it is not available.
+    /// The local file for `reference` (a URL or a path), or why it is not available (see
+    /// [`ImageResolver::locate`]).
     pub fn resolve(&self, reference: &str) -> Result<PathBuf, String> {
+        self.locate(reference).map_err(|(_, reason)| reason)
+    }
+
+    /// The local file for `reference` (a URL or a path), or why it is not available and the kind
+    /// of that: [`BadKind::OutsideRoot`] for a path (or mapped URL) that resolves outside the root,
+    /// [`BadKind::MissingImage`] otherwise.
+    pub fn locate(&self, reference: &str) -> Result<PathBuf, Unavailable> {
+        let missing = |msg: String| (BadKind::MissingImage, msg);
         if reference.is_empty() {
-            return Err("empty image reference".into());
+            return Err(missing("empty image reference".into()));
         }
         if !is_url(reference) {
-            let path = self.under_root(Path::new(reference));
+            let path = self.under_root(Path::new(reference))?;
             return if path.is_file() {
                 Ok(path)
             } else {
-                Err(format!("image file {} does not exist", path.display()))
+                Err(missing(format!(
+                    "image file {} does not exist or is not a regular file",
+                    path.display()
+                )))
             };
         }
         let candidates: Vec<PathBuf> = match &self.urls {
             UrlRule::Unavailable => {
-                return Err(format!("image URL {reference} is not available locally"));
+                return Err(missing(format!(
+                    "image URL {reference} is not available locally"
+                )));
             }
             UrlRule::Basename => url_basename(reference)
                 .map(PathBuf::from)
@@ -222,26 +255,26 @@ impl ImageResolver {
             UrlRule::Manifest(map) => map.get(reference).cloned().into_iter().collect(),
         };
         for candidate in &candidates {
-            let path = self.under_root(candidate);
+            let path = self.under_root(candidate)?;
             if path.is_file() {
                 return Ok(path);
             }
         }
         match candidates.first() {
-            Some(first) => Err(format!(
+            Some(first) => Err(missing(format!(
                 "image URL {reference} not downloaded ({} does not exist)",
-                self.under_root(first).display()
-            )),
-            None => Err(format!("image URL {reference} has no local file")),
+                self.under_root(first)?.display()
+            ))),
+            None => Err(missing(format!("image URL {reference} has no local file"))),
         }
     }
 
-    /// `path` under the root (absolute paths are kept).
-    fn under_root(&self, path: &Path) -> PathBuf {
-        match &self.root {
-            Some(root) => root.join(path),
-            None => path.to_path_buf(),
-        }
+    /// `path` under the root (an absolute path replaces it), refused when it resolves outside
+    /// the root (the working directory when there is none) unless that is allowed.
+    fn under_root(&self, path: &Path) -> Result<PathBuf, Unavailable> {
+        let root = self.root.as_deref().unwrap_or(Path::new(""));
+        resolve_inside(root, path, self.allow_outside)
+            .map_err(|e| (BadKind::OutsideRoot, e.to_string()))
     }
 }
 
@@ -333,6 +366,8 @@ pub enum Piece {
     Missing {
         /// The reference (URL, path or name).
         reference: String,
+        /// [`BadKind::MissingImage`], or [`BadKind::OutsideRoot`] for a refused path.
+        kind: BadKind,
         /// Why it is missing.
         reason: String,
     },
@@ -401,7 +436,7 @@ fn image_ref_from_json(value: &Value) -> Result<ImageRef, String> {
 pub fn resolve_slots(
     slots: Vec<Slot>,
     origin: &Origin,
-    mut lookup: impl FnMut(&str, usize) -> Result<ImageSource, String>,
+    mut lookup: impl FnMut(&str, usize) -> Result<ImageSource, Unavailable>,
 ) -> Vec<Piece> {
     let mut ordinal = 0;
     let mut pieces = Vec::with_capacity(slots.len());
@@ -414,7 +449,11 @@ pub fn resolve_slots(
             }),
             Slot::Image(ImageRef::Name(reference)) => match lookup(&reference, ordinal) {
                 Ok(source) => Piece::Image(source),
-                Err(reason) => Piece::Missing { reference, reason },
+                Err((kind, reason)) => Piece::Missing {
+                    reference,
+                    kind,
+                    reason,
+                },
             },
         };
         if !matches!(piece, Piece::Text(_)) {
@@ -434,36 +473,31 @@ pub fn assemble(
     options: &InterleavedOptions,
 ) -> Vec<Result<RawSample, SampleError>> {
     let mut items = Vec::new();
-    let missing: Vec<(&String, &String)> = pieces
+    let missing: Vec<(&String, BadKind, &String)> = pieces
         .iter()
         .filter_map(|p| match p {
-            Piece::Missing { reference, reason } => Some((reference, reason)),
+            Piece::Missing {
+                reference,
+                kind,
+                reason,
+            } => Some((reference, *kind, reason)),
             _ => None,
         })
         .collect();
-    if !missing.is_empty() && options.on_missing == MissingImagePolicy::DropDocument {
-        let (reference, reason) = missing[0];
+    if let Some(&(reference, kind, reason)) = missing.first()
+        && options.on_missing == MissingImagePolicy::DropDocument
+    {
         let msg = format!(
             "{} missing image(s), first {reference}: {reason}",
             missing.len()
         );
-        items.push(Err(SampleError::new(
-            &origin.file,
-            &origin.key,
-            BadKind::MissingImage,
-            msg,
-        )));
+        items.push(Err(SampleError::new(&origin.file, &origin.key, kind, msg)));
         return items;
     }
     if options.report_dropped_images {
-        for (reference, reason) in &missing {
+        for (reference, kind, reason) in &missing {
             let msg = format!("dropping image {reference}: {reason}");
-            items.push(Err(SampleError::new(
-                &origin.file,
-                &origin.key,
-                BadKind::MissingImage,
-                msg,
-            )));
+            items.push(Err(SampleError::new(&origin.file, &origin.key, *kind, msg)));
         }
     }
     let mut parts = Vec::with_capacity(pieces.len());
@@ -532,7 +566,7 @@ pub fn document_items(
     origin: Origin,
     record: &Value,
     options: &InterleavedOptions,
-    lookup: impl FnMut(&str, usize) -> Result<ImageSource, String>,
+    lookup: impl FnMut(&str, usize) -> Result<ImageSource, Unavailable>,
 ) -> Vec<Result<RawSample, SampleError>> {
     let malformed = |msg: String| {
         vec![Err(SampleError::new(
@@ -560,8 +594,8 @@ pub fn document_items(
 }
 
 /// A lookup through the resolver only (paths and URLs to local files).
-fn resolver_lookup(resolver: &ImageResolver, reference: &str) -> Result<ImageSource, String> {
-    resolver.resolve(reference).map(ImageSource::Path)
+fn resolver_lookup(resolver: &ImageResolver, reference: &str) -> Result<ImageSource, Unavailable> {
+    resolver.locate(reference).map(ImageSource::Path)
 }
 
 /// A lookup inside a tar group first (see the module documentation), then through the resolver.
@@ -571,7 +605,7 @@ fn group_lookup(
     single_image_doc: bool,
     reference: &str,
     ordinal: usize,
-) -> Result<ImageSource, String> {
+) -> Result<ImageSource, Unavailable> {
     let wrap = |ext: &str| {
         group.members.get(ext).map(|bytes| ImageSource::Bytes {
             bytes: Arc::new(bytes.clone()),
@@ -603,12 +637,13 @@ fn group_lookup(
             return Ok(source);
         }
     }
-    resolver_lookup(resolver, reference).map_err(|resolver_reason| {
-        format!(
+    resolver_lookup(resolver, reference).map_err(|(kind, resolver_reason)| {
+        let reason = format!(
             "no member {reference:?} in {}.* (members: {}); {resolver_reason}",
             group.key,
             group.extensions()
-        )
+        );
+        (kind, reason)
     })
 }
 

@@ -9,7 +9,9 @@
 //!   `{role: user|assistant|system, content}` turns.
 //!
 //! Image paths are relative and mapped to files through [`ImageRoots`]: an ordered list of
-//! prefix or substring rules (like xGen-MM's `IMAGE_FOLDER_DICT`) and a default root.
+//! prefix or substring rules (like xGen-MM's `IMAGE_FOLDER_DICT`) and a default root. A path that
+//! resolves outside the root of the rule that maps it ([`ImageRoots::locate`]) is refused as
+//! [`BadKind::OutsideRoot`] unless [`ImageRoots::allow_outside`] is set.
 //!
 //! The xGen-MM SFT loader's rules (xgenmm-spec §4.3) are applied to each record:
 //!
@@ -31,6 +33,7 @@ use serde_json::Value;
 
 use super::json_stream::{JsonStream, StreamOptions};
 use crate::error::{BadKind, DataError, SampleError};
+use crate::paths::{OutsideRoot, check_inside, resolve_inside};
 use crate::sample::{ImageSource, Origin, RawSample, Role, Turn};
 
 /// The marker that places an image in conversation text.
@@ -64,12 +67,19 @@ pub struct RootRule {
 ///
 /// Rules are tried in order and the first that matches wins; a path no rule matches is joined to
 /// the default root (or used as written when there is none, and when it is absolute).
+///
+/// [`ImageRoots::locate`] also keeps the result inside the root that applies (see
+/// [`crate::paths`]): a prefix rule's directory; for a substring rule, the directory its
+/// replacement names (the replacement itself when it ends with `/`, else its parent); otherwise the
+/// default root, or the working directory when there is none.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ImageRoots {
     /// Ordered rules.
     pub rules: Vec<RootRule>,
     /// Directory for paths no rule matches.
     pub default_root: Option<PathBuf>,
+    /// Accept paths that resolve outside their root (a recipe's `allow_outside_root: true`).
+    pub allow_outside: bool,
 }
 
 impl ImageRoots {
@@ -78,7 +88,14 @@ impl ImageRoots {
         ImageRoots {
             rules: Vec::new(),
             default_root: Some(default_root.into()),
+            allow_outside: false,
         }
+    }
+
+    /// The same roots, accepting (`true`) or refusing paths that resolve outside their root.
+    pub fn allowing_outside(mut self, allow: bool) -> Self {
+        self.allow_outside = allow;
+        self
     }
 
     /// Roots that use paths as written (relative to the working directory).
@@ -110,7 +127,8 @@ impl ImageRoots {
         self
     }
 
-    /// The file a relative image path refers to.
+    /// The file a relative image path refers to, after the rules, without the containment check
+    /// (see [`ImageRoots::locate`]).
     pub fn resolve(&self, relative: &str) -> PathBuf {
         for rule in &self.rules {
             match rule.kind {
@@ -132,6 +150,46 @@ impl ImageRoots {
             _ => path.to_path_buf(),
         }
     }
+
+    /// The file a relative image path refers to (as [`ImageRoots::resolve`] maps it), refused when
+    /// it resolves outside the root that applies (see the type's documentation and
+    /// [`crate::paths::resolve_inside`]) unless [`ImageRoots::allow_outside`] is set.
+    pub fn locate(&self, relative: &str) -> Result<PathBuf, OutsideRoot> {
+        let allow = self.allow_outside;
+        for rule in &self.rules {
+            match rule.kind {
+                RuleKind::Prefix => {
+                    if let Some(rest) = relative.strip_prefix(rule.pattern.as_str()) {
+                        let rest = Path::new(rest.trim_start_matches('/'));
+                        return resolve_inside(Path::new(&rule.replacement), rest, allow);
+                    }
+                }
+                RuleKind::Substring => {
+                    if !rule.pattern.is_empty() && relative.contains(rule.pattern.as_str()) {
+                        let replaced =
+                            PathBuf::from(relative.replace(&rule.pattern, &rule.replacement));
+                        let root = substitution_root(&rule.replacement);
+                        return check_inside(&root, &replaced, allow);
+                    }
+                }
+            }
+        }
+        let root = self.default_root.as_deref().unwrap_or(Path::new(""));
+        resolve_inside(root, Path::new(relative), allow)
+    }
+}
+
+/// The directory a substring rule's replacement names: the replacement itself when it ends with
+/// `/`, else its parent (empty: the working directory).
+fn substitution_root(replacement: &str) -> PathBuf {
+    if replacement.ends_with('/') {
+        let trimmed = replacement.trim_end_matches('/');
+        return PathBuf::from(if trimmed.is_empty() { "/" } else { trimmed });
+    }
+    Path::new(replacement)
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 /// Options of the LLaVA reader.
@@ -269,7 +327,7 @@ pub fn parse_llava_record(
     }
 
     let images = resolve_images(&image_paths, &options.roots, options.check_images)
-        .map_err(|m| bad(BadKind::MissingImage, m))?;
+        .map_err(|(kind, m)| bad(kind, m))?;
     Ok(RawSample::Conversation {
         origin: Origin {
             file: file.to_string(),
@@ -321,18 +379,26 @@ pub(crate) fn image_list(value: Option<&Value>) -> Result<Vec<String>, String> {
     }
 }
 
-/// Maps relative image paths to files, checking that they exist when `check` is set.
+/// Maps relative image paths to files ([`ImageRoots::locate`]), checking that they exist when
+/// `check` is set. Errors carry their kind: [`BadKind::OutsideRoot`] or [`BadKind::MissingImage`].
 pub(crate) fn resolve_images(
     paths: &[String],
     roots: &ImageRoots,
     check: bool,
-) -> Result<Vec<ImageSource>, String> {
+) -> Result<Vec<ImageSource>, (BadKind, String)> {
     paths
         .iter()
         .map(|p| {
-            let path = roots.resolve(p);
+            let path = roots
+                .locate(p)
+                .map_err(|e| (BadKind::OutsideRoot, e.to_string()))?;
             if check && !path.is_file() {
-                return Err(format!("image file {} does not exist", path.display()));
+                let msg = if path.exists() {
+                    format!("image file {} is not a regular file", path.display())
+                } else {
+                    format!("image file {} does not exist", path.display())
+                };
+                return Err((BadKind::MissingImage, msg));
             }
             Ok(ImageSource::Path(path))
         })

@@ -42,7 +42,8 @@ use arrow_array::{Array, ArrayRef, RecordBatch, StructArray};
 use arrow_schema::DataType;
 
 use super::interleaved::{
-    IMAGE_TOKEN, ImageResolver, InterleavedOptions, PendingItems, Piece, assemble, strip_markers,
+    IMAGE_TOKEN, ImageResolver, InterleavedOptions, PendingItems, Piece, Unavailable, assemble,
+    strip_markers,
 };
 use super::webdataset::{Position, ReadScope, SampleStream, ShardSplit, expand_paths};
 use crate::error::{BadKind, DataError, SampleError};
@@ -575,10 +576,7 @@ fn row_images(
         } else {
             format!("#{i}")
         };
-        match cell_source(cell, origin, &suffix, resolver) {
-            Ok(source) => images.push(source),
-            Err(reason) => return Err((BadKind::MissingImage, reason)),
-        }
+        images.push(cell_source(cell, origin, &suffix, resolver)?);
     }
     Ok(images)
 }
@@ -735,7 +733,11 @@ fn interleaved_pieces(
                     match cell_source(cell, origin, &format!("#image{ordinal}"), &options.resolver)
                     {
                         Ok(source) => Piece::Image(source),
-                        Err(reason) => Piece::Missing { reference, reason },
+                        Err((kind, reason)) => Piece::Missing {
+                            reference,
+                            kind,
+                            reason,
+                        },
                     };
                 ordinal += 1;
                 piece
@@ -785,7 +787,7 @@ fn cell_source(
     origin: &Origin,
     suffix: &str,
     resolver: &ImageResolver,
-) -> Result<ImageSource, String> {
+) -> Result<ImageSource, Unavailable> {
     match cell {
         ImageCell::Bytes(bytes, path) => {
             let mut name = format!("{}:{}{suffix}", origin.file, origin.key);
@@ -798,7 +800,7 @@ fn cell_source(
                 name,
             })
         }
-        ImageCell::Reference(reference) => resolver.resolve(&reference).map(ImageSource::Path),
+        ImageCell::Reference(reference) => resolver.locate(&reference).map(ImageSource::Path),
     }
 }
 

@@ -261,10 +261,8 @@ impl PreferenceReader {
             let roots = &self.options.roots;
             let images = match resolve_images(&paths, roots, self.options.check_images) {
                 Ok(images) => images,
-                Err(m) => {
-                    return self
-                        .pending
-                        .push_back((index, Err(bad(BadKind::MissingImage, m))));
+                Err((kind, m)) => {
+                    return self.pending.push_back((index, Err(bad(kind, m))));
                 }
             };
             let prompt = match prompt_turn(&row.prompt, images.len()) {
@@ -321,7 +319,7 @@ impl PreferenceReader {
         let image_value = record.get("image").or_else(|| record.get("images"));
         let paths = image_list(image_value).map_err(|m| bad(BadKind::MalformedRecord, m))?;
         let images = resolve_images(&paths, &self.options.roots, self.options.check_images)
-            .map_err(|m| bad(BadKind::MissingImage, m))?;
+            .map_err(|(kind, m)| bad(kind, m))?;
         let prompt =
             prompt_turn(&prompt, images.len()).map_err(|m| bad(BadKind::ImageCountMismatch, m))?;
         Ok(RawSample::Preference {

@@ -84,7 +84,7 @@ pub fn parse_vlguard_record(
         return Err(malformed("`instr-resp` is empty"));
     }
     let images = resolve_images(&[image.to_string()], &options.roots, options.check_images)
-        .map_err(|m| bad(BadKind::MissingImage, m))?;
+        .map_err(|(kind, m)| bad(kind, m))?;
 
     let mut samples = Vec::with_capacity(entries.len());
     for (k, entry) in entries.iter().enumerate() {
