@@ -9,6 +9,7 @@ pub mod loader;
 pub mod mixture;
 pub mod paths;
 pub mod pipeline;
+pub mod progress;
 pub mod readers;
 pub mod rng;
 pub mod sample;

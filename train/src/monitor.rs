@@ -1,6 +1,6 @@
 //! Monitoring: the per-step output item, burn-train metrics (loss via Burn's `LossMetric`,
 //! learning rate, tokens/s, samples/s, gradient norm, DPO reward accuracy and margin), a JSONL +
-//! CSV metric log with a PNG loss curve beside the checkpoints, and a plain-text renderer with an
+//! CSV metric log with a PNG plot of the loss and learning rate beside the checkpoints, and a plain-text renderer with an
 //! ETA for terminals without the TUI (and for CI).
 
 use std::collections::HashMap;
@@ -267,6 +267,7 @@ pub struct RunLogger {
     counters: HashMap<String, usize>,
     history: Vec<(usize, f64)>,
     valid_history: Vec<(usize, f64)>,
+    lr_history: Vec<(usize, f64)>,
     jsonl: Option<std::fs::File>,
     csv: Option<std::fs::File>,
 }
@@ -302,23 +303,29 @@ impl RunLogger {
             counters: HashMap::new(),
             history: Vec::new(),
             valid_history: Vec::new(),
+            lr_history: Vec::new(),
             jsonl: open("metrics.jsonl"),
             csv,
         };
         me.history = read_history(&dir.join("metrics.jsonl"), "train");
         me.valid_history = read_history(&dir.join("metrics.jsonl"), "valid-window");
+        me.lr_history = read_metric(&dir.join("metrics.jsonl"), "train", "Learning Rate");
         me
     }
 }
 
 fn read_history(path: &Path, split: &str) -> Vec<(usize, f64)> {
+    read_metric(path, split, "Loss")
+}
+
+fn read_metric(path: &Path, split: &str, metric: &str) -> Vec<(usize, f64)> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return Vec::new();
     };
     text.lines()
         .filter_map(|l| serde_json::from_str::<LogRow>(l).ok())
         .filter(|r| r.split == split)
-        .filter_map(|r| r.metrics.get("Loss").map(|&v| (r.step, v)))
+        .filter_map(|r| r.metrics.get(metric).map(|&v| (r.step, v)))
         .collect()
 }
 
@@ -378,6 +385,9 @@ impl MetricLogger for RunLogger {
                 _ => {}
             }
         }
+        if let (Some(&lr), "train") = (metrics.get("Learning Rate"), row_split.as_str()) {
+            self.lr_history.push((step, lr));
+        }
         let row = LogRow {
             split: row_split,
             window: epoch,
@@ -418,101 +428,40 @@ impl MetricLogger for RunLogger {
             let _ = f.flush();
         }
         if summary.epoch_number >= self.start_window {
-            let _ = plot_loss(
-                &self.dir.join("loss.png"),
-                &self.history,
-                &self.valid_history,
-            );
+            let png = self.dir.join("loss.png");
+            if let Err(e) = plot_loss(&png, &self.history, &self.valid_history, &self.lr_history) {
+                log::warn!("{}: {e}", png.display());
+            }
         }
     }
 }
 
-/// Draws the training loss (and validation loss points) against the optimizer step as a PNG.
+/// Draws `loss.png` (see [`crate::plot`]): the training loss, the validation loss per window and
+/// the learning rate against the optimizer step, titled with the run directory's name.
 pub fn plot_loss(
     path: &Path,
     train: &[(usize, f64)],
     valid: &[(usize, f64)],
-) -> Result<(), String> {
-    const W: u32 = 800;
-    const H: u32 = 400;
-    const M: u32 = 40;
-    let mut img = image::RgbImage::from_pixel(W, H, image::Rgb([255, 255, 255]));
-    let all: Vec<(usize, f64)> = train
-        .iter()
-        .chain(valid)
-        .copied()
-        .filter(|p| p.1.is_finite())
-        .collect();
-    if all.is_empty() {
-        return Err("nothing to plot".into());
-    }
-    let (x0, x1) = (
-        all.iter().map(|p| p.0).min().unwrap_or(0) as f64,
-        all.iter().map(|p| p.0).max().unwrap_or(1) as f64,
-    );
-    let (y0, y1) = all
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
-    let (x1, y1) = (
-        if x1 > x0 { x1 } else { x0 + 1.0 },
-        if y1 > y0 { y1 } else { y0 + 1.0 },
-    );
-    let px = |x: f64| M as f64 + (x - x0) / (x1 - x0) * (W - 2 * M) as f64;
-    let py = |y: f64| (H - M) as f64 - (y - y0) / (y1 - y0) * (H - 2 * M) as f64;
-    let axis = image::Rgb([80, 80, 80]);
-    for x in M..W - M {
-        img.put_pixel(x, H - M, axis);
-    }
-    for y in M..=H - M {
-        img.put_pixel(M, y, axis);
-    }
-    let mut line = |a: (f64, f64), b: (f64, f64), c: image::Rgb<u8>| {
-        let n = ((b.0 - a.0).abs().max((b.1 - a.1).abs()).ceil() as usize).max(1);
-        for i in 0..=n {
-            let t = i as f64 / n as f64;
-            let (x, y) = (a.0 + (b.0 - a.0) * t, a.1 + (b.1 - a.1) * t);
-            if x >= 0.0 && y >= 0.0 && (x as u32) < W && (y as u32) < H {
-                img.put_pixel(x as u32, y as u32, c);
-            }
-        }
+    lr: &[(usize, f64)],
+) -> Result<(), crate::plot::PlotError> {
+    let pts = |v: &[(usize, f64)]| v.iter().map(|&(s, y)| (s as f64, y)).collect();
+    let run = crate::plot::RunCurves {
+        label: String::new(),
+        train_loss: pts(train),
+        valid_loss: pts(valid),
+        learning_rate: pts(lr),
     };
-    // Train loss: a light raw curve and a darker moving average.
-    let blue = image::Rgb([170, 190, 240]);
-    for w in train.windows(2) {
-        line(
-            (px(w[0].0 as f64), py(w[0].1)),
-            (px(w[1].0 as f64), py(w[1].1)),
-            blue,
-        );
-    }
-    let k = (train.len() / 50).max(1);
-    let smooth: Vec<(f64, f64)> = train
-        .windows(k)
-        .map(|w| {
-            (
-                px(w[w.len() / 2].0 as f64),
-                py(w.iter().map(|p| p.1).sum::<f64>() / w.len() as f64),
-            )
-        })
-        .collect();
-    for w in smooth.windows(2) {
-        line(w[0], w[1], image::Rgb([20, 60, 200]));
-    }
-    for &(s, v) in valid {
-        let (x, y) = (px(s as f64) as i64, py(v) as i64);
-        for dx in -3..=3 {
-            for dy in -3..=3 {
-                let (a, b) = (x + dx, y + dy);
-                if a >= 0 && b >= 0 && (a as u32) < W && (b as u32) < H {
-                    img.put_pixel(a as u32, b as u32, image::Rgb([220, 60, 30]));
-                }
-            }
-        }
-    }
-    let tmp = path.with_extension("png.tmp");
-    img.save_with_format(&tmp, image::ImageFormat::Png)
-        .map_err(|e| e.to_string())?;
-    std::fs::rename(&tmp, path).map_err(|e| e.to_string())
+    let name = path
+        .parent()
+        .and_then(|d| d.file_name())
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let title = if name.is_empty() {
+        "training run".to_string()
+    } else {
+        format!("training run {name}")
+    };
+    crate::plot::write_png(path, &[run], &title, crate::plot::PLOT_SIZE)
 }
 
 /// A renderer that prints one plain line every `every` train iterations (and a line per
@@ -530,10 +479,15 @@ pub struct PlainRenderer {
     split: String,
     started: Option<Instant>,
     iterations: usize,
+    /// Whether to draw a bar (stderr is a terminal and not `quiet`) instead of progress lines.
+    use_bar: bool,
+    bar: Option<blip3_data::progress::Progress>,
 }
 
 impl PlainRenderer {
-    /// Prints every `every` micro-batches; `quiet` prints only start/end lines.
+    /// Prints every `every` micro-batches; `quiet` prints only start/end lines. When stderr is a
+    /// terminal (and not `quiet`), a progress bar over the run's windows with the latest metrics
+    /// and an ETA replaces the per-iteration lines (see [`blip3_data::progress`]).
     pub fn new(every: usize, quiet: bool) -> Self {
         Self {
             every: every.max(1),
@@ -548,7 +502,34 @@ impl PlainRenderer {
             split: String::new(),
             started: None,
             iterations: 0,
+            use_bar: !quiet && blip3_data::progress::stderr_is_terminal(),
+            bar: None,
         }
+    }
+
+    /// Draws the run's bar: micro-batches of the train splits over every window of the run.
+    fn update_bar(&mut self) {
+        if !self.use_bar || self.split != "train" || self.items_in_split == 0 {
+            return;
+        }
+        let windows = (self.total_epochs + 1)
+            .saturating_sub(self.start_epoch)
+            .max(1);
+        let total = (windows * self.items_in_split) as u64;
+        let done = (self.epoch.saturating_sub(self.start_epoch) * self.items_in_split
+            + self.done_in_split) as u64;
+        let window = format!("window {}/{}", self.epoch, self.total_epochs);
+        let metrics = self.metrics_text();
+        let bar = self.bar.get_or_insert_with(|| {
+            blip3_data::progress::Progress::with_display(
+                "training",
+                total,
+                blip3_data::progress::Mode::Bar,
+            )
+        });
+        bar.set_total(total);
+        bar.set_message(&format!("{window}{metrics}"));
+        bar.set_position(done);
     }
 
     fn record(&mut self, state: MetricState) {
@@ -570,11 +551,30 @@ impl PlainRenderer {
     }
 
     fn line(&self) -> String {
-        let get = |k: &str| self.latest.get(k).copied();
         let mut s = format!(
             "window {}/{} {} {}/{}",
             self.epoch, self.total_epochs, self.split, self.done_in_split, self.items_in_split
         );
+        s += &self.metrics_text();
+        if let (Some(t0), true) = (self.started, self.items_in_split > 0) {
+            let windows_left = self.total_epochs.saturating_sub(self.epoch);
+            let frac_done = (self.epoch - self.start_epoch) as f64
+                + self.done_in_split as f64 / self.items_in_split as f64;
+            if frac_done > 0.0 {
+                let per = t0.elapsed().as_secs_f64() / frac_done;
+                let left = per
+                    * (windows_left as f64 + 1.0
+                        - self.done_in_split as f64 / self.items_in_split as f64);
+                s += &format!(" | ETA {}", fmt_secs(left));
+            }
+        }
+        s
+    }
+
+    /// The latest metrics as ` | loss 1.2345 | lr 1.00e-4 | ...`.
+    fn metrics_text(&self) -> String {
+        let get = |k: &str| self.latest.get(k).copied();
+        let mut s = String::new();
         if let Some(v) = get("Loss") {
             s += &format!(" | loss {v:.4}");
         }
@@ -592,18 +592,6 @@ impl PlainRenderer {
         }
         if let Some(v) = get("Reward Accuracy") {
             s += &format!(" | reward acc {v:.2}");
-        }
-        if let (Some(t0), true) = (self.started, self.items_in_split > 0) {
-            let windows_left = self.total_epochs.saturating_sub(self.epoch);
-            let frac_done = (self.epoch - self.start_epoch) as f64
-                + self.done_in_split as f64 / self.items_in_split as f64;
-            if frac_done > 0.0 {
-                let per = t0.elapsed().as_secs_f64() / frac_done;
-                let left = per
-                    * (windows_left as f64 + 1.0
-                        - self.done_in_split as f64 / self.items_in_split as f64);
-                s += &format!(" | ETA {}", fmt_secs(left));
-            }
         }
         s
     }
@@ -665,17 +653,25 @@ impl TrainingProgressLogger for PlainRenderer {
         self.done_in_split = items_processed;
         if self.split == "train" {
             self.iterations += 1;
-            if !self.quiet && self.iterations.is_multiple_of(self.every) {
+            if self.use_bar {
+                self.update_bar();
+            } else if !self.quiet && self.iterations.is_multiple_of(self.every) {
                 println!("{}", self.line());
             }
         }
     }
     fn end_split(&mut self) {
         if !self.quiet && self.split != "train" && self.items_in_split > 0 {
-            println!("{}", self.line());
+            match &self.bar {
+                Some(bar) => bar.println(&self.line()),
+                None => println!("{}", self.line()),
+            }
         }
     }
     fn end(&mut self) {
+        if let Some(mut bar) = self.bar.take() {
+            bar.finish();
+        }
         println!(
             "training ended after {}",
             self.started
