@@ -55,6 +55,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::DataError;
+use crate::progress::Progress;
 
 /// The `format` value of a synthetic corpus manifest.
 pub const MANIFEST_FORMAT: &str = "blip3-synth-corpus";
@@ -333,19 +334,29 @@ fn scene_rows(scenes: &[Pictured]) -> Vec<SceneRow<'_>> {
 /// latter case the files that corpus's manifest lists are removed first (nothing else is touched),
 /// so that a smaller corpus written over a larger one leaves no stale shards behind.
 pub fn write_corpus(out_dir: &Path, cfg: &SynthConfig) -> Result<CorpusManifest, DataError> {
+    write_corpus_with_progress(out_dir, cfg, false)
+}
+
+/// [`write_corpus`], showing the rendered images as progress (see [`crate::progress`]) when
+/// `progress` is true.
+pub fn write_corpus_with_progress(
+    out_dir: &Path,
+    cfg: &SynthConfig,
+    progress: bool,
+) -> Result<CorpusManifest, DataError> {
     cfg.validate()?;
     prepare_dir(out_dir)?;
     let ctx = Ctx {
         seed: cfg.seed,
         sizes: cfg.sizes(),
     };
-    let mut out = out::Out::new(out_dir, cfg.jpeg_quality);
-    let mut datasets = Vec::new();
-    datasets.extend(pretrain::write(&mut out, &ctx, cfg)?);
-    datasets.extend(sft::write(&mut out, &ctx, cfg)?);
-    datasets.extend(prefs::write(&mut out, &ctx, cfg)?);
-    datasets.extend(safety::write(&mut out, &ctx, cfg)?);
-    datasets.extend(eval::write(&mut out, &ctx, cfg)?);
+    let progress = Progress::new(
+        "synthetic corpus images",
+        expected_images(cfg, &ctx),
+        progress,
+    );
+    let mut out = out::Out::new(out_dir, cfg.jpeg_quality).with_progress(progress);
+    let datasets = write_parts(&mut out, &ctx, cfg)?;
     let manifest = CorpusManifest {
         format: MANIFEST_FORMAT.to_string(),
         version: MANIFEST_VERSION,
@@ -359,6 +370,40 @@ pub fn write_corpus(out_dir: &Path, cfg: &SynthConfig) -> Result<CorpusManifest,
     let path = out_dir.join(MANIFEST_FILE);
     std::fs::write(&path, bytes).map_err(|e| DataError::io(&path, e))?;
     Ok(manifest)
+}
+
+/// Writes every part of the corpus.
+fn write_parts(
+    out: &mut out::Out,
+    ctx: &Ctx,
+    cfg: &SynthConfig,
+) -> Result<Vec<DatasetEntry>, DataError> {
+    let mut datasets = Vec::new();
+    datasets.extend(pretrain::write(out, ctx, cfg)?);
+    datasets.extend(sft::write(out, ctx, cfg)?);
+    datasets.extend(prefs::write(out, ctx, cfg)?);
+    datasets.extend(safety::write(out, ctx, cfg)?);
+    datasets.extend(eval::write(out, ctx, cfg)?);
+    Ok(datasets)
+}
+
+/// The images [`write_corpus`] renders: exact but for the few MMBench rows that find no question
+/// (they render none).
+fn expected_images(cfg: &SynthConfig, ctx: &Ctx) -> u64 {
+    // Each interleaved document's first draw is its image count (see `pretrain::write`).
+    let interleaved: u64 = (0..cfg.interleaved_docs)
+        .map(|d| ctx.rng("pretrain-doc", d).range(2, 3) as u64)
+        .sum();
+    let per_item = cfg.caption_samples
+        + cfg.sft_single
+        + 2 * cfg.sft_multi
+        + cfg.dpo_pairs
+        + cfg.safety_train
+        + cfg.safety_test
+        + cfg.eval_images
+        + cfg.pope_images
+        + cfg.mmbench_questions;
+    interleaved + per_item as u64
 }
 
 /// Creates `dir`, or checks that it is empty or an earlier corpus and removes that corpus's files.
@@ -410,4 +455,28 @@ pub fn render_vocabulary() -> Vec<&'static str> {
     words.sort_unstable();
     words.dedup();
     words
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_progress_total_matches_the_rendered_images() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SynthConfig::tiny();
+        let ctx = Ctx {
+            seed: cfg.seed,
+            sizes: cfg.sizes(),
+        };
+        let mut out = out::Out::new(dir.path(), cfg.jpeg_quality);
+        write_parts(&mut out, &ctx, &cfg).unwrap();
+        let expected = expected_images(&cfg, &ctx);
+        let rendered = out.images();
+        // Only MMBench rows without a question render nothing.
+        assert!(
+            rendered <= expected && expected - rendered <= cfg.mmbench_questions as u64 / 4,
+            "rendered {rendered}, expected {expected}"
+        );
+    }
 }

@@ -19,15 +19,15 @@
 //! `eos_token_id`) and at `<|end|>` for chat prompts, and at EOS in both cases. The generated ids
 //! are cut before the first stop id and decoded with special tokens skipped.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use burn::prelude::*;
 use burn::tensor::DType;
 use serde::{Deserialize, Serialize};
 
 use blip3_data::anyres::{AnyResGrid, ImageProcessor, ImageProcessorConfig, ResolutionMode};
+use blip3_data::progress::Progress;
 use blip3_data::sample::{ImageSource, Origin, Role, Turn};
 use blip3_data::template::ChatTemplate;
 use blip3_data::tokenizer::Blip3Tokenizer;
@@ -290,6 +290,21 @@ pub struct Sampling {
     pub seed: u64,
 }
 
+impl Sampling {
+    /// Checks the settings with [`GenerationConfig::validate`] (temperature finite and `>= 0`,
+    /// `top_p` in `(0, 1]`, `top_k` at least 1).
+    pub fn validate(&self) -> Result<(), blip3_model::ModelError> {
+        GenerationConfig {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            seed: self.seed,
+            ..GenerationConfig::default()
+        }
+        .validate()
+    }
+}
+
 /// Engine settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineOptions {
@@ -389,6 +404,8 @@ impl<'a> Engine<'a> {
         requests: &[Request],
         store: &mut AnswerStore,
     ) -> Result<RunStats, EvalError> {
+        // Invalid settings would fail every batch, each recorded as a per-item failure.
+        self.options.sampling.validate()?;
         let start = Instant::now();
         let mut stats = RunStats {
             requests: requests.len(),
@@ -411,8 +428,8 @@ impl<'a> Engine<'a> {
                 None => pending.push((request, fp)),
             }
         }
-        let mut progress =
-            Progress::new(label, requests.len(), stats.reused, self.options.progress);
+        let mut progress = Progress::new(label, requests.len() as u64, self.options.progress);
+        progress.resume_from(stats.reused as u64);
         let batch_size = self.options.batch_size.max(1);
         let mut i = 0;
         while i < pending.len() {
@@ -437,7 +454,7 @@ impl<'a> Engine<'a> {
                 }
             }
             self.generate_batch(ready, store, &mut stats)?;
-            progress.advance(end - i);
+            progress.inc((end - i) as u64);
             i = end;
         }
         progress.finish();
@@ -657,88 +674,5 @@ fn failed_record(request: &Request, fingerprint: String, failure: Failure) -> An
         prompt_tokens: 0,
         generated_tokens: 0,
         finish: None,
-    }
-}
-
-/// Progress output: an indicatif bar with ETA on a terminal, plain log lines every ten seconds
-/// (and at the end) otherwise.
-struct Progress {
-    bar: Option<indicatif::ProgressBar>,
-    label: String,
-    total: usize,
-    done: usize,
-    resumed: usize,
-    start: Instant,
-    last_line: Instant,
-    enabled: bool,
-}
-
-impl Progress {
-    fn new(label: &str, total: usize, resumed: usize, enabled: bool) -> Self {
-        let bar = (enabled && std::io::stderr().is_terminal()).then(|| {
-            let bar = indicatif::ProgressBar::new(total as u64);
-            let style = indicatif::ProgressStyle::with_template(
-                "{msg} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec}, ETA {eta})",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-            bar.set_style(style);
-            bar.set_message(label.to_string());
-            bar.set_position(resumed as u64);
-            bar.reset_eta();
-            bar
-        });
-        if enabled && bar.is_none() && resumed > 0 {
-            log::info!("{label}: {resumed}/{total} already answered, resuming");
-        }
-        Progress {
-            bar,
-            label: label.to_string(),
-            total,
-            done: resumed,
-            resumed,
-            start: Instant::now(),
-            last_line: Instant::now(),
-            enabled,
-        }
-    }
-
-    fn advance(&mut self, n: usize) {
-        self.done += n;
-        if let Some(bar) = &self.bar {
-            bar.inc(n as u64);
-        } else if self.enabled && self.last_line.elapsed() >= Duration::from_secs(10) {
-            self.last_line = Instant::now();
-            log::info!("{}", self.line());
-        }
-    }
-
-    fn line(&self) -> String {
-        let secs = self.start.elapsed().as_secs_f64();
-        let fresh = self.done - self.resumed;
-        let rate = if secs > 0.0 { fresh as f64 / secs } else { 0.0 };
-        let left = self.total - self.done;
-        let eta = if rate > 0.0 {
-            format!("{:.0}s", left as f64 / rate)
-        } else {
-            "?".to_string()
-        };
-        let pct = if self.total > 0 {
-            100.0 * self.done as f64 / self.total as f64
-        } else {
-            100.0
-        };
-        format!(
-            "{}: {}/{} ({pct:.1}%), {rate:.2} items/s, ETA {eta}",
-            self.label, self.done, self.total
-        )
-    }
-
-    fn finish(&mut self) {
-        if let Some(bar) = self.bar.take() {
-            bar.finish_and_clear();
-        }
-        if self.enabled {
-            log::info!("{}", self.line());
-        }
     }
 }

@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +28,30 @@ use crate::suites::{PromptStyle, SuiteOptions, TaskFamily};
 pub const REPORT_FORMAT: &str = "blip3-eval-report";
 /// The report layout's version.
 pub const REPORT_VERSION: u32 = 1;
+
+/// Where the Markdown of the JSON report `json` goes: the same path with the extension `md`
+/// (`report.json` → `report.md`), or with `.md` appended when `json` already ends in `.md`.
+pub fn markdown_path_for(json: &Path) -> PathBuf {
+    let md = json.with_extension("md");
+    if md == json {
+        let mut name = json.as_os_str().to_os_string();
+        name.push(".md");
+        PathBuf::from(name)
+    } else {
+        md
+    }
+}
+
+/// Writes `text` to `path` through a temporary file in the same directory and a rename.
+fn write_atomic(path: &Path, text: &str) -> Result<(), EvalError> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "report".into());
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    std::fs::write(&tmp, text).map_err(|e| EvalError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| EvalError::io(path, e))
+}
 
 /// The settings a report was produced with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -213,13 +237,16 @@ impl Report {
         let mut text = serde_json::to_string_pretty(self)
             .map_err(|e| EvalError::format(path.display(), e.to_string()))?;
         text.push('\n');
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_else(|| "report.json".into());
-        let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-        std::fs::write(&tmp, text).map_err(|e| EvalError::io(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| EvalError::io(path, e))
+        write_atomic(path, &text)
+    }
+
+    /// Writes the JSON report to `path` ([`Report::save`]) and its Markdown
+    /// ([`Report::to_markdown`]) beside it, at [`markdown_path_for`]`(path)`; returns that path.
+    pub fn save_with_markdown(&self, path: &Path) -> Result<PathBuf, EvalError> {
+        self.save(path)?;
+        let md = markdown_path_for(path);
+        write_atomic(&md, &self.to_markdown())?;
+        Ok(md)
     }
 
     /// Reads a report written by [`Report::save`].
@@ -423,4 +450,18 @@ pub fn compare(a: &Report, b: &Report) -> String {
         let _ = writeln!(out, "\nonly in B: {}", only_b.join(", "));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_markdown_goes_next_to_the_json() {
+        let md = |p: &str| markdown_path_for(Path::new(p));
+        assert_eq!(md("out/report.json"), PathBuf::from("out/report.md"));
+        assert_eq!(md("report"), PathBuf::from("report.md"));
+        assert_eq!(md("a.b/r.v2.json"), PathBuf::from("a.b/r.v2.md"));
+        assert_eq!(md("report.md"), PathBuf::from("report.md.md"));
+    }
 }

@@ -141,7 +141,8 @@ fn read_records(path: &Path) -> Result<Vec<Value>, EvalError> {
 }
 
 /// Reads predictions `(id, text)` keyed by `id_field`, the text from the first of `text_fields`
-/// present; a missing field or a repeated id is an error naming the file and record.
+/// present; a missing field, a repeated id or a file without predictions is an error naming the
+/// file (and record).
 fn read_predictions(
     path: &Path,
     id_field: &str,
@@ -168,6 +169,12 @@ fn read_predictions(
             ));
         }
         out.push((id, text.to_string()));
+    }
+    if out.is_empty() {
+        return Err(EvalError::format(
+            path.display(),
+            "nothing to score: the file holds no predictions",
+        ));
     }
     Ok(out)
 }

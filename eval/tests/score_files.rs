@@ -213,3 +213,27 @@ fn missing_predictions_are_counted_and_bad_ones_rejected() {
         .to_string();
     assert!(err.contains("answers.jsonl:2"), "{err}");
 }
+
+#[test]
+fn a_file_without_predictions_is_nothing_to_score() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases = [
+        (ScoreTask::Caption, "caption_annotations.json"),
+        (ScoreTask::Vqa, "vqa_annotations.json"),
+        (ScoreTask::Pope, "pope_annotations.json"),
+        (ScoreTask::Mc, "mc.tsv"),
+    ];
+    for (i, text) in ["", "[]", "  \n\n", "[ ]\n"].into_iter().enumerate() {
+        let preds = tmp.path().join(format!("empty{i}.json"));
+        std::fs::write(&preds, text).unwrap();
+        for (task, annotations) in cases {
+            let err = score_files(task, &preds, &fixture(annotations))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("nothing to score") && err.contains(&format!("empty{i}.json")),
+                "{task:?} on {text:?}: {err}"
+            );
+        }
+    }
+}

@@ -157,7 +157,12 @@ fn synthetic_suite_end_to_end_and_resume() {
     }
     // The report survives a JSON round trip and renders.
     let path = tmp.path().join("a/report.json");
-    first.save(&path).unwrap();
+    let md_path = first.save_with_markdown(&path).unwrap();
+    assert_eq!(md_path, tmp.path().join("a/report.md"));
+    assert_eq!(
+        std::fs::read_to_string(&md_path).unwrap(),
+        first.to_markdown()
+    );
     // serde_json's default float parsing may differ from the written value in the last bit.
     same_json(
         &serde_json::to_value(Report::load(&path).unwrap()).unwrap(),

@@ -45,6 +45,35 @@ impl Default for GenerationConfig {
     }
 }
 
+impl GenerationConfig {
+    /// Checks the sampling settings: `temperature` a finite number `>= 0` (0 means greedy),
+    /// `top_p` in `(0, 1]`, `top_k` at least 1. [`XGenMM::generate`] calls it; callers that take
+    /// these values from users can call it before loading a model to fail early.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let bad = |msg: String| Err(ModelError::Input(msg));
+        if let Some(t) = self.temperature
+            && !(t.is_finite() && t >= 0.0)
+        {
+            return bad(format!(
+                "temperature {t} is out of range: expected a finite number >= 0 (0 = greedy)"
+            ));
+        }
+        if let Some(p) = self.top_p
+            && !(p > 0.0 && p <= 1.0)
+        {
+            return bad(format!(
+                "top_p {p} is out of range: expected a number in (0, 1] (1 keeps every token)"
+            ));
+        }
+        if self.top_k == Some(0) {
+            return bad(
+                "top_k 0 is out of range: expected at least 1 (unset keeps every token)".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Why a row stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum FinishReason {
@@ -189,6 +218,7 @@ impl XGenMM {
         cfg: &GenerationConfig,
         mut on_token: impl FnMut(usize, u32) -> bool,
     ) -> Result<Vec<Generated>, ModelError> {
+        cfg.validate()?;
         let b = input.input_ids.len();
         let mut cache = KvCache::new();
         let (logits, fused) = self.prefill(input, &mut cache)?;
@@ -291,6 +321,45 @@ mod tests {
         };
         let mut r = SplitMix64::new(1);
         assert!((0..50).all(|_| pick_token(&logits, &cfg, &mut r) == 2));
+    }
+
+    #[test]
+    fn validate_rejects_out_of_range_sampling_settings() {
+        let with = |temperature, top_k, top_p| GenerationConfig {
+            temperature,
+            top_k,
+            top_p,
+            ..Default::default()
+        };
+        for ok in [
+            with(None, None, None),
+            with(Some(0.0), None, None),
+            with(Some(0.7), Some(1), Some(1.0)),
+            with(Some(2.0), Some(50), Some(0.01)),
+        ] {
+            ok.validate().unwrap();
+        }
+        let cases = [
+            (
+                with(Some(f32::NAN), None, None),
+                "temperature NaN",
+                "finite number >= 0",
+            ),
+            (
+                with(Some(f32::INFINITY), None, None),
+                "temperature inf",
+                ">= 0",
+            ),
+            (with(Some(-0.5), None, None), "temperature -0.5", ">= 0"),
+            (with(Some(1.0), None, Some(2.0)), "top_p 2", "(0, 1]"),
+            (with(Some(1.0), None, Some(0.0)), "top_p 0", "(0, 1]"),
+            (with(Some(1.0), None, Some(f32::NAN)), "top_p NaN", "(0, 1]"),
+            (with(Some(1.0), Some(0), None), "top_k 0", "at least 1"),
+        ];
+        for (cfg, what, range) in cases {
+            let msg = cfg.validate().unwrap_err().to_string();
+            assert!(msg.contains(what) && msg.contains(range), "{msg}");
+        }
     }
 
     #[test]

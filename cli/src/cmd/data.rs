@@ -10,7 +10,7 @@ use blip3_data::anyres::{ImageProcessorConfig, ResolutionMode};
 use blip3_data::loader::{LoaderConfig, LoaderStats, StreamingLoader};
 use blip3_data::mixture::{Mixture, Recipe};
 use blip3_data::pipeline::{Pipeline, PipelineConfig, TrainSample};
-use blip3_data::synth::{CorpusManifest, SynthConfig, write_corpus};
+use blip3_data::synth::{CorpusManifest, SynthConfig, write_corpus_with_progress};
 use blip3_data::tokenizer::Blip3Tokenizer;
 use burn::data::dataloader::DataLoader;
 use burn::data::dataloader::batcher::Batcher;
@@ -94,7 +94,7 @@ pub(crate) fn flat(e: blip3_data::DataError) -> anyhow::Error {
 fn synth(args: SynthArgs) -> Result<()> {
     let cfg = SynthConfig::preset(&args.preset)?.with_seed(args.seed);
     let started = std::time::Instant::now();
-    let manifest = write_corpus(&args.out, &cfg)
+    let manifest = write_corpus_with_progress(&args.out, &cfg, true)
         .map_err(flat)
         .with_context(|| format!("writing the synthetic corpus to {}", args.out.display()))?;
     print_manifest(&manifest, &args.out);

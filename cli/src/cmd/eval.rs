@@ -7,10 +7,11 @@
 //! blip3 eval compare a.json b.json
 //! ```
 //!
-//! A run writes the JSON report to `--out`, the per-sample answers next to it
-//! (`report.answers.jsonl` unless `--answers` says otherwise; rerunning with the same paths
-//! resumes), and prints the Markdown table. `score` prints one JSON object with the metric names
-//! as keys on the last line of its output.
+//! A run writes the JSON report to `--out`, the Markdown table next to it (`report.md`, also
+//! printed), the per-sample answers next to it (`report.answers.jsonl` unless `--answers` says
+//! otherwise; rerunning with the same paths resumes). `score` prints one JSON object with the
+//! metric names as keys on the last line of its output; a predictions file without predictions
+//! is an error.
 
 use std::path::PathBuf;
 
@@ -83,7 +84,8 @@ struct RunArgs {
     /// Cast the weights to this dtype.
     #[arg(long, value_enum)]
     dtype: Option<DTypeArg>,
-    /// Where to write the JSON report.
+    /// Where to write the JSON report; the Markdown goes next to it (`report.json` →
+    /// `report.md`).
     #[arg(long)]
     out: Option<PathBuf>,
     /// The per-sample answers file (default: next to the report, `<stem>.answers.jsonl`).
@@ -235,6 +237,15 @@ fn run_suite_cmd(a: RunArgs) -> Result<()> {
     let Some(out) = a.out else {
         bail!("--out report.json is required");
     };
+    let sampling = Sampling {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        seed: a.seed,
+    };
+    sampling
+        .validate()
+        .map_err(|e| anyhow::anyhow!("--temperature / --top-k / --top-p: {e}"))?;
     let suite = SuiteName::parse(&suite)?;
     let paper_model = PaperModel::parse(&a.paper_model)?;
     let synth = SynthConfig::preset(&a.synth_preset)?;
@@ -268,20 +279,16 @@ fn run_suite_cmd(a: RunArgs) -> Result<()> {
     opts.device = format!("{:?}", a.device).to_lowercase();
     opts.engine = EngineOptions {
         batch_size: a.batch_size.max(1),
-        sampling: Sampling {
-            temperature: a.temperature,
-            top_k: a.top_k,
-            top_p: a.top_p,
-            seed: a.seed,
-        },
+        sampling,
         progress: !a.no_progress,
     };
     let report = run_suite(&model, &opts)?;
-    report.save(&out)?;
+    let md = report.save_with_markdown(&out)?;
     print!("{}", report.to_markdown());
     eprintln!(
-        "report: {}, answers: {}",
+        "report: {} and {}, answers: {}",
         out.display(),
+        md.display(),
         opts.answers.display()
     );
     Ok(())

@@ -116,8 +116,26 @@ pub fn with_markers(prompt: &str, images: usize) -> Result<String> {
     Ok(prompt.to_string())
 }
 
+/// The decoding settings of the arguments, checked by [`GenerationConfig::validate`] (before any
+/// model is loaded); the stop and padding ids come from the tokenizer later.
+fn sampling_config(args: &Args) -> Result<GenerationConfig> {
+    let cfg = GenerationConfig {
+        max_new_tokens: args.max_new_tokens,
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        seed: args.seed,
+        top_logprobs: args.top_logprobs,
+        ..GenerationConfig::default()
+    };
+    cfg.validate()
+        .map_err(|e| anyhow::anyhow!("--temperature / --top-k / --top-p: {e}"))?;
+    Ok(cfg)
+}
+
 /// Runs the command.
 pub fn run(args: Args) -> Result<()> {
+    let sampling = sampling_config(&args)?;
     let dev = device(args.device)?;
     let dtype = args.dtype.map(|d| d.dtype());
     check_dtype(&dev, dtype)?;
@@ -170,14 +188,9 @@ pub fn run(args: Args) -> Result<()> {
         labels: None,
     };
     let cfg = GenerationConfig {
-        max_new_tokens: args.max_new_tokens,
-        temperature: args.temperature,
-        top_k: args.top_k,
-        top_p: args.top_p,
-        seed: args.seed,
         stop_ids: vec![tokenizer.end_id(), tokenizer.eos_id()],
         pad_id: tokenizer.pad_id(),
-        top_logprobs: args.top_logprobs,
+        ..sampling
     };
     // Stream: decode everything produced so far and print the new suffix (multi-byte safe).
     let stop = cfg.stop_ids.clone();

@@ -10,6 +10,7 @@ use super::FileEntry;
 use super::draw::{self, Format};
 use super::scene::Scene;
 use crate::error::DataError;
+use crate::progress::Progress;
 
 /// The modification time written into every tar header (2024-01-01T00:00:00Z).
 const TAR_MTIME: u64 = 1_704_067_200;
@@ -86,6 +87,8 @@ pub(crate) struct Out {
     root: PathBuf,
     files: Vec<FileEntry>,
     quality: u8,
+    /// Counts rendered images.
+    progress: Progress,
 }
 
 impl Out {
@@ -95,7 +98,14 @@ impl Out {
             root: root.to_path_buf(),
             files: Vec::new(),
             quality,
+            progress: Progress::hidden(),
         }
+    }
+
+    /// Reports every rendered image to `progress`.
+    pub(crate) fn with_progress(mut self, progress: Progress) -> Self {
+        self.progress = progress;
+        self
     }
 
     /// Writes `bytes` to `rel` (a `/`-separated path under the root), creating directories.
@@ -137,16 +147,18 @@ impl Out {
 
     /// Renders and encodes a scene (without writing it); `what` names it in errors.
     pub(crate) fn encode(
-        &self,
+        &mut self,
         scene: &Scene,
         format: Format,
         what: &str,
     ) -> Result<Vec<u8>, DataError> {
         let img = draw::render(scene);
-        draw::encode(&img, format, self.quality).map_err(|msg| DataError::Image {
+        let bytes = draw::encode(&img, format, self.quality).map_err(|msg| DataError::Image {
             path: what.to_string(),
             msg,
-        })
+        })?;
+        self.progress.inc(1);
+        Ok(bytes)
     }
 
     /// Renders a scene and writes it to `stem` plus the format's extension; returns the path.
@@ -162,8 +174,17 @@ impl Out {
         Ok(rel)
     }
 
+    /// Images rendered so far.
+    #[cfg(test)]
+    pub(crate) fn images(&self) -> u64 {
+        self.progress.position()
+    }
+
     /// The files written so far, sorted by path.
     pub(crate) fn into_files(mut self) -> Vec<FileEntry> {
+        let images = self.progress.position();
+        self.progress.set_total(images);
+        self.progress.finish();
         self.files.sort_by(|a, b| a.path.cmp(&b.path));
         self.files
     }

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use blip3_data::progress::{Mode, PLAIN_INTERVAL, spin};
 use blip3_model::XGenMMConfig;
 use blip3_model::loader::{CheckpointKind, LoadOptions, expected_hf_keys, load_xgenmm_dir};
 use burn::prelude::*;
@@ -131,11 +132,20 @@ pub fn run(args: Args) -> Result<()> {
     let dev = device(args.device)?;
     let before = rss_mb("VmRSS:");
     let t0 = Instant::now();
-    let model = load_xgenmm_dir(
-        &dir,
-        &dev,
-        LoadOptions {
-            dtype: args.dtype.map(|d| d.dtype()),
+    // One blocking call without a per-tensor hook: a spinner with the elapsed time (plain
+    // "still running" lines when stderr is not a terminal).
+    let model = spin(
+        &format!("loading {}", dir.display()),
+        Mode::auto(true),
+        PLAIN_INTERVAL,
+        || {
+            load_xgenmm_dir(
+                &dir,
+                &dev,
+                LoadOptions {
+                    dtype: args.dtype.map(|d| d.dtype()),
+                },
+            )
         },
     )
     .with_context(|| format!("loading {}", dir.display()))?;
