@@ -224,9 +224,29 @@ impl Blip3Tokenizer {
         config: &TokenizerConfig,
         source: &str,
     ) -> Result<Self, DataError> {
-        let inner: Tokenizer = tokenizer_json
-            .parse()
-            .map_err(|e| tokenizer_error(source, format!("invalid tokenizer.json: {e}")))?;
+        // The `tokenizers` crate panics on some malformed sections (a `decoder` that is not a
+        // known decoder object hits an `expect` in its deserializer): a bad file must be an error.
+        let parsed = std::panic::catch_unwind(|| tokenizer_json.parse::<Tokenizer>());
+        let inner = match parsed {
+            Ok(Ok(inner)) => inner,
+            Ok(Err(e)) => {
+                return Err(tokenizer_error(
+                    source,
+                    format!("invalid tokenizer.json: {e}"),
+                ));
+            }
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".to_string());
+                return Err(tokenizer_error(
+                    source,
+                    format!("invalid tokenizer.json: the parser panicked: {what}"),
+                ));
+            }
+        };
         Self::from_tokenizer(inner, config, source)
     }
 
