@@ -652,7 +652,10 @@ fn a_source_of_only_bad_items_is_not_restarted_forever() {
         let l = loader(&recipe, config);
         let results: Vec<_> = l.iter().collect();
         assert_eq!(results.len(), 1, "{what}");
-        let e = results[0].as_ref().err().expect("an error").to_string();
+        let e = match &results[0] {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("{what}: expected an error"),
+        };
         assert!(e.contains("bad-sample rate 100%"), "{what}: {e}");
         assert_eq!(l.stats().good, 0);
     }
