@@ -47,19 +47,15 @@ fn input(cfg: &XGenMMConfig, device: &Device) -> MultimodalInput {
     }
 }
 
-/// Device and dtype from `BLIP3_BENCH_DEVICE` (flex, wgpu, cuda) and `BLIP3_BENCH_DTYPE` (f32, f16,
+/// Device and dtype from `BLIP3_BENCH_DEVICE` (flex, cpu, wgpu, vulkan, metal, cuda) and `BLIP3_BENCH_DTYPE` (f32, f16,
 /// bf16).
 fn bench_device() -> (String, Device, DType) {
     let name = std::env::var("BLIP3_BENCH_DEVICE").unwrap_or_else(|_| "flex".into());
-    let device = match name.as_str() {
-        "wgpu" => Device::wgpu(burn::prelude::DeviceKind::DefaultDevice),
-        #[cfg(feature = "cuda")]
-        "cuda" => Device::cuda(0),
-        "flex" => Device::flex(),
-        other => {
-            panic!("BLIP3_BENCH_DEVICE={other}: use flex, wgpu or cuda (with the cuda feature)")
-        }
-    };
+    let device = name
+        .parse::<blip3_model::Backend>()
+        .map_err(|e| e.to_string())
+        .and_then(|b| b.device(0).map_err(|e| e.to_string()))
+        .unwrap_or_else(|e| panic!("BLIP3_BENCH_DEVICE: {e}"));
     let dtype = match std::env::var("BLIP3_BENCH_DTYPE").as_deref() {
         Ok("bf16") => DType::BF16,
         Ok("f16") => DType::F16,
@@ -109,12 +105,27 @@ fn bench_rust(name: &str, cfg: &XGenMMConfig, reps: usize) -> Timing {
         forward_ms: median(fwd),
         token_ms: median(tok),
     };
+    let params = model.num_params();
     println!(
-        "rust/{dev_name:5} {name:5}  forward {:9.2} ms   decode {:8.2} ms/token   ({} params, {dtype:?})",
+        "rust/{dev_name:5} {name:5}  forward {:9.2} ms   decode {:8.2} ms/token = {:.1} tokens/s   ({params} params, {dtype:?})",
         t.forward_ms,
         t.token_ms,
-        model.num_params()
+        1e3 / t.token_ms,
     );
+    // The physical floor of batch-1 decoding: every weight read once per token.
+    if let Some(gbps) = std::env::var("BLIP3_BENCH_MEM_GBPS")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+    {
+        let bytes = params as f64 * dtype.size() as f64;
+        let floor_ms = bytes / (gbps * 1e9) * 1e3;
+        println!(
+            "limit      {name:5}  decode >= {floor_ms:.2} ms/token ({:.0} MB of weights at {gbps} GB/s); blip3 reaches {:.0}% of it, {:.0} GB/s",
+            bytes / 1e6,
+            100.0 * floor_ms / t.token_ms,
+            bytes / (t.token_ms * 1e-3) / 1e9
+        );
+    }
     t
 }
 

@@ -9,6 +9,7 @@
 pub mod attention;
 pub mod config;
 pub mod decoupled;
+pub mod device;
 pub mod error;
 pub mod generate;
 pub mod host;
@@ -26,6 +27,7 @@ pub mod xgenmm;
 pub use config::{
     AspectMode, LongRopeScaling, PerceiverConfig, Phi3Config, SiglipVisionConfig, XGenMMConfig,
 };
+pub use device::Backend;
 pub use error::ModelError;
 pub use generate::{FinishReason, Generated, GenerationConfig};
 pub use loader::{CheckpointKind, LoadOptions};

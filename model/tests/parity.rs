@@ -304,12 +304,16 @@ fn composite_logits_and_greedy_generation_match_reference() {
     check_composite(&Device::flex());
 }
 
-/// The same parity checks on wgpu where an adapter exists (CI may install Mesa's lavapipe).
+/// The same parity checks on every GPU device that works here: wgpu where an adapter exists (CI
+/// may install Mesa's lavapipe), and Vulkan (SPIR-V) and CUDA in builds with those features.
 #[test]
 fn parity_on_wgpu_where_available() {
-    let Some(device) = wgpu_device() else { return };
-    check_siglip(&device);
-    check_resampler(&device);
-    check_phi3(&device);
-    check_composite(&device);
+    for (name, device) in gpu_devices() {
+        eprintln!("parity on {name}");
+        check_siglip(&device);
+        check_resampler(&device);
+        check_phi3(&device);
+        check_composite(&device);
+        eprintln!("parity on {name}: ok");
+    }
 }

@@ -164,9 +164,13 @@ fn bench_device() -> Option<(String, Device)> {
     let device = match which.as_str() {
         #[cfg(feature = "cuda")]
         "cuda" => Device::cuda(0),
+        #[cfg(feature = "vulkan")]
+        "vulkan" => Device::vulkan(DeviceKind::DefaultDevice),
         "wgpu" => Device::wgpu(DeviceKind::DefaultDevice),
         other => {
-            eprintln!("unknown BLIP3_BENCH_DEVICE={other} (wgpu, or cuda with the cuda feature)");
+            eprintln!(
+                "unknown BLIP3_BENCH_DEVICE={other} (wgpu; vulkan or cuda with their features)"
+            );
             return None;
         }
     };

@@ -4,20 +4,45 @@
 use burn::prelude::*;
 use burn::tensor::DType;
 
-/// Creates the default wgpu device (Vulkan, Metal, DX12 or WebGPU; a software driver such as
-/// Mesa's lavapipe counts) and checks it with a tiny computation. `Err` says why it cannot be
-/// used: no adapter could be created (Burn panics in that case; the panic is caught here and
-/// its message still goes to the panic hook), or the adapter computed a wrong result.
-pub fn probe_wgpu() -> Result<Device, String> {
+/// Checks `make()`'s device with a tiny computation. `Err` says why it cannot be used: the device
+/// could not be created (Burn panics in that case: no adapter, no driver; the panic is caught
+/// here and its message still goes to the panic hook), or it computed a wrong result.
+pub fn probe(
+    what: &str,
+    make: impl FnOnce() -> Device + std::panic::UnwindSafe,
+) -> Result<Device, String> {
     let probe = std::panic::catch_unwind(|| {
-        let device = Device::wgpu(DeviceKind::DefaultDevice);
+        let device = make();
         let t = Tensor::<1>::from_floats([1.0, 2.0], &device);
         let values = (t * 2.0).cast(DType::F32).into_data().try_to_vec::<f32>();
         (device, values)
     });
     match probe {
         Ok((device, Ok(v))) if v == [2.0, 4.0] => Ok(device),
-        Ok(_) => Err("the adapter computed a wrong result".into()),
-        Err(_) => Err("no Vulkan/Metal/WebGPU adapter could be created here".into()),
+        Ok(_) => Err(format!("the {what} device computed a wrong result")),
+        Err(_) => Err(format!("no {what} device could be created here")),
     }
+}
+
+/// Creates the default wgpu device (Vulkan, Metal, DX12 or WebGPU; a software driver such as
+/// Mesa's lavapipe counts) and checks it with [`probe`].
+#[cfg(feature = "wgpu")]
+pub fn probe_wgpu() -> Result<Device, String> {
+    probe("Vulkan/Metal/WebGPU", || {
+        Device::wgpu(DeviceKind::DefaultDevice)
+    })
+}
+
+/// The default Vulkan device with kernels compiled to SPIR-V, checked with [`probe`].
+#[cfg(feature = "vulkan")]
+pub fn probe_vulkan() -> Result<Device, String> {
+    probe("Vulkan (SPIR-V)", || {
+        Device::vulkan(DeviceKind::DefaultDevice)
+    })
+}
+
+/// CUDA device 0, checked with [`probe`].
+#[cfg(feature = "cuda")]
+pub fn probe_cuda() -> Result<Device, String> {
+    probe("CUDA", || Device::cuda(0))
 }

@@ -15,7 +15,7 @@
 pub mod attention;
 #[cfg(feature = "cube")]
 mod attention_kernel;
-#[cfg(feature = "wgpu")]
+#[cfg(feature = "cube")]
 pub mod device;
 pub mod matvec;
 pub mod resample;

@@ -4,44 +4,45 @@ use anyhow::{Result, bail};
 use burn::prelude::*;
 use burn::tensor::DType;
 
-/// The compute device, chosen at run time.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum DeviceKindArg {
-    /// Pure-Rust CPU backend.
-    #[default]
-    Flex,
-    /// Vulkan / Metal / WebGPU through wgpu.
-    Wgpu,
-    /// NVIDIA CUDA (build with `--features cuda`).
-    Cuda,
+/// The compute device, chosen at run time: `--device cuda|vulkan|metal|wgpu|cpu|flex`.
+pub use blip3_model::Backend as DeviceKindArg;
+
+/// Parses a `--device` value (for clap's `value_parser`).
+pub fn parse_device(s: &str) -> Result<DeviceKindArg, String> {
+    s.parse()
+        .map_err(|e: blip3_model::device::UnknownBackend| e.to_string())
 }
 
-/// Creates the device for `kind`.
+/// Creates the first device of `kind`. On the wgpu family, warns when the adapter is a software
+/// rasterizer (lavapipe/llvmpipe): correct, but far slower than the `flex` CPU backend.
 pub fn device(kind: DeviceKindArg) -> Result<Device> {
-    Ok(match kind {
-        DeviceKindArg::Flex => Device::flex(),
-        DeviceKindArg::Wgpu => {
-            if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
-                // Mesa's Vulkan loader warns without it; a private directory is enough.
-                let dir = std::env::temp_dir().join(format!("blip3-xdg-{}", std::process::id()));
-                std::fs::create_dir_all(&dir)?;
-                // SAFETY: set before any other thread exists in this process.
-                unsafe { std::env::set_var("XDG_RUNTIME_DIR", &dir) };
-            }
-            Device::wgpu(DeviceKind::DefaultDevice)
-        }
-        DeviceKindArg::Cuda => cuda_device()?,
-    })
-}
-
-#[cfg(feature = "cuda")]
-fn cuda_device() -> Result<Device> {
-    Ok(Device::cuda(0))
-}
-
-#[cfg(not(feature = "cuda"))]
-fn cuda_device() -> Result<Device> {
-    bail!("this blip3 binary was built without CUDA; rebuild with `--features cuda`")
+    if matches!(
+        kind,
+        DeviceKindArg::Wgpu | DeviceKindArg::Vulkan | DeviceKindArg::Metal
+    ) && std::env::var_os("XDG_RUNTIME_DIR").is_none()
+    {
+        // Mesa's Vulkan loader warns without it; a private directory is enough.
+        let dir = std::env::temp_dir().join(format!("blip3-xdg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        // SAFETY: set before any other thread exists in this process.
+        unsafe { std::env::set_var("XDG_RUNTIME_DIR", &dir) };
+    }
+    let device = kind.device(0)?;
+    if matches!(
+        kind,
+        DeviceKindArg::Wgpu | DeviceKindArg::Vulkan | DeviceKindArg::Metal
+    ) && let Some(name) = blip3_model::device::software_adapter(&device)
+    {
+        log::warn!(
+            "--device {kind}: the adapter is a software rasterizer ({name}); expect it to be far \
+             slower than --device flex"
+        );
+        eprintln!(
+            "warning: --device {kind} runs on a software adapter ({name}): correct but slow; \
+             --device flex is faster on this machine"
+        );
+    }
+    Ok(device)
 }
 
 /// Float dtype for weights and activations.

@@ -26,7 +26,7 @@ use blip3_eval::report::{Report, compare};
 use blip3_eval::score::{ScoreOptions, ScoreTask, score_files_with};
 use blip3_eval::suites::{PromptStyle, SuiteName, SuiteOptions, answers_path_for, run_suite};
 
-use super::common::{DTypeArg, DeviceKindArg, check_dtype, device};
+use super::common::{DTypeArg, DeviceKindArg, check_dtype, device, parse_device};
 
 /// Arguments of `blip3 eval`.
 #[derive(clap::Args, Debug)]
@@ -79,7 +79,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
     /// Compute device.
-    #[arg(long, value_enum, default_value_t)]
+    #[arg(long, value_parser = parse_device, default_value_t)]
     device: DeviceKindArg,
     /// Cast the weights to this dtype.
     #[arg(long, value_enum)]

@@ -18,7 +18,7 @@ use blip3_model::{
 };
 use burn::prelude::*;
 
-use super::common::{DTypeArg, DeviceKindArg, check_dtype, device};
+use super::common::{DTypeArg, DeviceKindArg, check_dtype, device, parse_device};
 
 /// Arguments of `blip3 generate`.
 #[derive(clap::Args, Debug)]
@@ -58,7 +58,7 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub top_logprobs: usize,
     /// Compute device.
-    #[arg(long, value_enum, default_value_t = DeviceKindArg::Flex)]
+    #[arg(long, value_parser = parse_device, default_value_t = DeviceKindArg::Flex)]
     pub device: DeviceKindArg,
     /// Weight dtype (default: keep the checkpoint's).
     #[arg(long, value_enum)]

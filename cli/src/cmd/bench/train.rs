@@ -20,7 +20,7 @@ use burn::prelude::*;
 use burn::tensor::{DType, Distribution};
 use burn::train::TrainStep;
 
-use crate::cmd::common::{DeviceKindArg, device};
+use crate::cmd::common::{DeviceKindArg, device, parse_device};
 
 /// Arguments of `blip3 bench train`.
 #[derive(clap::Args, Debug, Clone)]
@@ -38,7 +38,7 @@ pub struct Args {
     #[arg(long, default_value_t = 5)]
     pub steps: usize,
     /// Device.
-    #[arg(long, value_enum, default_value_t = DeviceKindArg::Flex)]
+    #[arg(long, value_parser = parse_device, default_value_t = DeviceKindArg::Flex)]
     pub device: DeviceKindArg,
     /// Peak dense bf16 throughput of the device in TFLOP/s, for MFU (H100 SXM: 989, H200: 989).
     #[arg(long)]
@@ -46,6 +46,11 @@ pub struct Args {
     /// Skip the memory-option comparison on the mid config.
     #[arg(long)]
     pub no_options: bool,
+    /// Measure exactly these options per config instead of the default set (comma separated;
+    /// each is `baseline` or a `+`-joined set of `bf16`, `lora`, `checkpointing`, e.g.
+    /// `baseline,bf16,lora+bf16`).
+    #[arg(long)]
+    pub options: Option<String>,
     /// Device of the PyTorch reference (`cpu` or `cuda`; default: `cuda` with `--device cuda`,
     /// else `cpu`). On a GPU machine, `--device wgpu --torch-device cuda` compares blip3 through
     /// Vulkan with PyTorch on CUDA.
@@ -158,7 +163,8 @@ fn measure(config: &str, option: &str, args: &Args) -> Result<Measurement> {
     let cfg = preset(config)?;
     let dev = device(args.device)?;
     dev.seed(1);
-    let ad = if option == "checkpointing" {
+    let has = |o: &str| option.split('+').any(|x| x == o);
+    let ad = if has("checkpointing") {
         dev.clone().autodiff().gradient_checkpointing()
     } else {
         dev.clone().autodiff()
@@ -166,7 +172,7 @@ fn measure(config: &str, option: &str, args: &Args) -> Result<Measurement> {
     let model = cfg.init(&ad);
     let params = model.num_params();
     let vit = model.vision_encoder.num_params();
-    let lora = (option == "lora").then(|| LoraConfig {
+    let lora = has("lora").then(|| LoraConfig {
         rank: 16,
         alpha: 32.0,
         dropout: 0.0,
@@ -179,7 +185,7 @@ fn measure(config: &str, option: &str, args: &Args) -> Result<Measurement> {
         loss_scale: 1.0,
         dpo_beta: 0.1,
         dpo_reference: DpoReference::PolicyCopy,
-        compute_dtype: (option == "bf16").then_some(DType::BF16),
+        compute_dtype: has("bf16").then_some(DType::BF16),
         grad_clip: Some(1.0),
         guard: Arc::new(StepGuard::new(3)),
         noised_negatives: None,
@@ -214,9 +220,7 @@ fn measure(config: &str, option: &str, args: &Args) -> Result<Measurement> {
         ms_per_step: t * 1e3,
         tokens_per_s: tokens as f64 / t,
         peak_rss_mb: peak_rss_mb(),
-        gpu_mem_mb: (!matches!(args.device, DeviceKindArg::Flex))
-            .then(gpu_mem_mb)
-            .flatten(),
+        gpu_mem_mb: (args.device.is_gpu()).then(gpu_mem_mb).flatten(),
         trainable_params: trainable,
         params,
         mfu,
@@ -237,7 +241,7 @@ fn child(args: &Args, config: &str, option: &str) -> Result<Measurement> {
             "--steps",
             &args.steps.to_string(),
             "--device",
-            &format!("{:?}", args.device).to_lowercase(),
+            &args.device.to_string(),
         ])
         .args(
             args.peak_tflops
@@ -317,7 +321,7 @@ pub fn run(args: Args) -> Result<()> {
         "training step: batch {} x ({} text tokens + one 2x2 any-res image), AdamW, {:?}, median of {} steps",
         args.batch, args.text_tokens, args.device, args.steps
     );
-    let gpu = !matches!(args.device, DeviceKindArg::Flex);
+    let gpu = args.device.is_gpu();
     let memory = if gpu { "GPU MiB" } else { "peak RSS MB" };
     println!(
         "{:<6} {:<14} {:>11} {:>11} {:>12} {:>14} {:>8}",
@@ -356,6 +360,23 @@ pub fn run(args: Args) -> Result<()> {
         }
     };
     for config in args.configs.split(',').map(str::trim) {
+        if let Some(options) = &args.options {
+            for option in options.split(',').map(str::trim) {
+                match child(&args, config, option) {
+                    Ok(m) => {
+                        print(&m);
+                        // PyTorch's step trains every weight: compared only where blip3 does.
+                        match option {
+                            "baseline" => print_torch(config, "f32", &m),
+                            "bf16" => print_torch(config, "bf16", &m),
+                            _ => {}
+                        }
+                    }
+                    Err(e) => println!("{config} {option}: failed: {e}"),
+                }
+            }
+            continue;
+        }
         let base = child(&args, config, "baseline")?;
         print(&base);
         print_torch(config, "f32", &base);
@@ -370,7 +391,12 @@ pub fn run(args: Args) -> Result<()> {
             }
         }
         if config == "mid" && !args.no_options {
-            for option in ["lora", "checkpointing", "bf16"] {
+            let options: &[&str] = if gpu {
+                &["lora", "checkpointing"]
+            } else {
+                &["lora", "checkpointing", "bf16"]
+            };
+            for &option in options {
                 match child(&args, config, option) {
                     Ok(m) => {
                         print(&m);
