@@ -106,7 +106,15 @@ fn sampling_is_reproducible_with_a_seed() {
         let v: serde_json::Value = serde_json::from_str(s.lines().last().unwrap()).unwrap();
         v["token_ids"].clone()
     };
-    assert_eq!(run("3"), run("3"));
+    let a = run("3");
+    assert_eq!(a, run("3"), "same seed, same tokens");
+    // And the seed matters: among several other seeds at temperature 1.5, at least one samples a
+    // different continuation (one could coincide by chance; all four would mean it is ignored).
+    let others: Vec<_> = ["4", "5", "11", "12345"].iter().map(|s| run(s)).collect();
+    assert!(
+        others.iter().any(|o| *o != a),
+        "different seeds all gave {a}: the seed is not used"
+    );
 }
 
 #[test]

@@ -1,5 +1,5 @@
-//! The any-resolution image pipeline of xGen-MM v1.5 (spec §2), and the fixed-resolution variant
-//! used in pre-training.
+//! The any-resolution image pipeline of xGen-MM v1.5 (docs/reference.md §2), and the
+//! fixed-resolution variant used in pre-training.
 //!
 //! Any-resolution mode turns one image into `1 + G` square views of the base size `S` (384 for
 //! v1.5):
@@ -78,7 +78,8 @@ impl AnyResGrid {
     }
 }
 
-/// Chooses the grid for an image of `width x height` pixels among `candidates` (spec §2 step 1).
+/// Chooses the grid for an image of `width x height` pixels among `candidates`
+/// (docs/reference.md §2.1).
 ///
 /// For each candidate canvas `(w, h)` in order: `s = min(w/W, h/H)`, effective resolution
 /// `eff = min(floor(W*s) * floor(H*s), W*H)` (upscaling gains nothing), waste `w*h - eff`. A
@@ -118,8 +119,8 @@ pub fn select_grid(
 }
 
 /// The size `(width, height)` an image of `width x height` is resized to before it is pasted on a
-/// `canvas_w x canvas_h` canvas (spec §2 step 2): the scale of the tighter side, the other side
-/// rounded **up** and capped at the canvas.
+/// `canvas_w x canvas_h` canvas (docs/reference.md §2.2): the scale of the tighter side, the
+/// other side rounded **up** and capped at the canvas.
 pub fn fit_size(width: u32, height: u32, canvas_w: u64, canvas_h: u64) -> (u64, u64) {
     let sw = canvas_w as f64 / f64::from(width);
     let sh = canvas_h as f64 / f64::from(height);

@@ -1,5 +1,5 @@
 //! The numbers the xGen-MM (BLIP-3) releases report, to print beside ours
-//! (`/work/shared/reference/xgenmm-spec.md` §5, taken from the model cards).
+//! (transcribed below from the released models' cards; docs/reference.md §5).
 //!
 //! Few-shot rows (base models, OpenFlamingo protocol) exist for 0, 4 and 8 shots; instruction
 //! rows have no shot count. The paper's scales: CIDEr × 100, VQA accuracy in percent, POPE,
@@ -110,7 +110,7 @@ type Row = (
     Option<&'static str>,
 );
 
-/// The model-card numbers of spec §5.
+/// The model-card numbers (docs/reference.md §5).
 const ROWS: &[Row] = &[
     // v1.5 base (card), 0 / 4 / 8 shots.
     (PaperModel::BaseV15, "vqav2", Some(0), 43.1, None),

@@ -1,6 +1,7 @@
-//! Typed loaders for evaluation sets (dataset-formats §6): COCO captions, VQA questions with
-//! their ground-truth answers (VQAv2, the OpenFlamingo VQA-format TextVQA/OK-VQA/VizWiz files,
-//! official TextVQA), POPE, MMBench-style multiple-choice TSVs and ScienceQA-style JSON.
+//! Typed loaders for evaluation sets (docs/data.md, "Dataset formats"): COCO captions, VQA
+//! questions with their ground-truth answers (VQAv2, the OpenFlamingo VQA-format
+//! TextVQA/OK-VQA/VizWiz files, official TextVQA), POPE, MMBench-style multiple-choice TSVs and
+//! ScienceQA-style JSON.
 //!
 //! These files are small enough to load whole. Only a file that cannot be read, or lacks the
 //! structure that identifies its format, is a fatal [`DataError`]. Any single bad entry (a question

@@ -19,7 +19,8 @@
 //! - every image except the first is preceded by `<|endofchunk|>`, which closes the previous
 //!   chunk; the document ends with `<|endofchunk|>`;
 //! - texts that follow one another are joined by one space; text before the first image is kept
-//!   (the training loss masks it; see xgenmm-spec §4.2);
+//!   (and trained: the legacy OpenFlamingo masking of it is not applied, see docs/reference.md
+//!   §4.2);
 //! - at most `max_images` images are kept (OpenFlamingo `--mmc4_max_num_images`, default 6); later
 //!   image positions are dropped and their texts kept, as in the reference, which keeps the first
 //!   images and leaves the other texts without a marker;

@@ -1,6 +1,6 @@
 //! LLaVA-style SFT conversations (JSON array or JSONL), streamed record by record.
 //!
-//! Accepted record shapes (dataset-formats §1):
+//! Accepted record shapes (docs/data.md, "Dataset formats", "SFT conversations"):
 //!
 //! * LLaVA-1.5 `mix665k`: `{id, image?: str, conversations: [{from: human|gpt|system, value}]}`;
 //!   `id` may be a string or an integer, `image` is absent on text-only rows;
@@ -13,7 +13,7 @@
 //! resolves outside the root of the rule that maps it ([`ImageRoots::locate`]) is refused as
 //! [`BadKind::OutsideRoot`] unless [`ImageRoots::allow_outside`] is set.
 //!
-//! The xGen-MM SFT loader's rules (xgenmm-spec §4.3) are applied to each record:
+//! The xGen-MM SFT loader's rules (docs/reference.md §4.3) are applied to each record:
 //!
 //! 1. a text-only record whose text contains `<image>` is skipped ([`BadKind::Invalid`]);
 //! 2. a record with more than [`LlavaOptions::max_images`] images (4) is skipped ([`BadKind::Invalid`]);

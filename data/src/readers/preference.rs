@@ -2,8 +2,9 @@
 //!
 //! Two record layouts are recognised per record:
 //!
-//! * **VLFeedback** (dataset-formats §4.1): `{id, prompt, models, completions, img_path}` where
-//!   `completions` is a list of `{model, response, annotations: {aspect: {Rating, Rationale}}}`,
+//! * **VLFeedback** (docs/data.md, "Dataset formats", "Preference pairs"): `{id, prompt, models,
+//!   completions, img_path}` where `completions` is a list of
+//!   `{model, response, annotations: {aspect: {Rating, Rationale}}}`,
 //!   or the dict of lists (`{model: [...], response: [...], annotations: [...]}`) that HF
 //!   `datasets` produces for a `sequence` of structs. Ratings are strings such as `"4"` or `"N/A"`.
 //! * **generic pairs**: `{id?, prompt (or question), image | images?, chosen, rejected}`, the layout

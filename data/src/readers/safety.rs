@@ -1,4 +1,4 @@
-//! VLGuard safety data (`train.json` / `test.json`, dataset-formats §5).
+//! VLGuard safety data (`train.json` / `test.json`; docs/data.md, "Dataset formats", "Safety").
 //!
 //! A record is `{id, image, safe, harmful_category?, harmful_subcategory?, instr-resp: [...]}`.
 //! Each `instr-resp` entry holds one of `instruction` / `safe_instruction` / `unsafe_instruction`
