@@ -324,14 +324,26 @@ impl SafetensorsFile {
                 .ok_or_else(|| bad("bad data_offsets"))?;
             let size =
                 dtype_size(dtype).ok_or_else(|| bad(&format!("unsupported dtype {dtype}")))?;
-            let numel: usize = shape.iter().product();
-            if offs[1] < offs[0] || (offs[1] - offs[0]) as usize != numel * size {
+            // Checked: a shape whose byte size overflows (e.g. [2^62] of I64 wraps to 0 bytes) or
+            // offsets past the end of the address space must not pass as a small tensor.
+            let nbytes = shape
+                .iter()
+                .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+                .and_then(|numel| numel.checked_mul(size))
+                .and_then(|n| u64::try_from(n).ok());
+            if offs[1] < offs[0] || nbytes != Some(offs[1] - offs[0]) {
                 return Err(bad(&format!(
                     "data_offsets {:?} do not match shape {shape:?} of {dtype}",
                     offs
                 )));
             }
-            let (start, end) = (data_start + offs[0], data_start + offs[1]);
+            let (start, end) = match (
+                data_start.checked_add(offs[0]),
+                data_start.checked_add(offs[1]),
+            ) {
+                (Some(start), Some(end)) => (start, end),
+                _ => (u64::MAX, u64::MAX),
+            };
             if end > file_len {
                 return Err(ModelError::checkpoint(
                     &shown,
