@@ -222,7 +222,7 @@ fn fuzz_webdataset_shards() {
         // leaves a partial header or payload behind, which must be reported.
         if let Some(cut) = cut
             && cut < data_end
-            && cut % 512 != 0
+            && !cut.is_multiple_of(512)
         {
             prop_assert!(
                 matches!(samples.last(), Some(Err(e)) if e.kind == BadKind::TruncatedShard),
@@ -1024,6 +1024,9 @@ fn fuzz_image_decoding() {
                     if msg.contains("decoder panicked") {
                         tally.note("decoder panics caught", 1);
                     }
+                }
+                Err(blip3_data::DataError::ImageRefused { .. }) => {
+                    tally.note("refused by the size limits", 1);
                 }
                 Err(other) => prop_assert!(false, "unexpected error kind: {other}"),
             }

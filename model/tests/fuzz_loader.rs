@@ -58,7 +58,7 @@ fn dtype_size(dtype: &str) -> Option<u128> {
 /// A safetensors file from a header value and a data section.
 fn safetensors_bytes(header: &Value, data: &[u8]) -> Vec<u8> {
     let mut text = serde_json::to_vec(header).unwrap();
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(b' ');
     }
     let mut out = (text.len() as u64).to_le_bytes().to_vec();
