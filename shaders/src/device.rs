@@ -46,3 +46,31 @@ pub fn probe_vulkan() -> Result<Device, String> {
 pub fn probe_cuda() -> Result<Device, String> {
     probe("CUDA", || Device::cuda(0))
 }
+
+/// Every GPU device that works here, by name, each checked with [`probe`]: wgpu (a software
+/// adapter such as lavapipe counts; set `BLIP3_SKIP_WGPU` to skip it), and Vulkan (SPIR-V) and
+/// CUDA in builds with those features. Each one missing is reported on stderr as
+/// `skipping NAME: why`. Used by the kernel and model parity tests.
+pub fn gpu_devices() -> Vec<(&'static str, Device)> {
+    let mut out = Vec::new();
+    #[cfg(feature = "wgpu")]
+    if std::env::var_os("BLIP3_SKIP_WGPU").is_some() {
+        eprintln!("skipping wgpu: BLIP3_SKIP_WGPU is set");
+    } else {
+        match probe_wgpu() {
+            Ok(d) => out.push(("wgpu", d)),
+            Err(why) => eprintln!("skipping wgpu: {why}"),
+        }
+    }
+    #[cfg(feature = "vulkan")]
+    match probe_vulkan() {
+        Ok(d) => out.push(("vulkan", d)),
+        Err(why) => eprintln!("skipping vulkan: {why}"),
+    }
+    #[cfg(feature = "cuda")]
+    match probe_cuda() {
+        Ok(d) => out.push(("cuda", d)),
+        Err(why) => eprintln!("skipping cuda: {why}"),
+    }
+    out
+}

@@ -16,26 +16,8 @@ pub fn wgpu_device() -> Option<Device> {
         .ok()
 }
 
-/// The GPU devices that work here, by name: wgpu always tried (lavapipe counts), Vulkan (SPIR-V)
-/// and CUDA where the test binary was built with their features. Each one missing is reported
-/// as `skipping NAME: why`.
-pub fn gpu_devices() -> Vec<(&'static str, Device)> {
-    let mut out = Vec::new();
-    if let Some(d) = wgpu_device() {
-        out.push(("wgpu", d));
-    }
-    #[cfg(feature = "vulkan")]
-    match blip3_shaders::device::probe_vulkan() {
-        Ok(d) => out.push(("vulkan", d)),
-        Err(why) => eprintln!("skipping vulkan: {why}"),
-    }
-    #[cfg(feature = "cuda")]
-    match blip3_shaders::device::probe_cuda() {
-        Ok(d) => out.push(("cuda", d)),
-        Err(why) => eprintln!("skipping cuda: {why}"),
-    }
-    out
-}
+/// The GPU devices that work here (see `blip3_shaders::device::gpu_devices`).
+pub use blip3_shaders::device::gpu_devices;
 
 /// Devices to run a check on: flex always, the GPU devices where available.
 pub fn devices() -> Vec<(&'static str, Device)> {
