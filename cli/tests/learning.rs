@@ -39,8 +39,9 @@ fn five_stages_improve_their_held_out_checks() {
             "--seed",
             "7",
         ])
-        .arg("--out")
-        .arg(&out)
+        // A relative output folder, as users type it (the default is `runs/demo`).
+        .current_dir(tmp.path())
+        .args(["--out", "demo"])
         .args(["--log", "warn"])
         .status()
         .unwrap();

@@ -106,6 +106,21 @@ fn killed_and_resumed_run_matches_uninterrupted_run() {
             .unwrap();
     assert!(summary["resumed_from"].as_u64().unwrap() >= killed_after as u64);
     assert_eq!(summary["steps"], steps);
+    // The killed run's log rows after the checkpoint are gone: every step is logged once.
+    let mut logged: Vec<u64> = std::fs::read_to_string(tmp.path().join("b/metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["split"] == "train")
+        .map(|r| r["step"].as_u64().unwrap())
+        .collect();
+    logged.dedup();
+    assert_eq!(logged, (1..=steps as u64).collect::<Vec<_>>());
+    // No temporary file of the killed run is left.
+    for e in std::fs::read_dir(tmp.path().join("b/checkpoints")).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().to_string();
+        assert!(!name.contains(".tmp-"), "left behind: {name}");
+    }
 
     let (pa, pb) = (
         params(&tmp.path().join("a/final")),

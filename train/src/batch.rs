@@ -60,12 +60,22 @@ impl Batcher<TrainSample, VlmBatch> for VlmBatcher {
 
 /// A loader handle that records the loader's state each time one of its windows is fully read,
 /// keyed by window number, so the (asynchronous) checkpointer can save the state of exactly the
-/// window it checkpoints.
+/// window it checkpoints. The run's last window can be made shorter than the others
+/// ([`WindowTracking::with_last_window`]).
 pub struct WindowTracking {
     inner: Arc<dyn DataLoader<VlmBatch>>,
     loader: StreamingLoader<VlmBatch>,
     states: WindowStates<LoaderState>,
     next_window: Arc<AtomicUsize>,
+    last: Option<LastWindow>,
+}
+
+/// The run's last window and how many of a full window's batches it yields.
+#[derive(Debug, Clone, Copy)]
+struct LastWindow {
+    window: usize,
+    full: usize,
+    batches: usize,
 }
 
 impl WindowTracking {
@@ -80,7 +90,20 @@ impl WindowTracking {
             loader,
             states,
             next_window: Arc::new(AtomicUsize::new(first_window)),
+            last: None,
         }
+    }
+
+    /// Window `window` (the run's last) ends after `batches` of the `full` batches a window has,
+    /// so a run stops after exactly `total_steps` optimizer steps when `every_steps` does not
+    /// divide them.
+    pub fn with_last_window(mut self, window: usize, full: usize, batches: usize) -> Self {
+        self.last = (batches < full).then_some(LastWindow {
+            window,
+            full,
+            batches,
+        });
+        self
     }
 }
 
@@ -90,12 +113,21 @@ struct TrackingIter<'a> {
     states: &'a WindowStates<LoaderState>,
     window: usize,
     recorded: bool,
+    /// `(full, batches)`: this window stops after `batches` of its `full` batches.
+    short: Option<(usize, usize)>,
+    taken: usize,
 }
 
 impl Iterator for TrackingIter<'_> {
     type Item = Result<VlmBatch, DatasetError>;
     fn next(&mut self) -> Option<Self::Item> {
-        let item = self.inner.next();
+        let item = match self.short {
+            Some((_, batches)) if self.taken >= batches => None,
+            _ => self.inner.next(),
+        };
+        if item.is_some() {
+            self.taken += 1;
+        }
         if item.is_none() && !self.recorded {
             self.states.record(self.window, self.loader.state());
             self.recorded = true;
@@ -106,19 +138,29 @@ impl Iterator for TrackingIter<'_> {
 
 impl DataLoaderIterator<VlmBatch> for TrackingIter<'_> {
     fn progress(&self) -> Progress {
-        self.inner.progress()
+        let mut p = self.inner.progress();
+        if let Some((full, batches)) = self.short {
+            p.items_total = p.items_total * batches / full.max(1);
+        }
+        p
     }
 }
 
 impl DataLoader<VlmBatch> for WindowTracking {
     fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<VlmBatch> + 'a> {
         let window = self.next_window.fetch_add(1, Ordering::SeqCst);
+        let short = self
+            .last
+            .filter(|l| l.window == window)
+            .map(|l| (l.full, l.batches));
         Box::new(TrackingIter {
             inner: self.inner.iter(),
             loader: &self.loader,
             states: &self.states,
             window,
             recorded: false,
+            short,
+            taken: 0,
         })
     }
 
@@ -132,6 +174,7 @@ impl DataLoader<VlmBatch> for WindowTracking {
             loader: self.loader.clone(),
             states: self.states.clone(),
             next_window: self.next_window.clone(),
+            last: self.last,
         })
     }
 
@@ -143,6 +186,7 @@ impl DataLoader<VlmBatch> for WindowTracking {
             loader: self.loader.clone(),
             states: self.states.clone(),
             next_window: Arc::new(AtomicUsize::new(self.next_window.load(Ordering::SeqCst))),
+            last: self.last,
         })
     }
 }

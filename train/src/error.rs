@@ -30,6 +30,14 @@ pub enum TrainError {
         /// What is wrong.
         msg: String,
     },
+    /// The output directory is in use by another run, or holds a run this one would overwrite.
+    #[error("output directory {dir}: {msg}")]
+    OutDir {
+        /// The output directory.
+        dir: PathBuf,
+        /// What is wrong.
+        msg: String,
+    },
     /// Training stopped on an error (non-finite losses, bad data rate, device failure).
     #[error("training stopped: {0}")]
     Stopped(String),

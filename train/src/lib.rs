@@ -10,6 +10,7 @@ pub mod error;
 pub mod loss;
 pub mod monitor;
 pub mod optim;
+pub mod outdir;
 pub mod plot;
 pub mod recipes;
 pub mod run;

@@ -45,6 +45,20 @@ impl Default for SyntheticPlan {
     }
 }
 
+/// `target` expressed relative to the directory `base`. Both are first made absolute against the
+/// current directory (lexically: neither needs to exist yet).
+pub fn relative_to(target: &Path, base: &Path) -> Result<PathBuf, TrainError> {
+    let abs = |p: &Path| std::path::absolute(p).map_err(|e| TrainError::io(p, e));
+    let (t, b) = (abs(target)?, abs(base)?);
+    let rel = pathdiff::diff_paths(&t, &b).unwrap_or(t);
+    // The directory itself is "." (an empty path would read as "not set").
+    Ok(if rel.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        rel
+    })
+}
+
 fn write(path: &Path, text: &str) -> Result<(), TrainError> {
     if let Some(p) = path.parent() {
         std::fs::create_dir_all(p).map_err(|e| TrainError::io(p, e))?;
@@ -59,28 +73,50 @@ pub fn synthetic_stages(
     run: &Path,
     plan: &SyntheticPlan,
 ) -> Result<Vec<TrainConfig>, TrainError> {
-    let c = corpus.display();
-    let seed = plan.seed;
     let recipes = run.join("recipes");
+    // Paths in a generated file are relative to that file (docs/training.md, "Paths"), so the run
+    // folder works from any working directory and can be moved as a whole.
+    let rel = relative_to(corpus, &recipes)?;
+    let q = |sub: &str| -> String {
+        let p = if sub.is_empty() {
+            rel.clone()
+        } else {
+            rel.join(sub)
+        };
+        // A JSON string is a valid YAML double-quoted scalar: any path survives the round trip.
+        serde_json::to_string(&p.to_string_lossy()).unwrap_or_default()
+    };
+    let seed = plan.seed;
     let caption = format!(
-        "  - name: captions\n    kind: webdataset\n    paths: [\"{c}/pretrain/captions\"]\n    weight: 3\n"
+        "  - name: captions\n    kind: webdataset\n    paths: [{}]\n    weight: 3\n",
+        q("pretrain/captions")
     );
     let interleaved = format!(
-        "  - name: interleaved\n    kind: jsonl_interleaved\n    paths: [\"{c}/pretrain/interleaved/docs.jsonl\"]\n    image_root: \"{c}/pretrain/interleaved\"\n    weight: 1\n"
+        "  - name: interleaved\n    kind: jsonl_interleaved\n    paths: [{}]\n    image_root: {}\n    weight: 1\n",
+        q("pretrain/interleaved/docs.jsonl"),
+        q("pretrain/interleaved")
     );
     let llava = |w: u32| {
         format!(
-            "  - name: sft_single\n    kind: llava\n    paths: [\"{c}/sft/llava.json\"]\n    image_root: \"{c}/sft\"\n    weight: {w}\n"
+            "  - name: sft_single\n    kind: llava\n    paths: [{}]\n    image_root: {}\n    weight: {w}\n",
+            q("sft/llava.json"),
+            q("sft")
         )
     };
     let multi = format!(
-        "  - name: sft_multi\n    kind: llava\n    paths: [\"{c}/sft/multi_image.json\"]\n    image_root: \"{c}/sft\"\n    weight: 2\n"
+        "  - name: sft_multi\n    kind: llava\n    paths: [{}]\n    image_root: {}\n    weight: 2\n",
+        q("sft/multi_image.json"),
+        q("sft")
     );
     let dpo = format!(
-        "  - name: dpo_pairs\n    kind: dpo\n    paths: [\"{c}/dpo/pairs.jsonl\"]\n    image_root: \"{c}/dpo\"\n    weight: 1\n"
+        "  - name: dpo_pairs\n    kind: dpo\n    paths: [{}]\n    image_root: {}\n    weight: 1\n",
+        q("dpo/pairs.jsonl"),
+        q("dpo")
     );
     let safety = format!(
-        "  - name: vlguard\n    kind: vlguard\n    paths: [\"{c}/safety/train.json\"]\n    image_root: \"{c}/safety\"\n    weight: 2\n"
+        "  - name: vlguard\n    kind: vlguard\n    paths: [{}]\n    image_root: {}\n    weight: 2\n",
+        q("safety/train.json"),
+        q("safety")
     );
     let head = format!("seed: {seed}\non_exhausted: restart\nsources:\n");
     let files = [

@@ -2,6 +2,7 @@
 //! schedule, checkpointers, metrics, execution strategy, then the final checkpoint and the HF
 //! export. `train` is what `blip3 train --config stage.toml` calls.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -11,7 +12,7 @@ use blip3_data::mixture::{Mixture, Recipe};
 use blip3_data::pipeline::{Pipeline, PipelineConfig};
 use blip3_data::tokenizer::Blip3Tokenizer;
 use blip3_model::loader::{LoadOptions, export_hf, load_model_dir, save_checkpoint};
-use blip3_model::{SpecialTokens, XGenMM, XGenMMConfig};
+use blip3_model::{Backend, SpecialTokens, XGenMM, XGenMMConfig};
 use burn::data::dataloader::DataLoader;
 use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLrScheduler;
 use burn::prelude::*;
@@ -24,18 +25,25 @@ use burn::train::{ExecutionStrategy, Learner, MultiDeviceOptim, SupervisedTraini
 use serde::{Deserialize, Serialize};
 
 use crate::batch::{EmptyLoader, VlmBatcher, WindowTracking};
-use crate::checkpoint::{AtomicCheckpointer, WindowStates, latest_complete, read_state};
+use crate::checkpoint::{
+    CheckpointSet, Rejected, WindowStates, latest_verified, read_state, remove_temp_files,
+    write_atomic,
+};
 use crate::config::{DpoReference, ImageMode, Precision, Stage, TrainConfig};
 use crate::error::TrainError;
 use crate::monitor::{LogRow, PlainRenderer, RunLogger, StepMetric, StepMetricKind};
 use crate::optim::{WarmupCosine, build_optimizer, frozen_copy, set_trainable, trainable_params};
+use crate::outdir::{self, RunLock};
 use crate::stage::{NoisedNegatives, StageModel, StageSettings, StepGuard, VlmBatch};
 
 /// Options of one invocation.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
-    /// Continue from the newest complete checkpoint in `<out_dir>/checkpoints`.
+    /// Continue from the newest complete, verified checkpoint in `<out_dir>/checkpoints`.
     pub resume: bool,
+    /// Start afresh in an output directory that holds a previous run, removing that run's
+    /// outputs first (without it such a directory is refused).
+    pub overwrite: bool,
 }
 
 /// What a run produced.
@@ -61,6 +69,9 @@ pub struct TrainSummary {
     pub resumed_from: Option<usize>,
     /// Trainable parameters.
     pub trainable_params: usize,
+    /// Newer checkpoints `--resume` passed over (incomplete, truncated or corrupt), newest first.
+    #[serde(default)]
+    pub rejected_checkpoints: Vec<Rejected>,
 }
 
 /// Everything saved with a checkpoint besides model, optimizer and scheduler.
@@ -72,36 +83,142 @@ pub struct RunState {
     pub seed: u64,
     /// Steps skipped so far.
     pub skipped_steps: usize,
+    /// Optimizer steps done at the end of the window.
+    pub steps: usize,
+    /// The settings exact resume depends on ([`resume_settings`]), compared on `--resume`.
+    pub settings: BTreeMap<String, serde_json::Value>,
 }
 
-/// The devices of a run.
-pub fn make_devices(kind: &str, count: usize) -> Result<Vec<Device>, TrainError> {
-    (0..count)
-        .map(|i| match kind {
-            "flex" => Ok(Device::flex()),
-            "wgpu" => Ok(if count == 1 {
-                Device::wgpu(DeviceKind::DefaultDevice)
-            } else {
-                Device::wgpu(DeviceKind::DiscreteGpu(i))
-            }),
-            "cuda" => cuda(i),
-            other => Err(TrainError::Config(format!(
-                "devices.kind {other:?}: use flex, wgpu or cuda"
-            ))),
+/// The settings a checkpoint can only be resumed with unchanged, by dotted config name: those
+/// that decide the data order, the batches, the schedule, the model and what is trained.
+/// `data.train` stands for the recipe's contents (its SHA-1, `recipe_sha1`), model paths for the
+/// directories they name.
+pub fn resume_settings(
+    cfg: &TrainConfig,
+    recipe_sha1: &str,
+) -> BTreeMap<String, serde_json::Value> {
+    use serde_json::{Value, json};
+    let path = |s: &str| -> Value {
+        if crate::config::is_preset_name(s) {
+            return json!(s);
+        }
+        let p = Path::new(s);
+        json!(
+            p.canonicalize()
+                .unwrap_or_else(|_| p.to_path_buf())
+                .display()
+                .to_string()
+        )
+    };
+    let value = |v: Result<Value, serde_json::Error>| v.unwrap_or(Value::Null);
+    let o = &cfg.optim;
+    let mut m = BTreeMap::new();
+    m.insert("stage".into(), json!(cfg.stage.name()));
+    m.insert("seed".into(), json!(cfg.seed));
+    m.insert("model.init".into(), path(&cfg.model.init));
+    m.insert("model.tokenizer".into(), path(&cfg.model.tokenizer));
+    m.insert("data.train".into(), json!(format!("sha1:{recipe_sha1}")));
+    m.insert("data.batch_size".into(), json!(cfg.data.batch_size));
+    m.insert("data.max_len".into(), json!(cfg.data.max_len));
+    m.insert(
+        "data.image_mode".into(),
+        value(serde_json::to_value(cfg.image_mode())),
+    );
+    m.insert(
+        "data.length_grouping".into(),
+        json!(cfg.data.length_grouping),
+    );
+    m.insert("optim.lr".into(), json!(o.lr));
+    m.insert("optim.min_lr".into(), json!(o.min_lr));
+    m.insert("optim.betas".into(), json!(o.betas));
+    m.insert("optim.eps".into(), json!(o.eps));
+    m.insert("optim.weight_decay".into(), json!(o.weight_decay));
+    m.insert("optim.no_decay".into(), json!(o.no_decay));
+    m.insert("optim.warmup_steps".into(), json!(o.warmup_steps));
+    m.insert("optim.total_steps".into(), json!(o.total_steps));
+    m.insert(
+        "optim.schedule".into(),
+        value(serde_json::to_value(o.schedule)),
+    );
+    m.insert("optim.grad_clip".into(), json!(o.grad_clip));
+    m.insert("optim.grad_accum".into(), json!(o.grad_accum));
+    m.insert("freeze".into(), value(serde_json::to_value(&cfg.freeze)));
+    m.insert("lora".into(), value(serde_json::to_value(&cfg.lora)));
+    m.insert("dpo".into(), value(serde_json::to_value(&cfg.dpo)));
+    m.insert(
+        "precision.mode".into(),
+        value(serde_json::to_value(cfg.precision.mode)),
+    );
+    m.insert(
+        "checkpoint.every_steps".into(),
+        json!(cfg.checkpoint.every_steps),
+    );
+    m.insert("devices.count".into(), json!(cfg.devices.count));
+    m.insert("devices.strategy".into(), json!(cfg.devices.strategy));
+    m
+}
+
+/// The settings that differ between a checkpoint's `saved` settings and the run's `now`, as
+/// `name (was A, now B)`.
+pub fn changed_settings(
+    saved: &BTreeMap<String, serde_json::Value>,
+    now: &BTreeMap<String, serde_json::Value>,
+) -> Vec<String> {
+    let null = serde_json::Value::Null;
+    let mut names: Vec<&String> = saved.keys().chain(now.keys()).collect();
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .filter_map(|k| {
+            let (a, b) = (saved.get(k).unwrap_or(&null), now.get(k).unwrap_or(&null));
+            (!same_setting(a, b)).then(|| {
+                if k == "data.train" {
+                    format!("{k} (the recipe's contents differ from the checkpoint's)")
+                } else {
+                    format!("{k} (was {a}, now {b})")
+                }
+            })
         })
         .collect()
 }
 
-#[cfg(feature = "cuda")]
-fn cuda(i: usize) -> Result<Device, TrainError> {
-    Ok(Device::cuda(i))
+/// Whether two recorded settings are the same. Numbers are compared at f32 precision: the
+/// config's f32 fields pass through f64 in JSON, and a value read back from a state file may
+/// print its last digit differently from the same value converted afresh.
+fn same_setting(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => match (x.as_f64(), y.as_f64()) {
+            (Some(x), Some(y)) => x == y || (x as f32) == (y as f32),
+            _ => x == y,
+        },
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_setting(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| same_setting(v, w)))
+        }
+        _ => a == b,
+    }
 }
 
-#[cfg(not(feature = "cuda"))]
-fn cuda(_i: usize) -> Result<Device, TrainError> {
-    Err(TrainError::Config(
-        "this build has no CUDA support (enable the `cuda` feature)".into(),
-    ))
+/// The devices of a run: `count` devices of one backend, at `indices` when given (else `0..count`;
+/// index 0 is the default adapter for the wgpu family).
+pub fn make_devices(
+    kind: Backend,
+    count: usize,
+    indices: Option<&[usize]>,
+) -> Result<Vec<Device>, TrainError> {
+    (0..count)
+        .map(|i| {
+            let index = indices.and_then(|ix| ix.get(i).copied()).unwrap_or(i);
+            kind.device(index)
+                .map_err(|e| TrainError::Config(format!("devices.kind: {e}")))
+        })
+        .collect()
 }
 
 /// Loads the tokenizer named by a config (`tiny` or a directory).
@@ -220,29 +337,116 @@ fn last_losses(dir: &Path) -> (Option<f64>, Option<f64>, usize) {
 /// Runs one stage.
 pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary, TrainError> {
     cfg.validate().map_err(TrainError::Config)?;
+    if opts.resume && opts.overwrite {
+        return Err(TrainError::Config(
+            "--resume continues the run in the output directory, --overwrite replaces it: pass one"
+                .into(),
+        ));
+    }
     let out = cfg.out_dir.clone();
+    // One run per output directory, for as long as this function runs.
+    let _lock = RunLock::acquire(&out)?;
+    if !opts.resume {
+        let previous = outdir::previous_run(&out)?;
+        if !previous.is_empty() && !opts.overwrite {
+            return Err(TrainError::OutDir {
+                dir: out.clone(),
+                msg: format!(
+                    "holds a previous run ({}); pass --resume to continue it, --overwrite to \
+                     replace it, or choose another output directory",
+                    previous.join(", ")
+                ),
+            });
+        }
+        if !previous.is_empty() {
+            outdir::clear_previous_run(&out)?;
+            log::warn!(
+                "--overwrite: removed the previous run's {} from {}",
+                previous.join(", "),
+                out.display()
+            );
+        }
+    }
     let ckpt_dir = out.join("checkpoints");
     std::fs::create_dir_all(&ckpt_dir).map_err(|e| TrainError::io(&ckpt_dir, e))?;
-    let cfg_text = toml::to_string_pretty(cfg).map_err(|e| TrainError::Config(e.to_string()))?;
-    std::fs::write(out.join("config.toml"), cfg_text)
-        .map_err(|e| TrainError::io(out.join("config.toml"), e))?;
+    let mut temp = remove_temp_files(&ckpt_dir)?;
+    temp.extend(outdir::remove_temp_files(&out)?);
+    for p in &temp {
+        log::info!("removed {}, left by an interrupted run", p.display());
+    }
 
-    let resume_window = if opts.resume {
-        Some(
-            latest_complete(&ckpt_dir).ok_or_else(|| TrainError::Checkpoint {
+    let recipe_sha1 = outdir::file_sha1(&cfg.data.train)?;
+    let resume_key = resume_settings(cfg, &recipe_sha1);
+    let (resume_window, rejected) = if opts.resume {
+        let (found, rejected) = latest_verified(&ckpt_dir);
+        for r in &rejected {
+            log::warn!(
+                "--resume: passing over checkpoint {} in {}: {}",
+                r.window,
+                ckpt_dir.display(),
+                r.reason
+            );
+        }
+        let Some(w) = found else {
+            let why = rejected
+                .iter()
+                .map(|r| format!("window {}: {}", r.window, r.reason))
+                .collect::<Vec<_>>();
+            return Err(TrainError::Checkpoint {
                 path: ckpt_dir.clone(),
-                msg: "--resume: no complete checkpoint found".into(),
-            })?,
-        )
+                msg: if why.is_empty() {
+                    "--resume: no checkpoint found".into()
+                } else {
+                    format!(
+                        "--resume: no complete, verified checkpoint ({})",
+                        why.join("; ")
+                    )
+                },
+            });
+        };
+        if !rejected.is_empty() {
+            log::warn!(
+                "--resume: falling back to checkpoint {w}, the newest complete and verified one"
+            );
+        }
+        (Some(w), rejected)
     } else {
-        None
+        (None, Vec::new())
     };
     let resumed_state: Option<RunState> = resume_window
         .map(|w| read_state(&ckpt_dir, w))
         .transpose()?;
+    if let (Some(w), Some(state)) = (resume_window, &resumed_state) {
+        let changed = changed_settings(&state.settings, &resume_key);
+        if !changed.is_empty() {
+            return Err(TrainError::Config(format!(
+                "--resume: settings changed since checkpoint {w} ({}): {}; exact resume needs the \
+                 checkpoint's settings: restore them, or start a new run with --overwrite or \
+                 another output directory",
+                crate::checkpoint::state_path(&ckpt_dir, w).display(),
+                changed.join(", ")
+            )));
+        }
+        let cut = outdir::truncate_logs(&out, w)?;
+        if cut > 0 {
+            log::info!(
+                "--resume: removed {cut} metric rows logged after checkpoint {w} by the interrupted run"
+            );
+        }
+    }
+    // Written with paths relative to the written file, so `blip3 train --config out/config.toml`
+    // works from any working directory.
+    let cfg_text = toml::to_string_pretty(&cfg.relative_to(&out)?)
+        .map_err(|e| TrainError::Config(e.to_string()))?;
+    std::fs::write(out.join("config.toml"), cfg_text)
+        .map_err(|e| TrainError::io(out.join("config.toml"), e))?;
 
     // Devices and strategy.
-    let devices = make_devices(&cfg.devices.kind, cfg.devices.count)?;
+    let devices = make_devices(
+        cfg.devices.kind,
+        cfg.devices.count,
+        cfg.devices.indices.as_deref(),
+    )?;
     let main = devices[0].clone();
     main.seed(cfg.seed);
     let mut ad = main.clone().autodiff();
@@ -303,11 +507,15 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary, Train
     }
     let window_states = WindowStates::new();
     let first_window = resume_window.map_or(1, |w| w + 1);
-    let train_loader: Arc<dyn DataLoader<VlmBatch>> = Arc::new(WindowTracking::new(
-        loader.clone(),
-        window_states.clone(),
-        first_window,
-    ));
+    // The last window is short when every_steps does not divide total_steps.
+    let last_window_steps = cfg.optim.total_steps - (windows - 1) * every;
+    let train_loader: Arc<dyn DataLoader<VlmBatch>> = Arc::new(
+        WindowTracking::new(loader.clone(), window_states.clone(), first_window).with_last_window(
+            windows,
+            every * cfg.optim.grad_accum,
+            last_window_steps * cfg.optim.grad_accum,
+        ),
+    );
     let valid_loader: Arc<dyn DataLoader<VlmBatch>> = match &cfg.data.valid {
         Some(recipe) => {
             let n = cfg.data.valid_samples.div_ceil(global_batch).max(1) * global_batch;
@@ -325,8 +533,10 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary, Train
     let sched = ModuleLrScheduler::new(WarmupCosine::new(&cfg.optim));
     let learner = Learner::new(stage_model, optim, sched);
 
-    // Checkpointers: model (+ run state), optimizer, scheduler; keep the last K.
+    // Checkpointers: model, optimizer, scheduler, and the run state with the records' checksums
+    // (written by whichever of the three finishes last); keep the last K.
     let seed = cfg.seed;
+    let total_steps = cfg.optim.total_steps;
     let skipped_before = resumed_state.as_ref().map_or(0, |s| s.skipped_steps);
     let (ws, g2) = (window_states.clone(), guard.clone());
     let state_source: crate::checkpoint::StateSource = Arc::new(move |w| {
@@ -335,10 +545,12 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary, Train
             loader,
             seed,
             skipped_steps: skipped_before + g2.skipped(),
+            steps: (w * every).min(total_steps),
+            settings: resume_key.clone(),
         })
         .ok()
     });
-    let model_ckpt = AtomicCheckpointer::new(&ckpt_dir, "model").with_state(state_source);
+    let checkpoints = CheckpointSet::new(&ckpt_dir, state_source);
     let renderer: Box<dyn MetricsRenderer> = match cfg.monitor.renderer.as_str() {
         "quiet" => Box::new(PlainRenderer::new(usize::MAX, true)),
         "plain" => Box::new(PlainRenderer::new(
@@ -373,9 +585,9 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary, Train
         .num_epochs(windows)
         .grads_accumulation(cfg.optim.grad_accum)
         .with_custom_checkpointers(
-            model_ckpt,
-            AtomicCheckpointer::new(&ckpt_dir, "optim"),
-            AtomicCheckpointer::new(&ckpt_dir, "scheduler"),
+            checkpoints.checkpointer("model"),
+            checkpoints.checkpointer("optim"),
+            checkpoints.checkpointer("scheduler"),
         )
         .with_checkpointing_strategy(KeepLastNCheckpoints::new(cfg.checkpoint.keep_last))
         .with_metric_logger(RunLogger::new(
@@ -434,11 +646,12 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary, Train
         skipped_steps: skipped_before + guard.skipped(),
         data: loader.stats(),
         resumed_from: resume_window,
+        rejected_checkpoints: rejected,
         trainable_params: n_trainable,
     };
     let text =
         serde_json::to_string_pretty(&summary).map_err(|e| TrainError::Config(e.to_string()))?;
-    std::fs::write(out.join("summary.json"), text)
+    write_atomic(&out.join("summary.json"), text.as_bytes())
         .map_err(|e| TrainError::io(out.join("summary.json"), e))?;
     Ok(summary)
 }

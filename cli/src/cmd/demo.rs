@@ -144,7 +144,12 @@ pub fn run(args: Args) -> Result<()> {
         {
             println!("{name}: reusing {}", final_dir.display());
         } else {
-            let s = train(cfg, &RunOptions::default()).with_context(|| format!("stage {name}"))?;
+            // Without --reuse a stage is trained again, replacing an earlier run of it.
+            let opts = RunOptions {
+                overwrite: true,
+                ..RunOptions::default()
+            };
+            let s = train(cfg, &opts).with_context(|| format!("stage {name}"))?;
             println!(
                 "{name}: final train loss {} after {} steps in {:.0}s",
                 s.final_train_loss

@@ -12,18 +12,23 @@ pub struct Args {
     /// The stage configuration (TOML).
     #[arg(long)]
     pub config: PathBuf,
-    /// Continue from the newest complete checkpoint of the output directory.
-    #[arg(long)]
+    /// Continue from the newest complete, verified checkpoint of the output directory (newer
+    /// incomplete or corrupt ones are reported and passed over).
+    #[arg(long, conflicts_with = "overwrite")]
     pub resume: bool,
+    /// Start afresh in an output directory that holds a previous run, removing its outputs
+    /// (checkpoints, final/, export/, logs, plot, summary) first.
+    #[arg(long)]
+    pub overwrite: bool,
     /// Override the output directory.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Override the number of optimizer steps.
     #[arg(long)]
     pub steps: Option<usize>,
-    /// Override the compute device kind (flex, wgpu, cuda).
-    #[arg(long)]
-    pub device: Option<String>,
+    /// Override the compute device kind (cuda, vulkan, metal, wgpu, cpu, flex).
+    #[arg(long, value_parser = super::common::parse_device)]
+    pub device: Option<blip3_model::Backend>,
 }
 
 /// Runs the command.
@@ -40,10 +45,12 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(d) = args.device {
         cfg.devices.kind = d;
     }
+    pin_default_device(cfg.devices.kind);
     let summary = blip3_train::train(
         &cfg,
         &RunOptions {
             resume: args.resume,
+            overwrite: args.overwrite,
         },
     )
     .with_context(|| format!("training stage {}", cfg.stage.name()))?;
@@ -61,9 +68,32 @@ pub fn run(args: Args) -> Result<()> {
         summary.data.bad,
         summary.data.seen,
     );
+    if let Some(w) = summary.resumed_from {
+        println!("resumed after checkpoint {w}");
+    }
+    for r in &summary.rejected_checkpoints {
+        println!(
+            "passed over checkpoint {} (incomplete or corrupt): {}",
+            r.window, r.reason
+        );
+    }
     println!("final model: {}", summary.final_dir.display());
     if let Some(e) = &summary.export_dir {
         println!("HF export: {}", e.display());
     }
     Ok(())
+}
+
+/// Makes Burn's default device the run's own backend when that is a CPU backend.
+///
+/// burn-train restores a checkpoint's optimizer state on `Device::default()`, which is the first
+/// GPU backend compiled in (wgpu in the default build) unless `BURN_DEVICE` names another: a
+/// `flex` run would start Vulkan/EGL just to `--resume`. An explicit `BURN_DEVICE` is kept.
+fn pin_default_device(kind: blip3_model::Backend) {
+    if kind.is_gpu() || !kind.is_compiled() || std::env::var_os("BURN_DEVICE").is_some() {
+        return;
+    }
+    // SAFETY: called on the main thread before training starts; the command has started no other
+    // thread yet, so nothing reads the environment concurrently.
+    unsafe { std::env::set_var("BURN_DEVICE", kind.name()) };
 }
