@@ -67,6 +67,31 @@ fn demo_with_relative_out_works_and_its_files_work_from_elsewhere() {
     ]);
     run_ok(inspect);
 
+    // An absolute --out from yet another directory writes the same relative recipes.
+    let abs_out = tmp.path().join("abs/demo");
+    let mut demo = blip3(&other);
+    demo.args([
+        "demo",
+        "--corpus",
+        "tiny",
+        "--steps-scale",
+        "0.005",
+        "--skip-eval",
+    ])
+    .arg("--out")
+    .arg(&abs_out);
+    run_ok(demo);
+    let abs_recipe = std::fs::read_to_string(abs_out.join("recipes/sft.yaml")).unwrap();
+    assert!(
+        abs_recipe.contains("\"../corpus/sft/llava.json\""),
+        "{abs_recipe}"
+    );
+    let mut inspect = blip3(&home);
+    inspect
+        .args(["data", "inspect", "--limit", "4", "--recipe"])
+        .arg(abs_out.join("recipes/sft.yaml"));
+    run_ok(inspect);
+
     // Each stage's written config resolves, from anywhere, to the same folders the run used.
     for stage in ["pretrain", "sft", "sft-interleave", "dpo", "safety"] {
         let cfg_path = run.join(stage).join("config.toml");

@@ -317,3 +317,21 @@ fn parity_on_wgpu_where_available() {
         eprintln!("parity on {name}: ok");
     }
 }
+
+/// A software Vulkan adapter (lavapipe/llvmpipe, what CI has) is recognised as one, so the CLI
+/// can warn that `--device wgpu` there is slower than `flex`.
+#[test]
+fn software_wgpu_adapters_are_recognised() {
+    let Some(device) = wgpu_device() else { return };
+    let Some(id) = device.identity() else {
+        panic!("a wgpu device reports its identity")
+    };
+    let software = ["llvmpipe", "lavapipe", "swiftshader"]
+        .iter()
+        .any(|s| id.name.to_lowercase().contains(s));
+    let found = blip3_model::device::software_adapter(&device);
+    assert_eq!(found.is_some(), software || id.physical.is_none(), "{id:?}");
+    if software {
+        assert_eq!(found.as_deref(), Some(id.name.as_str()));
+    }
+}

@@ -34,12 +34,8 @@ pub fn device(kind: DeviceKindArg) -> Result<Device> {
     ) && let Some(name) = blip3_model::device::software_adapter(&device)
     {
         log::warn!(
-            "--device {kind}: the adapter is a software rasterizer ({name}); expect it to be far \
-             slower than --device flex"
-        );
-        eprintln!(
-            "warning: --device {kind} runs on a software adapter ({name}): correct but slow; \
-             --device flex is faster on this machine"
+            "--device {kind} runs on a software adapter ({name}): correct, but far slower than \
+             --device flex on this machine"
         );
     }
     Ok(device)
