@@ -17,6 +17,7 @@ pub fn wgpu_device() -> Option<Device> {
 }
 
 /// The GPU devices that work here (see `blip3_shaders::device::gpu_devices`).
+#[allow(unused_imports)] // used by some of the test binaries that include this module
 pub use blip3_shaders::device::gpu_devices;
 
 /// Devices to run a check on: flex always, the GPU devices where available.
