@@ -25,6 +25,22 @@ fn run_ok(mut c: Command) -> String {
     text
 }
 
+/// `blip3 demo` on the tiny corpus, a few steps a stage, no evaluations, into `out`.
+fn short_demo(cwd: &Path, out: &Path) -> Command {
+    let mut c = blip3(cwd);
+    c.args([
+        "demo",
+        "--corpus",
+        "tiny",
+        "--steps-scale",
+        "0.005",
+        "--skip-eval",
+    ])
+    .arg("--out")
+    .arg(out);
+    c
+}
+
 #[test]
 fn demo_with_relative_out_works_and_its_files_work_from_elsewhere() {
     let tmp = tempfile::tempdir().unwrap();
@@ -34,18 +50,7 @@ fn demo_with_relative_out_works_and_its_files_work_from_elsewhere() {
     std::fs::create_dir_all(&other).unwrap();
 
     // As a newcomer types it, but tiny and short: relative output folder under the cwd.
-    let mut demo = blip3(&home);
-    demo.args([
-        "demo",
-        "--corpus",
-        "tiny",
-        "--steps-scale",
-        "0.005",
-        "--skip-eval",
-        "--out",
-        "runs/demo",
-    ]);
-    run_ok(demo);
+    run_ok(short_demo(&home, Path::new("runs/demo")));
     let run = home.join("runs/demo");
     assert!(run.join("safety/final/model.bpk").exists());
 
@@ -69,18 +74,7 @@ fn demo_with_relative_out_works_and_its_files_work_from_elsewhere() {
 
     // An absolute --out from yet another directory writes the same relative recipes.
     let abs_out = tmp.path().join("abs/demo");
-    let mut demo = blip3(&other);
-    demo.args([
-        "demo",
-        "--corpus",
-        "tiny",
-        "--steps-scale",
-        "0.005",
-        "--skip-eval",
-    ])
-    .arg("--out")
-    .arg(&abs_out);
-    run_ok(demo);
+    run_ok(short_demo(&other, &abs_out));
     let abs_recipe = std::fs::read_to_string(abs_out.join("recipes/sft.yaml")).unwrap();
     assert!(
         abs_recipe.contains("\"../corpus/sft/llava.json\""),
