@@ -15,11 +15,7 @@ fn blip3() -> Command {
 }
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../tests/fixtures/eval"
-    ))
-    .join(name)
+    blip3_fixtures::fixture("eval").join(name)
 }
 
 fn stderr(out: &Output) -> String {

@@ -204,27 +204,41 @@ impl ImageProcessorConfig {
         }
     }
 
-    /// Reads a Hugging Face `preprocessor_config.json`. Recognised fields (all optional, missing
-    /// ones keep the v1.5 defaults): `image_mean`, `image_std` (3 numbers), `image_size` or `size`
-    /// (an integer, `{"height": n, "width": n}` or `{"shortest_edge": n}`; a non-square size is an
-    /// error), `anyres_grids` (canvas sizes `[[w, h], ...]` in pixels, multiples of the base size)
-    /// and `image_aspect_ratio` (`"anyres"` selects any-resolution mode, anything else fixed mode).
-    /// Other fields are ignored.
+    /// Reads a Hugging Face `preprocessor_config.json` on top of the v1.5 defaults. See
+    /// [`ImageProcessorConfig::overridden_by_hf_json`] for the fields.
     pub fn from_hf_preprocessor_config(path: &Path) -> Result<Self, DataError> {
-        let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
-        Self::from_hf_json(&text, &path.display().to_string())
+        ImageProcessorConfig::default().overridden_by_hf_file(path)
     }
 
-    /// Parses the content of a `preprocessor_config.json`; `name` locates it in errors. See
-    /// [`ImageProcessorConfig::from_hf_preprocessor_config`].
+    /// Applies a Hugging Face `preprocessor_config.json` file to `self`; see
+    /// [`ImageProcessorConfig::overridden_by_hf_json`].
+    pub fn overridden_by_hf_file(self, path: &Path) -> Result<Self, DataError> {
+        let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
+        self.overridden_by_hf_json(&text, &path.display().to_string())
+    }
+
+    /// Parses the content of a `preprocessor_config.json` on top of the v1.5 defaults; `name`
+    /// locates it in errors.
     pub fn from_hf_json(text: &str, name: &str) -> Result<Self, DataError> {
+        ImageProcessorConfig::default().overridden_by_hf_json(text, name)
+    }
+
+    /// Applies the content of a `preprocessor_config.json` to `self`: each recognised field the
+    /// file has replaces the value in `self`, and fields it lacks keep `self`'s values (so a model's
+    /// own settings survive a partial file). Recognised fields: `image_mean`, `image_std`
+    /// (3 numbers), `image_size` or `size` (an integer, `{"height": n, "width": n}` or
+    /// `{"shortest_edge": n}`; a non-square size is an error), `anyres_grids` (canvas sizes
+    /// `[[w, h], ...]` in pixels, multiples of the base size) and `image_aspect_ratio` (`"anyres"`
+    /// selects any-resolution mode, anything else fixed mode). Other fields are ignored. `name`
+    /// locates the file in errors.
+    pub fn overridden_by_hf_json(self, text: &str, name: &str) -> Result<Self, DataError> {
         let json: serde_json::Value = serde_json::from_str(text)
             .map_err(|e| DataError::format(name, format!("not valid JSON: {e}")))?;
         let obj = json
             .as_object()
             .ok_or_else(|| DataError::format(name, "expected a JSON object"))?;
         let field_err = |key: &str, what: &str| DataError::format(format!("{name}:{key}"), what);
-        let mut config = ImageProcessorConfig::default();
+        let mut config = self;
 
         for (key, target) in [
             ("image_mean", &mut config.image_mean),

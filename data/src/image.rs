@@ -388,20 +388,10 @@ fn high_byte(v: u16) -> u8 {
     (v >> 8) as u8
 }
 
-// The filter definitions and Pillow's fixed-point coefficient tables live in the shaders crate,
-// so the host resize here and the device resampling kernel share one implementation.
-pub use blip3_shaders::resample::{AxisCoefficients, PRECISION_BITS, ResampleFilter};
-
-/// The input window and weights of output position `i` (empty past the end of the table).
-fn taps(weights: &AxisCoefficients, i: usize) -> (usize, &[i32]) {
-    weights.window(i).unwrap_or((0, &[]))
-}
-
-/// Rounds a fixed-point accumulator (which starts at one half) to an 8-bit sample, clamping.
-#[inline]
-fn clip8(acc: i32) -> u8 {
-    (acc >> PRECISION_BITS).clamp(0, 255) as u8
-}
+// The filter definitions, Pillow's fixed-point coefficient tables and the host resampler live in
+// the shaders crate (`blip3_shaders::pillow`), beside the device resampling kernel that shares
+// the tables; the pipeline resizes through it.
+pub use blip3_shaders::pillow::{AxisCoefficients, PRECISION_BITS, ResampleFilter};
 
 /// Resizes an 8-bit RGB image to `width` x `height` exactly as Pillow 13's
 /// `Image.resize((width, height), filter)` does for an RGB image (no `box`, no `reducing_gap`).
@@ -422,104 +412,13 @@ pub fn resize(src: &RgbImage, width: u32, height: u32, filter: ResampleFilter) -
     if in_w == 0 || in_h == 0 || width == 0 || height == 0 {
         return RgbImage::new(width, height);
     }
-    let (in_w, in_h, out_w, out_h) = (
-        in_w as usize,
-        in_h as usize,
-        width as usize,
-        height as usize,
+    let data = blip3_shaders::pillow::resize_rgb8(
+        src.as_raw(),
+        (in_w as usize, in_h as usize),
+        (width as usize, height as usize),
+        filter,
     );
-    let pixels = src.as_raw();
-    let data = if out_w == in_w {
-        resample_vertical(
-            pixels,
-            in_w,
-            &AxisCoefficients::pillow(in_h, out_h, filter),
-            0,
-        )
-    } else if out_h == in_h {
-        resample_horizontal(
-            pixels,
-            in_w,
-            0..in_h,
-            &AxisCoefficients::pillow(in_w, out_w, filter),
-        )
-    } else {
-        let horizontal = AxisCoefficients::pillow(in_w, out_w, filter);
-        let vertical = AxisCoefficients::pillow(in_h, out_h, filter);
-        let shrink_h = in_h as i64 - out_h as i64;
-        let shrink_w = in_w as i64 - out_w as i64;
-        if shrink_h > 0 && shrink_h > 2 * shrink_w {
-            let band = resample_vertical(pixels, in_w, &vertical, 0);
-            resample_horizontal(&band, in_w, 0..out_h, &horizontal)
-        } else {
-            // Only the rows the vertical pass reads go through the horizontal pass.
-            let (first, end) = vertical.span();
-            let band = resample_horizontal(pixels, in_w, first..end, &horizontal);
-            resample_vertical(&band, out_w, &vertical, first)
-        }
-    };
     RgbImage::from_raw(width, height, data).unwrap_or_else(|| RgbImage::new(width, height))
-}
-
-/// Horizontal pass over the input rows `rows`: returns `rows.len()` rows of
-/// `weights.out_size` RGB pixels.
-fn resample_horizontal(
-    src: &[u8],
-    in_w: usize,
-    rows: std::ops::Range<usize>,
-    weights: &AxisCoefficients,
-) -> Vec<u8> {
-    let out_w = weights.out_size;
-    let half = 1i32 << (PRECISION_BITS - 1);
-    let mut out = vec![0u8; rows.len() * out_w * 3];
-    for (y, out_row) in rows.zip(out.chunks_exact_mut(out_w * 3)) {
-        let (in_row, _) = src[y * in_w * 3..(y + 1) * in_w * 3].as_chunks::<3>();
-        let (out_row, _) = out_row.as_chunks_mut::<3>();
-        for (x, out_px) in out_row.iter_mut().enumerate() {
-            let (first, ks) = taps(weights, x);
-            let taps = &in_row[first..first + ks.len()];
-            let (mut r, mut g, mut b) = (half, half, half);
-            for (&[pr, pg, pb], &k) in taps.iter().zip(ks) {
-                r += i32::from(pr) * k;
-                g += i32::from(pg) * k;
-                b += i32::from(pb) * k;
-            }
-            *out_px = [clip8(r), clip8(g), clip8(b)];
-        }
-    }
-    out
-}
-
-/// Vertical pass: `src` holds rows of `width` RGB pixels starting at input row `row_offset` (the
-/// horizontal pass may have skipped rows no output reads); returns `weights.out_size` rows.
-fn resample_vertical(
-    src: &[u8],
-    width: usize,
-    weights: &AxisCoefficients,
-    row_offset: usize,
-) -> Vec<u8> {
-    let row_len = width * 3;
-    let out_h = weights.out_size;
-    let half = 1i32 << (PRECISION_BITS - 1);
-    let mut out = vec![0u8; out_h * row_len];
-    // One accumulator row, reused: whole input rows are added in turn, which keeps memory access
-    // sequential (integer sums do not depend on the order).
-    let mut acc = vec![0i32; row_len];
-    for (y, out_row) in out.chunks_exact_mut(row_len).enumerate() {
-        let (first, ks) = taps(weights, y);
-        acc.fill(half);
-        for (i, &k) in ks.iter().enumerate() {
-            let row = first + i - row_offset;
-            let in_row = &src[row * row_len..(row + 1) * row_len];
-            for (a, &v) in acc.iter_mut().zip(in_row) {
-                *a += i32::from(v) * k;
-            }
-        }
-        for (o, &a) in out_row.iter_mut().zip(&acc) {
-            *o = clip8(a);
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -531,7 +430,7 @@ mod tests {
         for (i, o) in [(10, 3), (3, 10), (523, 96), (97, 247), (1, 5)] {
             let w = AxisCoefficients::pillow(i, o, ResampleFilter::Bicubic);
             for x in 0..o {
-                let (_, ks) = taps(&w, x);
+                let (_, ks) = w.window(x).unwrap_or((0, &[]));
                 let sum: i32 = ks.iter().sum();
                 // Each weight is rounded separately, so the sum may be off by a few units.
                 assert!(

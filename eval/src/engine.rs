@@ -1,17 +1,15 @@
 //! The evaluation engine: batched, resumable generation over a list of requests.
 //!
-//! [`EvalModel`] bundles what generation needs: the model, its tokenizer, the image pipeline the
-//! model's config implies (base size `vision.image_size`, `anyres_grids`, `image_aspect_ratio`;
-//! normalisation mean/std 0.5 unless a `preprocessor_config.json` beside the weights says
-//! otherwise) and the model hash of [`crate::fingerprint`].
+//! [`EvalModel`] bundles what generation needs: the model, its [`Processor`] (tokenizer, image
+//! pipeline and chat template, read from the model directory by `blip3_processor`'s one rule, see
+//! docs/model.md §"Model directories") and the model hash of [`crate::fingerprint`].
 //!
 //! [`Engine::run`] takes the requests of one benchmark, skips those whose answers are already in
 //! the [`AnswerStore`] (resume), and generates the rest in batches of `batch_size` with left
 //! padding and the KV cache ([`XGenMM::generate`]), greedy unless sampling is configured. Each
 //! answer is appended to the store (one flushed JSON line) as soon as its batch finishes. Images
-//! are decoded and processed per batch (any-res per the model config) and handed to the model with
-//! [`ImageInput::from_host`]; prompts are encoded as raw text with BOS (few-shot prompts) or
-//! through the Phi-3 chat template. An image that does not decode, a prompt that cannot be
+//! are decoded and processed per batch (any-res per the model config) by the processor; prompts
+//! are encoded as raw text with BOS (few-shot prompts) or through the Phi-3 chat template. An image that does not decode, a prompt that cannot be
 //! encoded, a sequence longer than the model's context or a batch the model rejects become
 //! per-item failures (after retrying a rejected batch item by item), never a crash.
 //!
@@ -19,39 +17,26 @@
 //! `eos_token_id`) and at `<|end|>` for chat prompts, and at EOS in both cases. The generated ids
 //! are cut before the first stop id and decoded with special tokens skipped.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use burn::prelude::*;
 use burn::tensor::DType;
 use serde::{Deserialize, Serialize};
 
-use blip3_data::anyres::{AnyResGrid, ImageProcessor, ImageProcessorConfig, ResolutionMode};
 use blip3_data::progress::Progress;
-use blip3_data::sample::{ImageSource, Origin, Role, Turn};
-use blip3_data::template::ChatTemplate;
+use blip3_data::sample::ImageSource;
 use blip3_data::tokenizer::Blip3Tokenizer;
-use blip3_model::loader::{LoadOptions, load_model_dir};
-use blip3_model::{
-    AspectMode, GenerationConfig, ImageInput, MultimodalInput, SpecialTokens, XGenMM,
-};
+use blip3_model::loader::LoadOptions;
+use blip3_model::{AspectMode, GenerationConfig, ImageInput, MultimodalInput, XGenMM};
+use blip3_processor::{EncodedPrompt, Processor, PromptFormat};
+
+pub use blip3_processor::TokenizerSource;
 
 use crate::answers::{AnswerRecord, AnswerStore, Failure, FailureKind};
 use crate::error::EvalError;
 use crate::fingerprint::{Fnv1a64, model_hash};
 use crate::prompts::{postprocess_caption, postprocess_vqa};
-
-/// Where the tokenizer comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TokenizerSource {
-    /// `tokenizer.json` (+ configs) in the model directory; when it has none and the model was
-    /// built for the tiny test tokenizer (same `initial_tokenizer_len`), the tiny tokenizer.
-    ModelDir,
-    /// A directory holding `tokenizer.json`.
-    Dir(PathBuf),
-    /// The tiny test tokenizer committed in the data crate.
-    Tiny,
-}
 
 /// What the report says about the model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,15 +59,13 @@ pub struct ModelInfo {
     pub dtype: String,
 }
 
-/// A model ready for evaluation: weights, tokenizer, image pipeline and identity.
+/// A model ready for evaluation: weights, processor and identity.
 #[derive(Debug)]
 pub struct EvalModel {
     /// The model.
     pub model: XGenMM,
-    /// Its tokenizer.
-    pub tokenizer: Blip3Tokenizer,
-    /// The image pipeline implied by the model config.
-    pub processor: ImageProcessor,
+    /// Its tokenizer, image pipeline and chat template.
+    pub processor: Processor,
     /// The device the model lives on.
     pub device: Device,
     /// Identity for reports.
@@ -90,56 +73,32 @@ pub struct EvalModel {
 }
 
 impl EvalModel {
-    /// Loads a model directory (native checkpoint or HF layout, see
-    /// [`blip3_model::loader::load_model_dir`]), its tokenizer and image pipeline, and hashes its
-    /// weight files.
+    /// Loads a model directory (native checkpoint or HF layout) with its processor
+    /// ([`blip3_processor::load`]) and hashes its weight files.
     pub fn load(
         dir: &Path,
         tokenizer: &TokenizerSource,
         device: &Device,
         dtype: Option<DType>,
     ) -> Result<Self, EvalError> {
-        let model = load_model_dir(dir, device, LoadOptions { dtype })?;
-        let (tok, tok_name) = match tokenizer {
-            TokenizerSource::Dir(d) => (Blip3Tokenizer::from_dir(d)?, d.display().to_string()),
-            TokenizerSource::Tiny => (Blip3Tokenizer::tiny()?, "tiny".to_string()),
-            TokenizerSource::ModelDir if dir.join("tokenizer.json").is_file() => {
-                (Blip3Tokenizer::from_dir(dir)?, dir.display().to_string())
-            }
-            TokenizerSource::ModelDir => {
-                let tiny = Blip3Tokenizer::tiny()?;
-                if tiny.initial_len() != model.config().initial_tokenizer_len {
-                    return Err(EvalError::Config(format!(
-                        "{} has no tokenizer.json; give the tokenizer directory",
-                        dir.display()
-                    )));
-                }
-                log::warn!(
-                    "{} has no tokenizer.json; using the tiny test tokenizer, which matches the \
-                     model's vocabulary size",
-                    dir.display()
-                );
-                (tiny, "tiny".to_string())
-            }
-        };
+        let loaded = blip3_processor::load(dir, tokenizer, device, LoadOptions { dtype })?;
         let (hash, hashed_files) = model_hash(dir)?;
-        let mut eval = Self::new(model, tok, device, dir.display().to_string(), hash)?;
+        let mut eval = Self::with_processor(
+            loaded.model,
+            loaded.processor,
+            device,
+            dir.display().to_string(),
+            hash,
+        );
         eval.info.hashed_files = hashed_files;
-        eval.info.tokenizer = tok_name;
-        let pre = dir.join("preprocessor_config.json");
-        if pre.is_file() {
-            let hf = ImageProcessorConfig::from_hf_preprocessor_config(&pre)?;
-            let mut cfg = eval.processor.config().clone();
-            cfg.image_mean = hf.image_mean;
-            cfg.image_std = hf.image_std;
-            eval.processor = ImageProcessor::new(cfg)?;
-        }
+        eval.info.tokenizer = loaded.dir.tokenizer_name;
         Ok(eval)
     }
 
     /// Wraps a model built in memory. `source` names it in reports and `hash` identifies its
-    /// weights (use [`crate::fingerprint::model_hash`] for a saved model). The model's special
-    /// token ids are set from the tokenizer, whose vocabulary must match the model's.
+    /// weights (use [`crate::fingerprint::model_hash`] for a saved model). The processor is the
+    /// one the model's config implies ([`Processor::for_config`]) and the model's special token
+    /// ids are set from the tokenizer, whose vocabulary must match the model's.
     pub fn new(
         model: XGenMM,
         tokenizer: Blip3Tokenizer,
@@ -147,76 +106,39 @@ impl EvalModel {
         source: String,
         hash: String,
     ) -> Result<Self, EvalError> {
-        let cfg = model.config().clone();
-        if cfg.initial_tokenizer_len != tokenizer.initial_len() {
-            return Err(EvalError::Config(format!(
-                "the model expects a tokenizer of {} ids before the media tokens, tokenizer {} has \
-                 {}",
-                cfg.initial_tokenizer_len,
-                tokenizer.source(),
-                tokenizer.initial_len()
-            )));
-        }
-        let model = model.with_special_tokens(SpecialTokens {
-            image: tokenizer.image_token_id(),
-            pad: tokenizer.pad_id(),
-        });
-        let processor = ImageProcessor::new(processor_config(&cfg)?)?;
-        let dtype = model.lang_model.model.norm.gamma.val().dtype();
+        let processor = Processor::for_config(tokenizer, model.config())?;
+        let model = model.with_special_tokens(processor.special_tokens());
+        Ok(Self::with_processor(model, processor, device, source, hash))
+    }
+
+    fn with_processor(
+        model: XGenMM,
+        processor: Processor,
+        device: &Device,
+        source: String,
+        hash: String,
+    ) -> Self {
+        let cfg = model.config();
         let info = ModelInfo {
             source,
             hash,
             hashed_files: Vec::new(),
-            tokenizer: tokenizer.source().to_string(),
+            tokenizer: processor.tokenizer().source().to_string(),
             image_size: cfg.vision.image_size,
             image_aspect_ratio: match cfg.image_aspect_ratio {
                 AspectMode::AnyRes => "anyres".into(),
                 AspectMode::Fixed => "fixed".into(),
             },
             anyres_grids: cfg.anyres_grids.clone(),
-            dtype: format!("{dtype:?}"),
+            dtype: format!("{:?}", model.dtype()),
         };
-        Ok(EvalModel {
+        EvalModel {
             model,
-            tokenizer,
             processor,
             device: device.clone(),
             info,
-        })
-    }
-}
-
-/// The image pipeline settings a model config implies: base size `vision.image_size`, the
-/// config's any-res canvases as grids of that size, any-res or fixed per `image_aspect_ratio`,
-/// mean = std = 0.5.
-pub fn processor_config(
-    cfg: &blip3_model::XGenMMConfig,
-) -> Result<ImageProcessorConfig, EvalError> {
-    let base = cfg.vision.image_size;
-    let mut grids = Vec::with_capacity(cfg.anyres_grids.len());
-    for &(w, h) in &cfg.anyres_grids {
-        if base == 0 || w % base != 0 || h % base != 0 {
-            return Err(EvalError::Config(format!(
-                "any-res canvas {w}x{h} is not a multiple of the base size {base}"
-            )));
         }
-        let cols =
-            u32::try_from(w / base).map_err(|_| EvalError::Config("grid too large".into()))?;
-        let rows =
-            u32::try_from(h / base).map_err(|_| EvalError::Config("grid too large".into()))?;
-        grids.push(AnyResGrid::new(cols, rows));
     }
-    let image_size =
-        u32::try_from(base).map_err(|_| EvalError::Config("image size too large".into()))?;
-    Ok(ImageProcessorConfig {
-        image_size,
-        grids,
-        mode: match cfg.image_aspect_ratio {
-            AspectMode::AnyRes => ResolutionMode::AnyRes,
-            AspectMode::Fixed => ResolutionMode::Fixed,
-        },
-        ..ImageProcessorConfig::default()
-    })
 }
 
 /// How a prompt is rendered.
@@ -235,6 +157,14 @@ impl Prompt {
     pub fn text(&self) -> &str {
         match self {
             Prompt::Raw(t) | Prompt::Chat(t) => t,
+        }
+    }
+
+    /// How the processor encodes it.
+    pub fn format(&self) -> PromptFormat {
+        match self {
+            Prompt::Raw(_) => PromptFormat::Raw,
+            Prompt::Chat(_) => PromptFormat::Chat,
         }
     }
 }
@@ -366,28 +296,21 @@ pub fn request_fingerprint(model_hash: &str, request: &Request, sampling: &Sampl
 pub struct Engine<'a> {
     model: &'a EvalModel,
     options: EngineOptions,
-    template: ChatTemplate,
 }
 
 /// A request whose inputs are ready for the model.
 struct Prepared<'r> {
     request: &'r Request,
     fingerprint: String,
-    ids: Vec<u32>,
+    prompt: EncodedPrompt,
     images: Vec<ImageInput>,
     positions: usize,
-    stops: Vec<u32>,
 }
 
 impl<'a> Engine<'a> {
     /// An engine over `model`.
     pub fn new(model: &'a EvalModel, options: EngineOptions) -> Self {
-        let max_len = model.model.config().text.max_position_embeddings;
-        Engine {
-            model,
-            options,
-            template: ChatTemplate::new().with_max_len(max_len),
-        }
+        Engine { model, options }
     }
 
     /// The engine's settings.
@@ -468,91 +391,35 @@ impl<'a> Engine<'a> {
         request: &'r Request,
         fingerprint: String,
     ) -> Result<Prepared<'r>, Failure> {
-        let tok = &self.model.tokenizer;
+        let processor = &self.model.processor;
         let mut images = Vec::with_capacity(request.images.len());
-        let mut positions = 0usize;
         for src in &request.images {
-            let p = self
-                .model
-                .processor
-                .process_source(src)
+            let input = processor
+                .image_from_source(src, &self.model.device)
                 .map_err(|e| Failure {
                     kind: FailureKind::Image,
-                    message: e.to_string(),
+                    message: image_message(src, e),
                 })?;
-            let size = p.image_size as usize;
-            let views = p.num_views;
-            positions += self.model.model.vision_token_count(views);
-            let input = ImageInput::from_host(
-                p.pixels,
-                views,
-                3,
-                size,
-                (p.grid_cols as usize, p.grid_rows as usize),
-                (p.original_width as usize, p.original_height as usize),
-                &self.model.device,
-            )
-            .map_err(|e| Failure {
-                kind: FailureKind::Image,
-                message: format!("{}: {e}", src.describe()),
-            })?;
             images.push(input);
         }
-        let origin = Origin {
-            file: String::new(),
-            key: request.key.clone(),
-        };
-        let prompt_failure = |message: String| Failure {
-            kind: FailureKind::Prompt,
-            message,
-        };
-        let (ids, stops) = match &request.prompt {
-            Prompt::Raw(text) => {
-                let ids = tok
-                    .encode(text, true)
-                    .map_err(|e| prompt_failure(e.to_string()))?;
-                let markers = ids.iter().filter(|&&t| t == tok.image_token_id()).count();
-                if markers != images.len() {
-                    return Err(prompt_failure(format!(
-                        "{}: prompt has {markers} <image> tokens for {} images",
-                        request.key,
-                        images.len()
-                    )));
-                }
-                (ids, vec![tok.endofchunk_id(), tok.eos_id()])
-            }
-            Prompt::Chat(text) => {
-                let turns = [Turn {
-                    role: Role::User,
-                    text: text.clone(),
-                }];
-                let ids = self
-                    .template
-                    .encode_prompt(tok, &turns, images.len(), &origin)
-                    .map_err(|e| prompt_failure(e.to_string()))?;
-                (ids, vec![tok.end_id(), tok.eos_id()])
-            }
-        };
-        let image_id = tok.image_token_id();
-        positions += ids.iter().filter(|&&t| t != image_id).count();
-        let context = self.model.model.config().text.max_position_embeddings;
-        if positions + request.max_new_tokens > context {
-            return Err(Failure {
+        let prompt = processor
+            .encode(request.prompt.format(), request.prompt.text(), images.len())
+            .map_err(|e| Failure {
+                kind: FailureKind::Prompt,
+                message: format!("{}: {e}", request.key),
+            })?;
+        let positions = processor
+            .check_context(&prompt, &images, request.max_new_tokens)
+            .map_err(|e| Failure {
                 kind: FailureKind::Model,
-                message: format!(
-                    "{}: {positions} prompt positions plus {} new tokens exceed the model's \
-                     context of {context}",
-                    request.key, request.max_new_tokens
-                ),
-            });
-        }
+                message: format!("{}: {e}", request.key),
+            })?;
         Ok(Prepared {
             request,
             fingerprint,
-            ids,
+            prompt,
             images,
             positions,
-            stops,
         })
     }
 
@@ -602,21 +469,23 @@ impl<'a> Engine<'a> {
         ready: &[Prepared<'_>],
     ) -> Result<Vec<(Vec<u32>, String)>, blip3_model::ModelError> {
         let input = MultimodalInput {
-            input_ids: ready.iter().map(|p| p.ids.clone()).collect(),
+            input_ids: ready.iter().map(|p| p.prompt.ids.clone()).collect(),
             images: ready.iter().map(|p| p.images.clone()).collect(),
             labels: None,
         };
         let s = &self.options.sampling;
-        let cfg = GenerationConfig {
+        let sampling = GenerationConfig {
             max_new_tokens: ready[0].request.max_new_tokens,
             temperature: s.temperature,
             top_k: s.top_k,
             top_p: s.top_p,
             seed: s.seed,
-            stop_ids: ready[0].stops.clone(),
-            pad_id: self.model.tokenizer.pad_id(),
-            top_logprobs: 0,
+            ..GenerationConfig::default()
         };
+        let cfg = self
+            .model
+            .processor
+            .generation_config(&sampling, &ready[0].prompt);
         let out = self.model.model.generate(&input, &cfg, |_, _| true)?;
         Ok(out
             .into_iter()
@@ -628,11 +497,8 @@ impl<'a> Engine<'a> {
     /// special tokens, post-processed.
     fn answer_record(&self, p: &Prepared<'_>, (ids, finish): (Vec<u32>, String)) -> AnswerRecord {
         let generated = ids.len();
-        let cut = ids
-            .iter()
-            .position(|t| p.stops.contains(t))
-            .unwrap_or(ids.len());
-        let (output, failure) = match self.model.tokenizer.decode(&ids[..cut], true) {
+        let decoded = self.model.processor.decode_reply(&ids, &p.prompt.stop_ids);
+        let (output, failure) = match decoded {
             Ok(text) => (Some(text), None),
             Err(e) => (
                 None,
@@ -652,6 +518,15 @@ impl<'a> Engine<'a> {
             generated_tokens: generated,
             finish: Some(finish),
         }
+    }
+}
+
+/// A failed image's message, naming the image once.
+fn image_message(src: &ImageSource, e: blip3_processor::ProcessorError) -> String {
+    match e {
+        // Data errors already name the file or member.
+        blip3_processor::ProcessorError::Data(e) => e.to_string(),
+        e => format!("{}: {e}", src.describe()),
     }
 }
 

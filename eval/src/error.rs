@@ -41,6 +41,9 @@ pub enum EvalError {
     /// Loading or running the model failed.
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// Opening a model directory (tokenizer, image settings) or encoding an input failed.
+    #[error(transparent)]
+    Processor(#[from] blip3_processor::ProcessorError),
     /// A metric could not be computed.
     #[error("{benchmark}: {source}")]
     Metrics {

@@ -9,9 +9,9 @@
 use std::path::{Path, PathBuf};
 
 use blip3_data::sample::{Origin, Role, Turn};
-use blip3_data::template::ChatTemplate;
+use blip3_model::MultimodalInput;
 use blip3_model::scoring::sequence_logprobs;
-use blip3_model::{ImageInput, MultimodalInput};
+use blip3_processor::image_input;
 use burn::tensor::DType;
 use serde_json::Value;
 
@@ -52,8 +52,8 @@ pub fn preference_accuracy(
     items: &[PreferenceItem],
     batch: usize,
 ) -> Result<PreferenceScores, EvalError> {
-    let template = ChatTemplate::default();
-    let tok = &model.tokenizer;
+    let template = model.processor.template();
+    let tok = model.processor.tokenizer();
     let mut margins = Vec::new();
     let mut failures = 0;
     for chunk in items.chunks(batch.max(1)) {
@@ -62,7 +62,11 @@ pub fn preference_accuracy(
         for item in chunk {
             let encoded = (|| -> Result<_, String> {
                 let rgb = blip3_data::image::decode_path(&item.image).map_err(|e| e.to_string())?;
-                let p = model.processor.process(&rgb).map_err(|e| e.to_string())?;
+                let p = model
+                    .processor
+                    .image_processor()
+                    .process(&rgb)
+                    .map_err(|e| e.to_string())?;
                 let n_vis = model.model.vision_token_count(p.num_views);
                 let origin = Origin {
                     file: item.image.display().to_string(),
@@ -89,16 +93,7 @@ pub fn preference_accuracy(
             })();
             match encoded {
                 Ok((p, seqs)) => {
-                    let [v, c, s, _] = p.shape();
-                    let image = ImageInput::from_host(
-                        p.pixels,
-                        v,
-                        c,
-                        s,
-                        (p.grid_cols as usize, p.grid_rows as usize),
-                        (p.original_width as usize, p.original_height as usize),
-                        &model.device,
-                    )?;
+                    let image = image_input(p, &model.device)?;
                     for (ids, labels) in seqs {
                         input.input_ids.push(ids);
                         input.images.push(vec![image.clone()]);

@@ -90,7 +90,7 @@ pub struct Phi3ForCausalLM {
 /// Per-layer key/value cache plus the attention mask seen so far.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    layers: Vec<KvSlot>,
     mask: Vec<Vec<bool>>,
 }
 
@@ -348,58 +348,80 @@ impl Phi3ForCausalLM {
     }
 }
 
-impl Phi3DecoderLayer {
+/// One layer's cached keys and values `[B, kv_heads, S, head_dim]`, after RoPE.
+type KvSlot = Option<(Tensor<4>, Tensor<4>)>;
+
+impl Phi3Attention {
+    /// Causal self-attention of `x` `[B, T, D]` (already normalised): the fused projection is
+    /// split into queries (`heads` heads), keys and values (`kv_heads` heads each), RoPE rotates
+    /// queries and keys at the plan's positions (`cos`/`sin` `[B, 1, T, head_dim]`), the cache (if
+    /// any) is extended with the new keys and values, and key/value heads are repeated for
+    /// grouped-query attention. Returns `[B, T, D]` after the output projection.
     fn forward(
         &self,
         x: Tensor<3>,
         cos: &Tensor<4>,
         sin: &Tensor<4>,
         plan: &AttnPlan,
-        cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
+        cache: Option<&mut KvSlot>,
     ) -> Tensor<3> {
-        let a = &self.self_attn;
-        let qkv = adapted(
-            &a.qkv_proj,
-            a.qkv_lora.as_ref(),
-            self.input_layernorm.forward(x.clone()),
-        );
-        let [_, _, width] = qkv.dims();
-        let hd = width / (a.heads + 2 * a.kv_heads);
-        let q = split_heads(qkv.clone().narrow(2, 0, a.heads * hd), a.heads);
-        let k = split_heads(
-            qkv.clone().narrow(2, a.heads * hd, a.kv_heads * hd),
-            a.kv_heads,
-        );
-        let v = split_heads(
-            qkv.narrow(2, (a.heads + a.kv_heads) * hd, a.kv_heads * hd),
-            a.kv_heads,
-        );
-        let q = apply_rotary(q, cos, sin);
-        let mut k = apply_rotary(k, cos, sin);
-        let mut v = v;
+        let qkv = adapted(&self.qkv_proj, self.qkv_lora.as_ref(), x);
+        let [_, _, qkv_width] = qkv.dims();
+        let head_dim = qkv_width / (self.heads + 2 * self.kv_heads);
+        let q_width = self.heads * head_dim;
+        let kv_width = self.kv_heads * head_dim;
+        let queries = split_heads(qkv.clone().narrow(2, 0, q_width), self.heads);
+        let keys = split_heads(qkv.clone().narrow(2, q_width, kv_width), self.kv_heads);
+        let values = split_heads(qkv.narrow(2, q_width + kv_width, kv_width), self.kv_heads);
+        let queries = apply_rotary(queries, cos, sin);
+        let mut keys = apply_rotary(keys, cos, sin);
+        let mut values = values;
         if let Some(slot) = cache {
-            if let Some((pk, pv)) = slot.take() {
-                k = Tensor::cat(vec![pk, k], 2);
-                v = Tensor::cat(vec![pv, v], 2);
+            if let Some((past_keys, past_values)) = slot.take() {
+                keys = Tensor::cat(vec![past_keys, keys], 2);
+                values = Tensor::cat(vec![past_values, values], 2);
             }
-            *slot = Some((k.clone(), v.clone()));
+            *slot = Some((keys.clone(), values.clone()));
         }
-        let rep = a.heads / a.kv_heads;
-        let out = scaled_dot_product_attention(
-            q,
-            repeat_kv(k, rep),
-            repeat_kv(v, rep),
+        let group = self.heads / self.kv_heads;
+        let attended = scaled_dot_product_attention(
+            queries,
+            repeat_kv(keys, group),
+            repeat_kv(values, group),
             plan.mask.clone(),
             plan.causal,
         );
-        let h = x + adapted(&a.o_proj, a.o_lora.as_ref(), merge_heads(out));
-        let m = &self.mlp;
-        let normed = self.post_attention_layernorm.forward(h.clone());
-        let gu = adapted(&m.gate_up_proj, m.gate_up_lora.as_ref(), normed);
-        let [_, _, two_i] = gu.dims();
-        let gate = gu.clone().narrow(2, 0, two_i / 2);
-        let up = gu.narrow(2, two_i / 2, two_i / 2);
-        h + adapted(&m.down_proj, m.down_lora.as_ref(), up * silu(gate))
+        adapted(&self.o_proj, self.o_lora.as_ref(), merge_heads(attended))
+    }
+}
+
+impl Phi3Mlp {
+    /// SwiGLU of `x` `[B, T, D]` (already normalised): `down(silu(gate) * up)`, with gate and up
+    /// taken from the two halves of the fused projection.
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let gate_up = adapted(&self.gate_up_proj, self.gate_up_lora.as_ref(), x);
+        let [_, _, fused_width] = gate_up.dims();
+        let inner = fused_width / 2;
+        let gate = gate_up.clone().narrow(2, 0, inner);
+        let up = gate_up.narrow(2, inner, inner);
+        adapted(&self.down_proj, self.down_lora.as_ref(), up * silu(gate))
+    }
+}
+
+impl Phi3DecoderLayer {
+    /// Pre-norm residual block: `x + attn(norm(x))`, then `h + mlp(norm(h))`.
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        cos: &Tensor<4>,
+        sin: &Tensor<4>,
+        plan: &AttnPlan,
+        cache: Option<&mut KvSlot>,
+    ) -> Tensor<3> {
+        let attn_in = self.input_layernorm.forward(x.clone());
+        let hidden = x + self.self_attn.forward(attn_in, cos, sin, plan, cache);
+        let mlp_in = self.post_attention_layernorm.forward(hidden.clone());
+        hidden + self.mlp.forward(mlp_in)
     }
 }
 

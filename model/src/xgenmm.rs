@@ -114,6 +114,18 @@ pub struct FusedSequence {
     pub vision_tokens: Vec<usize>,
 }
 
+/// One row of the fused sequence before padding.
+struct SplicedRow {
+    /// `[S_row, D]`.
+    embeds: Tensor<2>,
+    /// For each original token, its index in the row.
+    text_index: Vec<usize>,
+    /// Expanded labels (empty when the batch has none).
+    labels: Vec<i64>,
+    /// Vision embeddings inserted.
+    vision_tokens: usize,
+}
+
 /// Output of [`XGenMM::forward`].
 #[derive(Debug, Clone)]
 pub struct XGenMMOutput {
@@ -160,6 +172,16 @@ impl XGenMM {
     /// The configuration the model was built from.
     pub fn config(&self) -> &XGenMMConfig {
         &self.config
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> Device {
+        self.lang_model.model.norm.gamma.device()
+    }
+
+    /// The float dtype of the weights (the language model's; the whole model is cast together).
+    pub fn dtype(&self) -> burn::tensor::DType {
+        self.lang_model.model.norm.gamma.val().dtype()
     }
 
     /// The special token ids in use.
@@ -302,18 +324,33 @@ impl XGenMM {
         input: &MultimodalInput,
         padding: Padding,
     ) -> Result<FusedSequence, ModelError> {
-        let b = input.input_ids.len();
-        if b == 0 {
+        self.check_batch(input)?;
+        let all_images: Vec<&ImageInput> = input.images.iter().flatten().collect();
+        let mut vision = self.encode_images(&all_images)?.into_iter();
+        let text = self.embed_text(&input.input_ids); // [B, T, D]
+        let mut rows = Vec::with_capacity(input.input_ids.len());
+        for (i, ids) in input.input_ids.iter().enumerate() {
+            let labels = input.labels.as_ref().map(|l| l[i].as_slice());
+            rows.push(self.splice_row(&text, i, ids, labels, &mut vision)?);
+        }
+        Ok(self.pad_rows(rows, padding, input.labels.is_some()))
+    }
+
+    /// Checks a batch: as many image lists as samples, labels aligned with the ids, and one
+    /// image per `<image>` token.
+    fn check_batch(&self, input: &MultimodalInput) -> Result<(), ModelError> {
+        let batch = input.input_ids.len();
+        if batch == 0 {
             return Err(ModelError::Input("empty batch".into()));
         }
-        if input.images.len() != b {
+        if input.images.len() != batch {
             return Err(ModelError::Input(format!(
-                "{b} samples but {} image lists",
+                "{batch} samples but {} image lists",
                 input.images.len()
             )));
         }
         if let Some(labels) = &input.labels
-            && (labels.len() != b
+            && (labels.len() != batch
                 || labels
                     .iter()
                     .zip(&input.input_ids)
@@ -331,120 +368,142 @@ impl XGenMM {
                 )));
             }
         }
-        let all_images: Vec<&ImageInput> = input.images.iter().flatten().collect();
-        let mut vision = self.encode_images(&all_images)?.into_iter();
+        Ok(())
+    }
 
-        let device = self.lang_model.model.norm.gamma.device();
-        let max_t = input
-            .input_ids
-            .iter()
-            .map(Vec::len)
-            .max()
-            .unwrap_or(0)
-            .max(1);
-        let mut flat = Vec::with_capacity(b * max_t);
-        for ids in &input.input_ids {
+    /// Embeds every row's ids in one call, right-padded with the pad id: `[B, T_max, D]`.
+    fn embed_text(&self, input_ids: &[Vec<u32>]) -> Tensor<3> {
+        let batch = input_ids.len();
+        let max_len = input_ids.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        let mut flat = Vec::with_capacity(batch * max_len);
+        for ids in input_ids {
             flat.extend(ids.iter().map(|&t| t as i64));
             flat.extend(std::iter::repeat_n(
                 self.tokens.pad as i64,
-                max_t - ids.len(),
+                max_len - ids.len(),
             ));
         }
-        let ids = Tensor::<2, Int>::from_data(TensorData::new(flat, [b, max_t]), &device);
-        let text = self.lang_model.embed(ids); // [B, T, D]
-        let [_, _, d] = text.dims();
-        let dtype = text.dtype();
+        let ids =
+            Tensor::<2, Int>::from_data(TensorData::new(flat, [batch, max_len]), &self.device());
+        self.lang_model.embed(ids)
+    }
 
-        let mut rows = Vec::with_capacity(b);
-        let mut text_index = Vec::with_capacity(b);
-        let mut labels_out = input.labels.as_ref().map(|_| Vec::with_capacity(b));
-        let mut vision_tokens = Vec::with_capacity(b);
-        for (i, ids) in input.input_ids.iter().enumerate() {
-            let row_text = text.clone().narrow(0, i, 1).reshape([max_t, d]);
-            let mut parts = Vec::new();
-            let mut index = Vec::with_capacity(ids.len());
-            let mut lab = Vec::new();
-            let mut pos = 0usize;
-            let mut seg_start = 0usize;
-            let mut n_vis = 0usize;
-            for (j, &tok) in ids.iter().enumerate() {
-                if tok != image_id {
-                    index.push(pos);
-                    pos += 1;
-                    if let Some(l) = &input.labels {
-                        lab.push(l[i][j]);
-                    }
-                    continue;
+    /// Row `row` of the fused sequence: its text embeddings with each `<image>` replaced in place
+    /// by the next image's vision tokens; labels expanded with -100 over vision tokens.
+    fn splice_row(
+        &self,
+        text: &Tensor<3>,
+        row: usize,
+        ids: &[u32],
+        labels: Option<&[i64]>,
+        vision: &mut impl Iterator<Item = Tensor<2>>,
+    ) -> Result<SplicedRow, ModelError> {
+        let [_, max_len, width] = text.dims();
+        let dtype = text.dtype();
+        let row_text = text.clone().narrow(0, row, 1).reshape([max_len, width]);
+        let image_id = self.tokens.image;
+        let mut parts = Vec::new();
+        let mut text_index = Vec::with_capacity(ids.len());
+        let mut row_labels = Vec::new();
+        let mut position = 0usize;
+        let mut segment_start = 0usize;
+        let mut vision_tokens = 0usize;
+        for (j, &token) in ids.iter().enumerate() {
+            if token != image_id {
+                text_index.push(position);
+                position += 1;
+                if let Some(l) = labels {
+                    row_labels.push(l[j]);
                 }
-                if j > seg_start {
-                    parts.push(row_text.clone().narrow(0, seg_start, j - seg_start));
-                }
-                let v = vision
-                    .next()
-                    .ok_or_else(|| ModelError::Input("missing image".into()))?;
-                let n = v.dims()[0];
-                parts.push(v.cast(dtype));
-                index.push(pos);
-                pos += n;
-                n_vis += n;
-                lab.extend(std::iter::repeat_n(-100, n));
-                seg_start = j + 1;
+                continue;
             }
-            if ids.len() > seg_start {
-                parts.push(row_text.narrow(0, seg_start, ids.len() - seg_start));
+            if j > segment_start {
+                parts.push(row_text.clone().narrow(0, segment_start, j - segment_start));
             }
-            rows.push(if parts.is_empty() {
-                Tensor::zeros([0, d], (&device, dtype))
-            } else {
-                Tensor::cat(parts, 0)
-            });
-            text_index.push(index);
-            if let Some(lo) = labels_out.as_mut() {
-                lo.push(lab);
-            }
-            vision_tokens.push(n_vis);
+            let image = vision
+                .next()
+                .ok_or_else(|| ModelError::Input("missing image".into()))?;
+            let n = image.dims()[0];
+            parts.push(image.cast(dtype));
+            text_index.push(position);
+            position += n;
+            vision_tokens += n;
+            row_labels.extend(std::iter::repeat_n(-100, n));
+            segment_start = j + 1;
         }
-        let s = rows.iter().map(|r| r.dims()[0]).max().unwrap_or(0);
-        let mut padded = Vec::with_capacity(b);
-        let mut mask = Vec::with_capacity(b);
-        for (i, row) in rows.into_iter().enumerate() {
-            let len = row.dims()[0];
-            let pad = s - len;
-            let fill = || Tensor::<2>::full([pad, d], self.tokens.pad as f32, (&device, dtype));
-            let (row, m) = match padding {
-                _ if pad == 0 => (row, vec![true; len]),
+        if ids.len() > segment_start {
+            parts.push(row_text.narrow(0, segment_start, ids.len() - segment_start));
+        }
+        let embeds = if parts.is_empty() {
+            Tensor::zeros([0, width], (&self.device(), dtype))
+        } else {
+            Tensor::cat(parts, 0)
+        };
+        Ok(SplicedRow {
+            embeds,
+            text_index,
+            labels: row_labels,
+            vision_tokens,
+        })
+    }
+
+    /// Pads spliced rows to one length (left or right) with embeddings filled with the pad id's
+    /// value (a reference quirk), and builds the masks; labels of padding are -100.
+    fn pad_rows(
+        &self,
+        rows: Vec<SplicedRow>,
+        padding: Padding,
+        with_labels: bool,
+    ) -> FusedSequence {
+        let len = rows.iter().map(|r| r.embeds.dims()[0]).max().unwrap_or(0);
+        let device = self.device();
+        let mut embeds = Vec::with_capacity(rows.len());
+        let mut mask = Vec::with_capacity(rows.len());
+        let mut labels = with_labels.then(|| Vec::with_capacity(rows.len()));
+        let mut text_index = Vec::with_capacity(rows.len());
+        let mut vision_tokens = Vec::with_capacity(rows.len());
+        for row in rows {
+            let [row_len, width] = row.embeds.dims();
+            let dtype = row.embeds.dtype();
+            let pad = len - row_len;
+            let fill = || Tensor::<2>::full([pad, width], self.tokens.pad as f32, (&device, dtype));
+            let mut index = row.text_index;
+            let mut row_labels = row.labels;
+            let (row_embeds, row_mask) = match padding {
+                _ if pad == 0 => (row.embeds, vec![true; row_len]),
                 Padding::Right => {
-                    let mut m = vec![true; len];
-                    m.resize(s, false);
-                    if let Some(lo) = labels_out.as_mut() {
-                        lo[i].resize(s, -100);
-                    }
-                    (Tensor::cat(vec![row, fill()], 0), m)
+                    let mut m = vec![true; row_len];
+                    m.resize(len, false);
+                    row_labels.resize(len, -100);
+                    (Tensor::cat(vec![row.embeds, fill()], 0), m)
                 }
                 Padding::Left => {
                     let mut m = vec![false; pad];
-                    m.resize(s, true);
-                    for idx in text_index[i].iter_mut() {
-                        *idx += pad;
+                    m.resize(len, true);
+                    for i in index.iter_mut() {
+                        *i += pad;
                     }
-                    if let Some(lo) = labels_out.as_mut() {
-                        let mut l = vec![-100; pad];
-                        l.extend_from_slice(&lo[i]);
-                        lo[i] = l;
-                    }
-                    (Tensor::cat(vec![fill(), row], 0), m)
+                    let mut l = vec![-100; pad];
+                    l.extend_from_slice(&row_labels);
+                    row_labels = l;
+                    (Tensor::cat(vec![fill(), row.embeds], 0), m)
                 }
             };
-            padded.push(row.unsqueeze::<3>());
-            mask.push(m);
+            embeds.push(row_embeds.unsqueeze::<3>());
+            mask.push(row_mask);
+            if let Some(l) = labels.as_mut() {
+                l.push(row_labels);
+            }
+            text_index.push(index);
+            vision_tokens.push(row.vision_tokens);
         }
-        Ok(FusedSequence {
-            embeds: Tensor::cat(padded, 0),
+        FusedSequence {
+            embeds: Tensor::cat(embeds, 0),
             mask,
-            labels: labels_out,
+            labels,
             text_index,
             vision_tokens,
-        })
+        }
     }
 
     /// Training/scoring forward: fuses the batch with right padding and returns logits over the
@@ -485,7 +544,7 @@ impl XGenMM {
         real: &[bool],
         cache: &mut KvCache,
     ) -> Result<Tensor<2>, ModelError> {
-        let device = self.lang_model.model.norm.gamma.device();
+        let device = self.device();
         let b = ids.len();
         let t = Tensor::<2, Int>::from_data(
             TensorData::new(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [b, 1]),

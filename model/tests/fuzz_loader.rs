@@ -1,8 +1,9 @@
 //! Property-based fuzzing of the model loader's parsers (issue 9, "Fuzzed, not just
 //! spot-checked"): the safetensors header ([`SafetensorsFile::open`]), sharded checkpoints with a
 //! `model.safetensors.index.json` ([`WeightSet::open_dir`]), `config.json`
-//! ([`XGenMMConfig::from_hf_json`], [`siglip_from_hf_value`]) and the special tokens read from a
-//! `tokenizer.json` beside the weights.
+//! ([`XGenMMConfig::from_hf_json`], [`siglip_from_hf_value`]). Special token ids are read from
+//! the tokenizer by `blip3-processor`, whose `tokenizer.json` parsing the data crate's
+//! `tokenizer-files` target fuzzes.
 //!
 //! The harness (mutations, time and heap limits, seeded case counts) is the data crate's, see
 //! `data/tests/fuzz/harness.rs`. Full run:
@@ -15,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use blip3_model::config::{XGenMMConfig, siglip_from_hf_value};
-use blip3_model::loader::{SafetensorsFile, WeightSet, special_tokens_from_dir};
+use blip3_model::loader::{SafetensorsFile, WeightSet};
 use harness::{CountingAlloc, JSON_TOKENS, Outcome, damage, fuzz, run_case};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -338,35 +339,6 @@ fn fuzz_config_json() {
             Ok((outcome, usage))
         },
     );
-}
-
-#[test]
-fn fuzz_special_tokens_json() {
-    let cfg = XGenMMConfig::tiny(1000);
-    let fixture = serde_json::to_vec_pretty(&json!({
-        "version": "1.0",
-        "added_tokens": [
-            {"id": 1000, "content": "<pad>", "special": true},
-            {"id": 1001, "content": "<image>", "special": true},
-            {"id": 1002, "content": "<|endofchunk|>", "special": true},
-        ],
-        "model": {"type": "BPE", "vocab": {}, "merges": []},
-    }))
-    .unwrap();
-    let dir = scratch("tokens");
-    fuzz("special-tokens", 500, damage(6), |dmg, _| {
-        std::fs::write(dir.join("tokenizer.json"), dmg.apply(&fixture, JSON_TOKENS)).unwrap();
-        let (read_dir, cfg) = (dir.clone(), cfg.clone());
-        let (ok, usage) = run_case(HEAP, move || {
-            special_tokens_from_dir(&read_dir, &cfg).is_ok()
-        })?;
-        let outcome = Outcome {
-            good: u64::from(ok),
-            bad: u64::from(!ok),
-            refused: !ok,
-        };
-        Ok((outcome, usage))
-    });
 }
 
 /// Regression (found by `fuzz_safetensors_claims`): a shape whose byte size overflows 64 bits

@@ -12,8 +12,8 @@
 
 use std::time::Instant;
 
-use blip3_data::image::{RgbImage, resize as cpu_resize};
 use blip3_shaders::attention::{AttentionPath, attention_with};
+use blip3_shaders::pillow::resize_rgb8;
 use blip3_shaders::resample::{ResampleFilter, resize_batch};
 use burn::prelude::*;
 use burn::tensor::{DType, Distribution};
@@ -260,7 +260,7 @@ fn main() {
     }
     times.sort_by(f64::total_cmp);
     let device_ms = times[times.len() / 2];
-    // The same work on the CPU with the data crate's Pillow-exact resize, one image at a time.
+    // The same work on the CPU with the Pillow-exact host resize, one image at a time.
     let mut rng = 1u32;
     let bytes: Vec<u8> = (0..h * w * 3)
         .map(|_| {
@@ -268,18 +268,17 @@ fn main() {
             (rng >> 24) as u8
         })
         .collect();
-    let image = RgbImage::from_raw(w as u32, h as u32, bytes).expect("image buffer");
     let mut cpu = Vec::new();
     for _ in 0..reps {
         let t0 = Instant::now();
         for _ in 0..n {
-            let _ = cpu_resize(&image, 384, 384, ResampleFilter::Bicubic);
+            let _ = resize_rgb8(&bytes, (w, h), (384, 384), ResampleFilter::Bicubic);
         }
         cpu.push(t0.elapsed().as_secs_f64() * 1e3);
     }
     cpu.sort_by(f64::total_cmp);
     println!(
-        "resample: {n}×{w}×{h}×3 → 384×384 bicubic: device {device_ms:.2} ms, CPU (data crate, \
+        "resample: {n}×{w}×{h}×3 → 384×384 bicubic: device {device_ms:.2} ms, CPU (host resize, \
          one thread) {:.2} ms (medians of {reps})",
         cpu[cpu.len() / 2]
     );

@@ -6,6 +6,8 @@
 //!   gradient is computed from the saved inputs with ordinary tensor operations.
 //! * [`resample`]: Pillow-exact separable image resampling (8-bit fixed point) of a batch of
 //!   images on the device, from coefficient tables computed on the host.
+//! * [`pillow`]: the same resampling on the host (the data crate's image pipeline uses it), bit
+//!   for bit Pillow's.
 //! * [`device`]: probing whether the wgpu backend works on this machine.
 //! * [`matvec`]: single-row matrix products split over the CPU threads (decoding on Flex).
 //!
@@ -18,6 +20,7 @@ mod attention_kernel;
 #[cfg(feature = "cube")]
 pub mod device;
 pub mod matvec;
+pub mod pillow;
 pub mod resample;
 #[cfg(feature = "cube")]
 mod resample_kernel;

@@ -1,10 +1,11 @@
 //! The device resampling (kernel on wgpu, tensor operations on flex) against a CPU
-//! implementation of the same fixed-point tables written here, and against the data crate's
-//! Pillow-exact `resize` (itself checked against Pillow), byte for byte.
+//! implementation of the same fixed-point tables written here, and against the host resampler
+//! `blip3_shaders::pillow::resize_rgb8` (which the data crate's pipeline uses and its parity tests
+//! check against Pillow), byte for byte.
 
 mod common;
 
-use blip3_data::image::{RgbImage, resize as data_resize};
+use blip3_shaders::pillow::resize_rgb8;
 use blip3_shaders::resample::{
     AxisCoefficients, PRECISION_BITS, ResampleError, ResampleFilter, resample_axis, resize_batch,
 };
@@ -136,20 +137,19 @@ fn device_resize_matches_cpu_tables_and_pillow_path() {
                     wrong, 0,
                     "{device_name} {filter:?} {w}x{h} -> {ow}x{oh}: {wrong} samples differ"
                 );
-                // The data crate's Pillow-exact CPU resize, image by image.
+                // The Pillow-exact host resize, image by image.
                 for ni in 0..n {
                     let bytes: Vec<u8> = src[ni * h * w * c..(ni + 1) * h * w * c]
                         .iter()
                         .map(|&v| v as u8)
                         .collect();
-                    let img = RgbImage::from_raw(w as u32, h as u32, bytes).expect("image");
-                    let pillow = data_resize(&img, ow as u32, oh as u32, filter);
+                    let pillow = resize_rgb8(&bytes, (w, h), (ow, oh), filter);
                     let ours: Vec<u8> = got[ni * oh * ow * c..(ni + 1) * oh * ow * c]
                         .iter()
                         .map(|&v| v as u8)
                         .collect();
                     assert!(
-                        ours == pillow.into_raw(),
+                        ours == pillow,
                         "{device_name} {filter:?} {w}x{h} -> {ow}x{oh}: differs from the \
                          Pillow-exact CPU resize (image {ni})"
                     );

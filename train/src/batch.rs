@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use blip3_data::loader::{LoaderState, StreamingLoader};
 use blip3_data::pipeline::{TokenSeq, TrainSample};
 use blip3_model::{ImageInput, MultimodalInput};
+use blip3_processor::image_input;
 use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataloader::{DataLoader, DataLoaderIterator, Progress};
 use burn::data::dataset::DatasetError;
@@ -26,12 +27,9 @@ fn images(sample: &TrainSample, device: &Device) -> Vec<ImageInput> {
         .images
         .iter()
         .map(|p| {
-            let shape = p.shape();
-            ImageInput {
-                pixels: Tensor::from_data(TensorData::new(p.pixels.clone(), shape), device),
-                grid: (p.num_views > 1).then_some((p.grid_cols as usize, p.grid_rows as usize)),
-                original_size: (p.original_width as usize, p.original_height as usize),
-            }
+            // The pipeline's images hold `num_views` views of their declared size by construction
+            // (ImageProcessor::process), so the shape check cannot fail here.
+            image_input(p.clone(), device).expect("a pipeline image matches its declared shape")
         })
         .collect()
 }

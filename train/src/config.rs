@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use blip3_data::anyres::ResolutionMode;
 use blip3_model::{Backend, LoraConfig};
 use serde::{Deserialize, Serialize};
 
@@ -58,16 +59,6 @@ impl Default for ModelSection {
     }
 }
 
-/// Image handling for the stage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ImageMode {
-    /// One squashed view per image (pre-training).
-    Fixed,
-    /// Global view plus crops.
-    Anyres,
-}
-
 /// Data for the stage.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -84,8 +75,9 @@ pub struct DataSection {
     pub num_workers: usize,
     /// Maximum sequence length in text tokens plus vision tokens.
     pub max_len: usize,
-    /// Image mode; by default fixed for pre-training and any-res otherwise.
-    pub image_mode: Option<ImageMode>,
+    /// Image mode, `fixed` (one squashed view per image) or `anyres` (global view plus crops);
+    /// by default fixed for pre-training and any-res otherwise.
+    pub image_mode: Option<ResolutionMode>,
     /// Group samples of similar length into batches.
     pub length_grouping: bool,
     /// Stop when the bad-sample rate passes this percentage.
@@ -287,8 +279,8 @@ pub struct DevicesSection {
     pub kind: Backend,
     /// Number of devices (replicas).
     pub count: usize,
-    /// `single`, `multi` (Burn's multi-device strategy, any backend) or `ddp` (CUDA/NCCL).
-    pub strategy: String,
+    /// How the replicas train together.
+    pub strategy: Strategy,
     /// The backend's device index of each replica (default `0..count`). Naming one index twice
     /// runs two replicas on one card (e.g. `[0, 0]` to exercise `multi` or `ddp` on a single
     /// GPU).
@@ -301,10 +293,37 @@ impl Default for DevicesSection {
         Self {
             kind: Backend::Flex,
             count: 1,
-            strategy: "single".into(),
+            strategy: Strategy::Single,
             indices: None,
         }
     }
+}
+
+/// How the devices of a run train together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// One device.
+    #[default]
+    Single,
+    /// Burn's multi-device strategy: one process, gradients gathered on the main device (any
+    /// backend).
+    Multi,
+    /// Distributed data parallel with collective all-reduce (CUDA/NCCL).
+    Ddp,
+}
+
+/// How training progress is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Renderer {
+    /// The terminal UI when a terminal is attached and the `tui` feature is on, else `plain`.
+    #[default]
+    Auto,
+    /// A progress line every `log_every` optimizer steps.
+    Plain,
+    /// Nothing but warnings and errors.
+    Quiet,
 }
 
 /// Logging and safety nets.
@@ -313,8 +332,8 @@ impl Default for DevicesSection {
 pub struct MonitorSection {
     /// Print a progress line every this many optimizer steps (plain renderer).
     pub log_every: usize,
-    /// `auto` (TUI when a terminal is attached and the `tui` feature is on), `plain` or `quiet`.
-    pub renderer: String,
+    /// How progress is shown.
+    pub renderer: Renderer,
     /// Stop after this many consecutive non-finite losses (each is skipped with a warning).
     pub max_nan_steps: usize,
 }
@@ -323,7 +342,7 @@ impl Default for MonitorSection {
     fn default() -> Self {
         Self {
             log_every: 10,
-            renderer: "auto".into(),
+            renderer: Renderer::Auto,
             max_nan_steps: 5,
         }
     }
@@ -448,7 +467,7 @@ impl TrainConfig {
     /// generated file: docs/training.md, "Paths"). Preset names stay names.
     pub fn relative_to(&self, dir: &Path) -> Result<TrainConfig, TrainError> {
         let mut out = self.clone();
-        let rel = |p: &Path| crate::recipes::relative_to(p, dir);
+        let rel = |p: &Path| relative_to(p, dir);
         let fix = |p: &mut PathBuf| -> Result<(), TrainError> {
             if !p.as_os_str().is_empty() {
                 *p = rel(p)?;
@@ -508,12 +527,6 @@ impl TrainConfig {
         if self.devices.count == 0 {
             return Err("devices.count must be > 0".into());
         }
-        if !matches!(self.devices.strategy.as_str(), "single" | "multi" | "ddp") {
-            return Err(format!(
-                "devices.strategy {:?}: use single, multi or ddp",
-                self.devices.strategy
-            ));
-        }
         if let Some(ix) = &self.devices.indices
             && ix.len() != self.devices.count
         {
@@ -523,7 +536,7 @@ impl TrainConfig {
                 self.devices.count
             ));
         }
-        if self.devices.strategy == "single" && self.devices.count != 1 {
+        if self.devices.strategy == Strategy::Single && self.devices.count != 1 {
             return Err("devices.count > 1 needs strategy multi or ddp".into());
         }
         if let Some(l) = &self.lora {
@@ -535,17 +548,14 @@ impl TrainConfig {
         {
             return Err("dpo.reference = lora-base needs a [lora] section".into());
         }
-        if !matches!(self.monitor.renderer.as_str(), "auto" | "plain" | "quiet") {
-            return Err("monitor.renderer must be auto, plain or quiet".into());
-        }
         Ok(())
     }
 
     /// The image mode in effect.
-    pub fn image_mode(&self) -> ImageMode {
+    pub fn image_mode(&self) -> ResolutionMode {
         self.data.image_mode.unwrap_or(match self.stage {
-            Stage::Pretrain => ImageMode::Fixed,
-            _ => ImageMode::Anyres,
+            Stage::Pretrain => ResolutionMode::Fixed,
+            _ => ResolutionMode::AnyRes,
         })
     }
 
@@ -553,6 +563,20 @@ impl TrainConfig {
     pub fn micro_batches_per_window(&self) -> usize {
         self.checkpoint.every_steps * self.optim.grad_accum
     }
+}
+
+/// `target` expressed relative to the directory `base`. Both are first made absolute against the
+/// current directory (lexically: neither needs to exist yet).
+pub fn relative_to(target: &Path, base: &Path) -> Result<PathBuf, TrainError> {
+    let abs = |p: &Path| std::path::absolute(p).map_err(|e| TrainError::io(p, e));
+    let (t, b) = (abs(target)?, abs(base)?);
+    let rel = pathdiff::diff_paths(&t, &b).unwrap_or(t);
+    // The directory itself is "." (an empty path would read as "not set").
+    Ok(if rel.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        rel
+    })
 }
 
 #[cfg(test)]

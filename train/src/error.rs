@@ -22,6 +22,10 @@ pub enum TrainError {
     /// The data could not be read.
     #[error(transparent)]
     Data(#[from] blip3_data::DataError),
+    /// The starting model directory's tokenizer or image settings could not be read or do not
+    /// fit the model.
+    #[error(transparent)]
+    Processor(#[from] blip3_processor::ProcessorError),
     /// A checkpoint is missing or inconsistent.
     #[error("checkpoint {path}: {msg}")]
     Checkpoint {

@@ -241,20 +241,7 @@ fn numeric_value(u: &NumericMetricUpdate) -> Option<f64> {
     }
 }
 
-/// One row of the training log.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct LogRow {
-    /// `train` or `valid`.
-    pub split: String,
-    /// Window (burn-train epoch) number, from 1.
-    pub window: usize,
-    /// Micro-batch index within the run (train) or the validation pass.
-    pub iteration: usize,
-    /// Optimizer step (train rows).
-    pub step: usize,
-    /// Metric values by name.
-    pub metrics: std::collections::BTreeMap<String, f64>,
-}
+pub use crate::metrics_file::LogRow;
 
 /// Writes `metrics.jsonl` and `metrics.csv` in the run directory, keeps the loss history and draws
 /// `loss.png` at the end of every window (i.e. at every checkpoint).

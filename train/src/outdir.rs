@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use crate::checkpoint::{is_temp_name, write_atomic};
 use crate::error::TrainError;
-use crate::monitor::LogRow;
+use crate::metrics_file::LogRow;
 
 /// The lock file in the output directory (it stays; the lock is on the open file).
 pub const LOCK_FILE: &str = "train.lock";

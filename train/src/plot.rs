@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 
 use plotters::prelude::*;
 
-use crate::monitor::LogRow;
+use crate::metrics_file::LogRow;
 
 /// The default size of `loss.png` in pixels.
 pub const PLOT_SIZE: (u32, u32) = (1000, 700);

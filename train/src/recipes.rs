@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use blip3_model::LoraConfig;
 
-use crate::config::{DpoReference, FreezeSection, Stage, TrainConfig};
+use crate::config::{DpoReference, FreezeSection, Renderer, Stage, TrainConfig, relative_to};
 use crate::error::TrainError;
 
 /// Sizes of a synthetic five-stage run.
@@ -43,20 +43,6 @@ impl Default for SyntheticPlan {
             max_len: 512,
         }
     }
-}
-
-/// `target` expressed relative to the directory `base`. Both are first made absolute against the
-/// current directory (lexically: neither needs to exist yet).
-pub fn relative_to(target: &Path, base: &Path) -> Result<PathBuf, TrainError> {
-    let abs = |p: &Path| std::path::absolute(p).map_err(|e| TrainError::io(p, e));
-    let (t, b) = (abs(target)?, abs(base)?);
-    let rel = pathdiff::diff_paths(&t, &b).unwrap_or(t);
-    // The directory itself is "." (an empty path would read as "not set").
-    Ok(if rel.as_os_str().is_empty() {
-        PathBuf::from(".")
-    } else {
-        rel
-    })
 }
 
 fn write(path: &Path, text: &str) -> Result<(), TrainError> {
@@ -153,7 +139,7 @@ pub fn synthetic_stages(
         cfg.optim.weight_decay = 0.0;
         cfg.checkpoint.every_steps = plan.every_steps.min(plan.steps[i]);
         cfg.checkpoint.keep_last = 1;
-        cfg.monitor.renderer = "plain".into();
+        cfg.monitor.renderer = Renderer::Plain;
         cfg.monitor.log_every = 50;
         cfg.freeze = FreezeSection::default();
         match stage {

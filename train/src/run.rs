@@ -10,9 +10,9 @@ use blip3_data::anyres::ImageProcessorConfig;
 use blip3_data::loader::{LoaderConfig, LoaderState, LoaderStats, StreamingLoader};
 use blip3_data::mixture::{Mixture, Recipe};
 use blip3_data::pipeline::{Pipeline, PipelineConfig};
-use blip3_data::tokenizer::Blip3Tokenizer;
-use blip3_model::loader::{LoadOptions, export_hf, load_model_dir, save_checkpoint};
-use blip3_model::{Backend, SpecialTokens, XGenMM, XGenMMConfig};
+use blip3_model::loader::{LoadOptions, export_hf, save_checkpoint};
+use blip3_model::{Backend, XGenMM, XGenMMConfig};
+use blip3_processor::{ModelDir, Processor, TokenizerSource};
 use burn::data::dataloader::DataLoader;
 use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLrScheduler;
 use burn::prelude::*;
@@ -29,7 +29,7 @@ use crate::checkpoint::{
     CheckpointSet, Rejected, WindowStates, latest_verified, read_state, remove_temp_files,
     write_atomic,
 };
-use crate::config::{DpoReference, ImageMode, Precision, Stage, TrainConfig};
+use crate::config::{DpoReference, Precision, Renderer, Stage, Strategy, TrainConfig};
 use crate::error::TrainError;
 use crate::monitor::{LogRow, PlainRenderer, RunLogger, StepMetric, StepMetricKind};
 use crate::optim::{WarmupCosine, build_optimizer, frozen_copy, set_trainable, trainable_params};
@@ -221,67 +221,56 @@ pub fn make_devices(
         .collect()
 }
 
-/// Loads the tokenizer named by a config (`tiny` or a directory).
-pub fn load_tokenizer(spec: &str) -> Result<Blip3Tokenizer, TrainError> {
-    Ok(if spec == "tiny" {
-        Blip3Tokenizer::tiny()?
-    } else {
-        Blip3Tokenizer::from_dir(spec)?
-    })
-}
-
-/// Builds (preset) or loads (directory) the starting model on `device`.
+/// The starting model and its processor: a preset (`tiny`, `mid`, `xgenmm-phi3-mini-v1.5`, built
+/// for `tokenizer`'s vocabulary) or a model directory read by `blip3_processor` (its tokenizer
+/// replaced by `tokenizer` unless that is empty). Special token ids come from the tokenizer.
 pub fn initial_model(
-    spec: &str,
-    tok: &Blip3Tokenizer,
+    init: &str,
+    tokenizer: &str,
     device: &Device,
-) -> Result<XGenMM, TrainError> {
-    let model = match spec {
+) -> Result<(XGenMM, Processor), TrainError> {
+    let source = tokenizer_source(tokenizer);
+    let (model, processor) = match init {
         "tiny" | "mid" | "xgenmm-phi3-mini-v1.5" => {
-            XGenMMConfig::preset(spec, tok.initial_len())?.init(device)
+            let tok = source.open_standalone()?;
+            let cfg = XGenMMConfig::preset(init, tok.initial_len())?;
+            let processor = Processor::for_config(tok, &cfg)?;
+            (cfg.init(device), processor)
         }
-        // Released checkpoints are bf16; training keeps f32 master weights (bf16 mixed precision
-        // computes on a bf16 view of them), so gradients and AdamW state are f32 as well.
-        dir => load_model_dir(
-            Path::new(dir),
-            device,
-            LoadOptions {
+        dir => {
+            let dir = ModelDir::open(Path::new(dir), &source)?;
+            // Released checkpoints are bf16; training keeps f32 master weights (bf16 mixed
+            // precision computes on a bf16 view of them), so gradients and AdamW state are f32.
+            let opts = LoadOptions {
                 dtype: Some(DType::F32),
-            },
-        )?,
+            };
+            (dir.load_model(device, opts)?, dir.processor()?)
+        }
     };
-    let cfg = model.config();
-    if cfg.initial_tokenizer_len != tok.initial_len() {
-        return Err(TrainError::Config(format!(
-            "model {spec:?} was built for a tokenizer of {} ids (before media tokens) but the tokenizer has {}",
-            cfg.initial_tokenizer_len,
-            tok.initial_len()
-        )));
-    }
-    Ok(model.with_special_tokens(SpecialTokens {
-        image: tok.image_token_id(),
-        pad: tok.pad_id(),
-    }))
+    Ok((
+        model.with_special_tokens(processor.special_tokens()),
+        processor,
+    ))
 }
 
-/// The data pipeline for a model and stage.
-pub fn pipeline_for(
-    cfg: &TrainConfig,
-    model: &XGenMM,
-    tok: Blip3Tokenizer,
-) -> Result<Pipeline, TrainError> {
-    let m = model.config();
+/// A config's `model.tokenizer`: `tiny`, a directory, or empty for the init directory's own.
+fn tokenizer_source(spec: &str) -> TokenizerSource {
+    TokenizerSource::parse((!spec.is_empty()).then_some(spec))
+}
+
+/// The data pipeline for a stage: the processor's tokenizer and image settings, in the stage's
+/// image mode ([`TrainConfig::image_mode`]).
+pub fn pipeline_for(cfg: &TrainConfig, processor: &Processor) -> Result<Pipeline, TrainError> {
     let pc = PipelineConfig {
-        image: ImageProcessorConfig::for_model(
-            m.vision.image_size,
-            &m.anyres_grids,
-            cfg.image_mode() == ImageMode::Anyres,
-        ),
+        image: ImageProcessorConfig {
+            mode: cfg.image_mode(),
+            ..processor.image_config().clone()
+        },
         max_len: cfg.data.max_len,
         system_prompt: None,
-        vision_tokens_per_group: m.resampler.num_latents,
+        vision_tokens_per_group: processor.model_config().resampler.num_latents,
     };
-    Ok(Pipeline::new(tok, pc)?)
+    Ok(Pipeline::new(processor.tokenizer().clone(), pc)?)
 }
 
 fn open_loader(
@@ -334,7 +323,8 @@ fn last_losses(dir: &Path) -> (Option<f64>, Option<f64>, usize) {
     (mean, valid, steps)
 }
 
-/// Runs one stage.
+/// Runs one stage: output folder and resume point, devices, model, data, the burn-train run, then
+/// the final checkpoint, the export and `summary.json`.
 pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary, TrainError> {
     cfg.validate().map_err(TrainError::Config)?;
     if opts.resume && opts.overwrite {
@@ -346,6 +336,102 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary, Train
     let out = cfg.out_dir.clone();
     // One run per output directory, for as long as this function runs.
     let _lock = RunLock::acquire(&out)?;
+    let start = prepare_out_dir(cfg, opts, &out)?;
+    // Written with paths relative to the written file, so `blip3 train --config out/config.toml`
+    // works from any working directory.
+    let cfg_text = toml::to_string_pretty(&cfg.relative_to(&out)?)
+        .map_err(|e| TrainError::Config(e.to_string()))?;
+    std::fs::write(out.join("config.toml"), cfg_text)
+        .map_err(|e| TrainError::io(out.join("config.toml"), e))?;
+
+    // Devices, model and data.
+    let devices = make_devices(
+        cfg.devices.kind,
+        cfg.devices.count,
+        cfg.devices.indices.as_deref(),
+    )?;
+    let main = devices[0].clone();
+    main.seed(cfg.seed);
+    let mut ad = main.clone().autodiff();
+    if cfg.precision.gradient_checkpointing {
+        ad = ad.gradient_checkpointing();
+    }
+    let layout = Layout::of(cfg, devices.len());
+    let (model, processor) = initial_model(&cfg.model.init, &cfg.model.tokenizer, &ad)?;
+    let guard = Arc::new(StepGuard::new(cfg.monitor.max_nan_steps));
+    let (stage_model, n_trainable) = stage_model(cfg, model, &processor, &layout, &guard, &ad);
+    let pipeline = Arc::new(pipeline_for(cfg, &processor)?);
+    let loaders = Loaders::open(cfg, &layout, pipeline, &ad, &start)?;
+
+    // Optimizer, schedule, learner, and the burn-train run.
+    let optim = build_optimizer(&cfg.optim)?;
+    let sched = ModuleLrScheduler::new(WarmupCosine::new(&cfg.optim));
+    let learner = Learner::new(stage_model, optim, sched);
+    let training = supervised_training(cfg, &out, &start, &layout, &loaders, &devices, &ad, &guard);
+    guard.set_interrupter(training.interrupter());
+    let result = training.launch(learner);
+    if let Some(reason) = guard.failure() {
+        return Err(TrainError::Stopped(reason));
+    }
+    if let Some(e) = result.error {
+        return Err(TrainError::Stopped(e.to_string()));
+    }
+
+    // Final model (LoRA merged) as a blip3 checkpoint, and optionally the HF export.
+    let policy = result.model.policy.merge_lora();
+    let tok = processor.tokenizer();
+    let final_dir = out.join("final");
+    save_checkpoint(&policy, &final_dir)?;
+    tok.save(&final_dir)?;
+    let export_dir = if cfg.checkpoint.export_hf {
+        let dir = out.join("export");
+        export_hf(&policy, &dir, None)?;
+        tok.save(&dir)?;
+        Some(dir)
+    } else {
+        None
+    };
+    let (final_train_loss, final_valid_loss, steps) = last_losses(&out);
+    let skipped_before = start.state.as_ref().map_or(0, |s| s.skipped_steps);
+    let summary = TrainSummary {
+        stage: cfg.stage,
+        steps,
+        final_train_loss,
+        final_valid_loss,
+        final_dir,
+        export_dir,
+        skipped_steps: skipped_before + guard.skipped(),
+        data: loaders.train.stats(),
+        resumed_from: start.window,
+        rejected_checkpoints: start.rejected,
+        trainable_params: n_trainable,
+    };
+    let text =
+        serde_json::to_string_pretty(&summary).map_err(|e| TrainError::Config(e.to_string()))?;
+    write_atomic(&out.join("summary.json"), text.as_bytes())
+        .map_err(|e| TrainError::io(out.join("summary.json"), e))?;
+    Ok(summary)
+}
+
+/// Where a run starts: afresh, or after a verified checkpoint window.
+struct Start {
+    /// The checkpoint folder.
+    ckpt_dir: PathBuf,
+    /// The settings recorded with every checkpoint ([`resume_settings`]).
+    resume_key: BTreeMap<String, serde_json::Value>,
+    /// The window resumed after.
+    window: Option<usize>,
+    /// Its saved state.
+    state: Option<RunState>,
+    /// Newer checkpoints passed over.
+    rejected: Vec<Rejected>,
+}
+
+/// Readies the output folder: refuses a previous run unless `--resume`/`--overwrite`, removes
+/// temporary files, finds the checkpoint to resume after (checking its settings), and cuts the
+/// metrics log back to it.
+fn prepare_out_dir(cfg: &TrainConfig, opts: &RunOptions, out: &Path) -> Result<Start, TrainError> {
+    let out = out.to_path_buf();
     if !opts.resume {
         let previous = outdir::previous_run(&out)?;
         if !previous.is_empty() && !opts.overwrite {
@@ -434,33 +520,60 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary, Train
             );
         }
     }
-    // Written with paths relative to the written file, so `blip3 train --config out/config.toml`
-    // works from any working directory.
-    let cfg_text = toml::to_string_pretty(&cfg.relative_to(&out)?)
-        .map_err(|e| TrainError::Config(e.to_string()))?;
-    std::fs::write(out.join("config.toml"), cfg_text)
-        .map_err(|e| TrainError::io(out.join("config.toml"), e))?;
+    Ok(Start {
+        ckpt_dir,
+        resume_key,
+        window: resume_window,
+        state: resumed_state,
+        rejected,
+    })
+}
 
-    // Devices and strategy.
-    let devices = make_devices(
-        cfg.devices.kind,
-        cfg.devices.count,
-        cfg.devices.indices.as_deref(),
-    )?;
-    let main = devices[0].clone();
-    main.seed(cfg.seed);
-    let mut ad = main.clone().autodiff();
-    if cfg.precision.gradient_checkpointing {
-        ad = ad.gradient_checkpointing();
+/// How the devices split the work.
+struct Layout {
+    /// Devices whose gradients are averaged inside one learner (`multi`), else 1.
+    reduce_devices: usize,
+    /// Samples per optimizer micro-step across all devices.
+    global_batch: usize,
+    /// Optimizer steps per checkpoint window.
+    every: usize,
+    /// Windows in the run.
+    windows: usize,
+}
+
+impl Layout {
+    fn of(cfg: &TrainConfig, n_dev: usize) -> Self {
+        let reduce_devices = if cfg.devices.strategy == Strategy::Multi {
+            n_dev
+        } else {
+            1
+        };
+        let data_parallel = match cfg.devices.strategy {
+            Strategy::Ddp => n_dev,
+            _ => 1,
+        };
+        let every = cfg.checkpoint.every_steps.min(cfg.optim.total_steps);
+        Layout {
+            reduce_devices,
+            global_batch: cfg.data.batch_size * reduce_devices.max(data_parallel),
+            every,
+            windows: cfg.optim.total_steps.div_ceil(every),
+        }
     }
-    let n_dev = devices.len();
-    let strategy = cfg.devices.strategy.as_str();
-    let reduce_devices = if strategy == "multi" { n_dev } else { 1 };
+}
 
-    // Model and trainable parts.
-    let tok = load_tokenizer(&cfg.model.tokenizer)?;
-    let model = initial_model(&cfg.model.init, &tok, &ad)?;
-    let policy = set_trainable(model, &cfg.freeze, cfg.lora.as_ref(), &ad);
+/// The trainable stage model (frozen parts, LoRA, the DPO reference) and its trainable parameter
+/// count.
+fn stage_model(
+    cfg: &TrainConfig,
+    model: XGenMM,
+    processor: &Processor,
+    layout: &Layout,
+    guard: &Arc<StepGuard>,
+    ad: &Device,
+) -> (StageModel, usize) {
+    let tok = processor.tokenizer();
+    let policy = set_trainable(model, &cfg.freeze, cfg.lora.as_ref(), ad);
     let n_trainable = trainable_params(&policy);
     log::info!(
         "{}: {} trainable parameters of {}",
@@ -470,10 +583,9 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary, Train
     );
     let reference = (cfg.stage == Stage::Dpo && cfg.dpo.reference == DpoReference::PolicyCopy)
         .then(|| frozen_copy(policy.clone()));
-    let guard = Arc::new(StepGuard::new(cfg.monitor.max_nan_steps));
     let settings = StageSettings {
         stage: cfg.stage,
-        loss_scale: 1.0 / (cfg.optim.grad_accum * reduce_devices) as f64,
+        loss_scale: 1.0 / (cfg.optim.grad_accum * layout.reduce_devices) as f64,
         dpo_beta: cfg.dpo.beta,
         dpo_reference: cfg.dpo.reference,
         compute_dtype: (cfg.precision.mode == Precision::Bf16Mixed).then_some(DType::BF16),
@@ -489,56 +601,90 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary, Train
             }
         }),
     };
-    let stage_model = StageModel::new(policy, reference, settings);
+    (StageModel::new(policy, reference, settings), n_trainable)
+}
 
-    // Data: one global batch = batch_size per device; a window = every_steps optimizer steps.
-    let every = cfg.checkpoint.every_steps.min(cfg.optim.total_steps);
-    let windows = cfg.optim.total_steps.div_ceil(every);
-    let global_batch =
-        cfg.data.batch_size * reduce_devices.max(if strategy == "ddp" { n_dev } else { 1 });
-    let mut lc = LoaderConfig::new(global_batch, global_batch * every * cfg.optim.grad_accum);
-    lc.num_workers = cfg.data.num_workers;
-    lc.length_grouping = cfg.data.length_grouping.then_some(8);
-    lc.max_bad_rate = cfg.data.max_bad_percent / 100.0;
-    let pipeline = Arc::new(pipeline_for(cfg, &stage_model.policy, tok.clone())?);
-    let loader = open_loader(&cfg.data.train, pipeline.clone(), &ad, lc.clone())?;
-    if let Some(state) = &resumed_state {
-        loader.restore(&state.loader)?;
-    }
-    let window_states = WindowStates::new();
-    let first_window = resume_window.map_or(1, |w| w + 1);
-    // The last window is short when every_steps does not divide total_steps.
-    let last_window_steps = cfg.optim.total_steps - (windows - 1) * every;
-    let train_loader: Arc<dyn DataLoader<VlmBatch>> = Arc::new(
-        WindowTracking::new(loader.clone(), window_states.clone(), first_window).with_last_window(
-            windows,
-            every * cfg.optim.grad_accum,
-            last_window_steps * cfg.optim.grad_accum,
-        ),
-    );
-    let valid_loader: Arc<dyn DataLoader<VlmBatch>> = match &cfg.data.valid {
-        Some(recipe) => {
-            let n = cfg.data.valid_samples.div_ceil(global_batch).max(1) * global_batch;
-            let mut vc = LoaderConfig::new(global_batch, n);
-            vc.num_workers = cfg.data.num_workers;
-            vc.fixed_window = true;
-            vc.max_bad_rate = lc.max_bad_rate;
-            Arc::new(open_loader(recipe, pipeline.clone(), &ad, vc)?)
+/// The run's data loaders: training (restored to the resumed position, its window states recorded
+/// for checkpoints) and validation.
+struct Loaders {
+    train: StreamingLoader<VlmBatch>,
+    tracked: Arc<dyn DataLoader<VlmBatch>>,
+    valid: Arc<dyn DataLoader<VlmBatch>>,
+    window_states: WindowStates<LoaderState>,
+    first_window: usize,
+}
+
+impl Loaders {
+    fn open(
+        cfg: &TrainConfig,
+        layout: &Layout,
+        pipeline: Arc<Pipeline>,
+        ad: &Device,
+        start: &Start,
+    ) -> Result<Self, TrainError> {
+        // One global batch = batch_size per device; a window = every_steps optimizer steps.
+        let (every, windows, global_batch) = (layout.every, layout.windows, layout.global_batch);
+        let mut lc = LoaderConfig::new(global_batch, global_batch * every * cfg.optim.grad_accum);
+        lc.num_workers = cfg.data.num_workers;
+        lc.length_grouping = cfg.data.length_grouping.then_some(8);
+        lc.max_bad_rate = cfg.data.max_bad_percent / 100.0;
+        let train = open_loader(&cfg.data.train, pipeline.clone(), ad, lc.clone())?;
+        if let Some(state) = &start.state {
+            train.restore(&state.loader)?;
         }
-        None => Arc::new(EmptyLoader),
-    };
+        let window_states = WindowStates::new();
+        let first_window = start.window.map_or(1, |w| w + 1);
+        // The last window is short when every_steps does not divide total_steps.
+        let last_window_steps = cfg.optim.total_steps - (windows - 1) * every;
+        let tracked: Arc<dyn DataLoader<VlmBatch>> = Arc::new(
+            WindowTracking::new(train.clone(), window_states.clone(), first_window)
+                .with_last_window(
+                    windows,
+                    every * cfg.optim.grad_accum,
+                    last_window_steps * cfg.optim.grad_accum,
+                ),
+        );
+        let valid: Arc<dyn DataLoader<VlmBatch>> = match &cfg.data.valid {
+            Some(recipe) => {
+                let n = cfg.data.valid_samples.div_ceil(global_batch).max(1) * global_batch;
+                let mut vc = LoaderConfig::new(global_batch, n);
+                vc.num_workers = cfg.data.num_workers;
+                vc.fixed_window = true;
+                vc.max_bad_rate = lc.max_bad_rate;
+                Arc::new(open_loader(recipe, pipeline, ad, vc)?)
+            }
+            None => Arc::new(EmptyLoader),
+        };
+        Ok(Loaders {
+            train,
+            tracked,
+            valid,
+            window_states,
+            first_window,
+        })
+    }
+}
 
-    // Optimizer, schedule, learner.
-    let optim = build_optimizer(&cfg.optim)?;
-    let sched = ModuleLrScheduler::new(WarmupCosine::new(&cfg.optim));
-    let learner = Learner::new(stage_model, optim, sched);
-
-    // Checkpointers: model, optimizer, scheduler, and the run state with the records' checksums
-    // (written by whichever of the three finishes last); keep the last K.
+/// The burn-train run: metrics, checkpointers (model, optimizer, scheduler and the run state with
+/// the records' checksums, written by whichever of the three finishes last; keep the last K),
+/// logger, renderer and execution strategy.
+#[allow(clippy::too_many_arguments)]
+fn supervised_training(
+    cfg: &TrainConfig,
+    out: &Path,
+    start: &Start,
+    layout: &Layout,
+    loaders: &Loaders,
+    devices: &[Device],
+    ad: &Device,
+    guard: &Arc<StepGuard>,
+) -> SupervisedTraining<StageModel> {
     let seed = cfg.seed;
     let total_steps = cfg.optim.total_steps;
-    let skipped_before = resumed_state.as_ref().map_or(0, |s| s.skipped_steps);
-    let (ws, g2) = (window_states.clone(), guard.clone());
+    let every = layout.every;
+    let skipped_before = start.state.as_ref().map_or(0, |s| s.skipped_steps);
+    let (ws, g2) = (loaders.window_states.clone(), guard.clone());
+    let resume_key = start.resume_key.clone();
     let state_source: crate::checkpoint::StateSource = Arc::new(move |w| {
         let loader = ws.get(w)?;
         serde_json::to_value(RunState {
@@ -550,39 +696,40 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary, Train
         })
         .ok()
     });
-    let checkpoints = CheckpointSet::new(&ckpt_dir, state_source);
-    let renderer: Box<dyn MetricsRenderer> = match cfg.monitor.renderer.as_str() {
-        "quiet" => Box::new(PlainRenderer::new(usize::MAX, true)),
-        "plain" => Box::new(PlainRenderer::new(
+    let checkpoints = CheckpointSet::new(&start.ckpt_dir, state_source);
+    let reduce_devices = layout.reduce_devices;
+    let renderer: Box<dyn MetricsRenderer> = match cfg.monitor.renderer {
+        Renderer::Quiet => Box::new(PlainRenderer::new(usize::MAX, true)),
+        Renderer::Plain => Box::new(PlainRenderer::new(
             cfg.monitor.log_every * cfg.optim.grad_accum * reduce_devices,
             false,
         )),
-        _ => auto_renderer(cfg, reduce_devices),
+        Renderer::Auto => auto_renderer(cfg, reduce_devices),
     };
-    let execution = match strategy {
-        "multi" => ExecutionStrategy::multi(
+    let execution = match cfg.devices.strategy {
+        Strategy::Multi => ExecutionStrategy::multi(
             devices.iter().map(|d| d.clone().autodiff()).collect(),
             MultiDeviceOptim::OptimMainDevice,
         ),
-        "ddp" => ExecutionStrategy::ddp(
+        Strategy::Ddp => ExecutionStrategy::ddp(
             devices.iter().map(|d| d.clone().autodiff()).collect(),
             DistributedConfig {
                 all_reduce_op: ReduceOperation::Mean,
             },
         ),
-        _ => ExecutionStrategy::single(ad.clone()),
+        Strategy::Single => ExecutionStrategy::single(ad.clone()),
     };
     // Items the learner reports per optimizer step: one per micro-batch and device.
     let items_per_step = cfg.optim.grad_accum * reduce_devices;
     let micro_per_window = every * items_per_step;
-    let mut training = SupervisedTraining::new(&out, train_loader, valid_loader)
+    let mut training = SupervisedTraining::new(out, loaders.tracked.clone(), loaders.valid.clone())
         .metric_train_numeric(LossMetric::new())
         .metric_valid_numeric(LossMetric::new())
         .metric_train_numeric(LearningRateMetric::new())
         .metric_train_numeric(StepMetric::new(StepMetricKind::TokensPerSecond))
         .metric_train_numeric(StepMetric::new(StepMetricKind::SamplesPerSecond))
         .metric_train_numeric(StepMetric::new(StepMetricKind::GradNorm))
-        .num_epochs(windows)
+        .num_epochs(layout.windows)
         .grads_accumulation(cfg.optim.grad_accum)
         .with_custom_checkpointers(
             checkpoints.checkpointer("model"),
@@ -591,10 +738,10 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary, Train
         )
         .with_checkpointing_strategy(KeepLastNCheckpoints::new(cfg.checkpoint.keep_last))
         .with_metric_logger(RunLogger::new(
-            &out,
+            out,
             micro_per_window,
             items_per_step,
-            first_window,
+            loaders.first_window,
         ))
         .with_application_logger(None)
         .renderer(renderer)
@@ -609,51 +756,11 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary, Train
     if cfg.precision.gradient_checkpointing {
         training = training.gradient_checkpointing();
     }
-    if let Some(w) = resume_window {
+    if let Some(w) = start.window {
         log::info!("resuming after window {w} (step {})", w * every);
         training = training.checkpoint(w);
     }
-    guard.set_interrupter(training.interrupter());
-    let result = training.launch(learner);
-    if let Some(reason) = guard.failure() {
-        return Err(TrainError::Stopped(reason));
-    }
-    if let Some(e) = result.error {
-        return Err(TrainError::Stopped(e.to_string()));
-    }
-
-    // Final model (LoRA merged) as a blip3 checkpoint, and optionally the HF export.
-    let policy = result.model.policy.merge_lora();
-    let final_dir = out.join("final");
-    save_checkpoint(&policy, &final_dir)?;
-    tok.save(&final_dir)?;
-    let export_dir = if cfg.checkpoint.export_hf {
-        let dir = out.join("export");
-        export_hf(&policy, &dir, None)?;
-        tok.save(&dir)?;
-        Some(dir)
-    } else {
-        None
-    };
-    let (final_train_loss, final_valid_loss, steps) = last_losses(&out);
-    let summary = TrainSummary {
-        stage: cfg.stage,
-        steps,
-        final_train_loss,
-        final_valid_loss,
-        final_dir,
-        export_dir,
-        skipped_steps: skipped_before + guard.skipped(),
-        data: loader.stats(),
-        resumed_from: resume_window,
-        rejected_checkpoints: rejected,
-        trainable_params: n_trainable,
-    };
-    let text =
-        serde_json::to_string_pretty(&summary).map_err(|e| TrainError::Config(e.to_string()))?;
-    write_atomic(&out.join("summary.json"), text.as_bytes())
-        .map_err(|e| TrainError::io(out.join("summary.json"), e))?;
-    Ok(summary)
+    training
 }
 
 #[cfg(feature = "tui")]

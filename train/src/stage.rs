@@ -286,7 +286,7 @@ impl StageModel {
     ) -> Result<MultimodalInput, String> {
         let labels = chosen.labels.as_ref().ok_or("a DPO batch needs labels")?;
         let generator = self.policy.clone().valid();
-        let device = generator.lang_model.model.norm.gamma.device();
+        let device = generator.device();
         let mut prompts = MultimodalInput::default();
         for (ids, lab) in chosen.input_ids.iter().zip(labels) {
             let start = lab
@@ -377,7 +377,7 @@ impl TrainStep for StageModel {
             Ok(x) => x,
             Err(e) => {
                 guard.stop(format!("training step failed: {e}"));
-                let device = self.policy.lang_model.model.norm.gamma.device();
+                let device = self.policy.device();
                 let zero = Tensor::<1>::zeros([1], &device);
                 return TrainOutput {
                     grads: GradientsParams::new(),
@@ -435,7 +435,7 @@ impl InferenceStep for StageModel {
             Ok((_, item)) => item,
             Err(e) => {
                 log::warn!("validation step failed: {e}");
-                let device = self.policy.lang_model.model.norm.gamma.device();
+                let device = self.policy.device();
                 StepOutput::new(Tensor::zeros([1], &device), batch.len(), 0).skipped()
             }
         }

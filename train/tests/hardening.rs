@@ -62,7 +62,7 @@ fn config(dir: &Path, out: &str, steps: usize, every: usize) -> TrainConfig {
     cfg.checkpoint.every_steps = every;
     cfg.checkpoint.keep_last = 10;
     cfg.checkpoint.export_hf = false;
-    cfg.monitor.renderer = "quiet".into();
+    cfg.monitor.renderer = blip3_train::config::Renderer::Quiet;
     cfg
 }
 
@@ -245,7 +245,7 @@ fn resume_with_settings_that_break_exactness_is_refused() {
     let mut fine = cfg.clone();
     fine.data.num_workers = 2;
     fine.checkpoint.keep_last = 3;
-    fine.monitor.renderer = "plain".into();
+    fine.monitor.renderer = blip3_train::config::Renderer::Plain;
     let s = train(&fine, &RESUME).unwrap();
     assert_eq!(s.resumed_from, Some(2));
 }

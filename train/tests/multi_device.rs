@@ -89,10 +89,10 @@ fn config(dir: &Path, out: &str, devices: usize, batch: usize) -> TrainConfig {
     cfg.optim.grad_clip = Some(1.0);
     cfg.checkpoint.every_steps = 3;
     cfg.checkpoint.export_hf = false;
-    cfg.monitor.renderer = "quiet".into();
+    cfg.monitor.renderer = blip3_train::config::Renderer::Quiet;
     if devices > 1 {
         cfg.devices.count = devices;
-        cfg.devices.strategy = "multi".into();
+        cfg.devices.strategy = blip3_train::config::Strategy::Multi;
     }
     cfg
 }

@@ -20,11 +20,7 @@ use burn::tensor::DType;
 use burn::train::TrainStep;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../tests/fixtures/model"
-    ))
-    .join(name)
+    blip3_fixtures::fixture("model").join(name)
 }
 
 struct Fx {
@@ -638,12 +634,11 @@ fn dpo_with_noised_image_negatives_adds_a_second_term() {
 #[test]
 fn bf16_checkpoint_init_trains_with_f32_master_weights() {
     let device = Device::flex();
-    let tok = blip3_data::tokenizer::Blip3Tokenizer::tiny().expect("tokenizer");
-    let model = blip3_train::run::initial_model("tiny", &tok, &device).expect("tiny");
+    let (model, _) = blip3_train::run::initial_model("tiny", "tiny", &device).expect("tiny");
     let dir = tempfile::tempdir().expect("tempdir");
     loader::export_hf(&model, dir.path(), Some(DType::BF16)).expect("export");
     let spec = dir.path().to_string_lossy().to_string();
-    let loaded = blip3_train::run::initial_model(&spec, &tok, &device).expect("load");
+    let (loaded, _) = blip3_train::run::initial_model(&spec, "tiny", &device).expect("load");
     let dtypes = param_dtypes(&loaded);
     assert!(!dtypes.is_empty());
     assert!(dtypes.iter().all(|d| *d == DType::F32), "{dtypes:?}");

@@ -12,6 +12,7 @@ use blip3_data::mixture::{Mixture, Recipe};
 use blip3_data::pipeline::{Pipeline, PipelineConfig, TrainSample};
 use blip3_data::synth::{CorpusManifest, SynthConfig, write_corpus_with_progress};
 use blip3_data::tokenizer::Blip3Tokenizer;
+use blip3_processor::{ModelDir, TokenizerSource};
 use burn::data::dataloader::DataLoader;
 use burn::data::dataloader::batcher::Batcher;
 use burn::prelude::Device;
@@ -50,6 +51,10 @@ pub struct InspectArgs {
     /// How many mixture items to stream, good and bad together.
     #[arg(long, default_value_t = 1000)]
     pub limit: usize,
+    /// A model directory: its tokenizer, image settings and vision tokens per view are used
+    /// (read as `generate` and `train` read them; `--fixed` still selects one view an image).
+    #[arg(long, conflicts_with_all = ["tokenizer", "image_size", "tokens_per_view"])]
+    pub model: Option<PathBuf>,
     /// A tokenizer directory (`tokenizer.json`, ...); default: the built-in tiny tokenizer.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
@@ -157,14 +162,28 @@ fn inspect(args: InspectArgs) -> Result<()> {
     let recipe = Recipe::load(&args.recipe)
         .map_err(flat)
         .context("loading the recipe")?;
-    let tokenizer = match &args.tokenizer {
-        Some(dir) => Blip3Tokenizer::from_dir(dir)
-            .map_err(flat)
-            .with_context(|| format!("loading the tokenizer from {}", dir.display()))?,
-        None => Blip3Tokenizer::tiny()?,
+    let (tokenizer, image, per_view) = match &args.model {
+        Some(dir) => {
+            let dir = ModelDir::open(dir, &TokenizerSource::ModelDir)
+                .with_context(|| format!("reading the model directory {}", dir.display()))?;
+            let mut image = dir.image.clone();
+            if args.fixed {
+                image.mode = ResolutionMode::Fixed;
+            }
+            let per_view = dir.config.resampler.num_latents;
+            (dir.tokenizer, image, per_view)
+        }
+        None => {
+            let tokenizer = match &args.tokenizer {
+                Some(dir) => Blip3Tokenizer::from_dir(dir)
+                    .map_err(flat)
+                    .with_context(|| format!("loading the tokenizer from {}", dir.display()))?,
+                None => Blip3Tokenizer::tiny()?,
+            };
+            let image = image_config(args.image_size, args.fixed);
+            (tokenizer, image, args.tokens_per_view)
+        }
     };
-    let image = image_config(args.image_size, args.fixed);
-    let per_view = args.tokens_per_view;
     let pipeline = Pipeline::new(
         tokenizer,
         PipelineConfig {
@@ -301,7 +320,8 @@ fn print_inspection(
     }
 }
 
-/// The image processor of `--image-size` and `--fixed` (one 384 view) or any-res.
+/// The image settings of `--image-size` and `--fixed` (one view) or any-res, for inspecting data
+/// without a model directory (with one, `blip3_processor::ModelDir` decides them).
 pub(crate) fn image_config(image_size: u32, fixed: bool) -> ImageProcessorConfig {
     ImageProcessorConfig {
         image_size,

@@ -222,17 +222,11 @@ fn demo_generation(model: &Path, corpus: &Path) -> Result<()> {
         image.display()
     );
     super::generate::run(super::generate::Args {
-        model: model.to_path_buf(),
-        images: vec![image.clone()],
-        prompt: "What is in this picture?".into(),
         max_new_tokens: 32,
-        temperature: None,
-        top_k: None,
-        top_p: None,
-        seed: 0,
-        json: false,
-        top_logprobs: 0,
-        device: super::common::DeviceKindArg::Flex,
-        dtype: None,
+        ..super::generate::Args::new(
+            model.to_path_buf(),
+            vec![image.clone()],
+            "What is in this picture?",
+        )
     })
 }

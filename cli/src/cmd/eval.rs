@@ -252,11 +252,7 @@ fn run_suite_cmd(a: RunArgs) -> Result<()> {
     let dev = device(a.device)?;
     let dtype = a.dtype.map(|d| d.dtype());
     check_dtype(&dev, dtype)?;
-    let tokenizer = match a.tokenizer.as_deref() {
-        None => TokenizerSource::ModelDir,
-        Some("tiny") => TokenizerSource::Tiny,
-        Some(dir) => TokenizerSource::Dir(PathBuf::from(dir)),
-    };
+    let tokenizer = TokenizerSource::parse(a.tokenizer.as_deref());
     let model = EvalModel::load(&model_dir, &tokenizer, &dev, dtype)
         .with_context(|| format!("loading the model from {}", model_dir.display()))?;
     let answers = a.answers.unwrap_or_else(|| answers_path_for(&out));

@@ -1,22 +1,22 @@
-//! `blip3 generate`: one prompt (the user turn of the Phi-3 chat template, with the default system
-//! sentence) and optional images through a model directory; tokens stream to stdout as they are
-//! produced; `--json` ends with one JSON object on the last line.
+//! `blip3 generate`: one prompt and optional images through a model directory; tokens stream to
+//! stdout as they are produced; `--json` ends with one JSON object on the last line.
+//!
+//! The prompt is the user turn of the model's chat template with the default system sentence
+//! (`--system` replaces the sentence), or with `--raw` the text as is with BOS (base models,
+//! few-shot prompts). Without `--prompt`, or with `--prompt -`, the prompt is read from stdin.
+//! Everything about the model directory (tokenizer, image settings, special tokens) comes from
+//! [`blip3_processor`].
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::io::{Read, Write};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use blip3_data::anyres::{ImageProcessor, ImageProcessorConfig};
 use blip3_data::image::decode_path;
-use blip3_data::sample::{Origin, Role, Turn};
-use blip3_data::template::ChatTemplate;
-use blip3_data::tokenizer::Blip3Tokenizer;
-use blip3_model::loader::{LoadOptions, load_model_dir};
-use blip3_model::{
-    AspectMode, GenerationConfig, ImageInput, MultimodalInput, SpecialTokens, XGenMM,
-};
-use burn::prelude::*;
+use blip3_data::sample::{Role, Turn};
+use blip3_model::GenerationConfig;
+use blip3_model::loader::LoadOptions;
+use blip3_processor::{EncodedPrompt, Loaded, Processor, TokenizerSource};
 
 use super::common::{DTypeArg, DeviceKindArg, check_dtype, device, parse_device};
 
@@ -33,9 +33,16 @@ pub struct Args {
     /// 178956970; see docs/data.md).
     #[arg(long = "image")]
     pub images: Vec<PathBuf>,
-    /// The user's message.
+    /// The user's message; `-` or absent: read it from stdin.
     #[arg(long)]
-    pub prompt: String,
+    pub prompt: Option<String>,
+    /// The system sentence of the chat template (default: the model's default sentence).
+    #[arg(long, conflicts_with = "raw")]
+    pub system: Option<String>,
+    /// Send the prompt as raw text with BOS, without the chat template (base models, few-shot
+    /// prompts); generation then stops at `<|endofchunk|>` or EOS.
+    #[arg(long)]
+    pub raw: bool,
     /// Maximum tokens to generate.
     #[arg(long, default_value_t = 128)]
     pub max_new_tokens: usize,
@@ -65,43 +72,26 @@ pub struct Args {
     pub dtype: Option<DTypeArg>,
 }
 
-/// A loaded model with its tokenizer and image pipeline.
-pub struct Loaded {
-    /// The model (special tokens set from the tokenizer).
-    pub model: XGenMM,
-    /// The tokenizer.
-    pub tokenizer: Blip3Tokenizer,
-    /// The image pipeline matching the model.
-    pub images: ImageProcessor,
-}
-
-/// Loads a model directory for inference.
-pub fn load(dir: &Path, device: &Device, dtype: Option<burn::tensor::DType>) -> Result<Loaded> {
-    let model = load_model_dir(dir, device, LoadOptions { dtype })
-        .with_context(|| format!("loading the model from {}", dir.display()))?;
-    let tokenizer = Blip3Tokenizer::from_dir(dir)
-        .with_context(|| format!("loading the tokenizer from {}", dir.display()))?;
-    let model = model.with_special_tokens(SpecialTokens {
-        image: tokenizer.image_token_id(),
-        pad: tokenizer.pad_id(),
-    });
-    let cfg = model.config();
-    let pre = dir.join("preprocessor_config.json");
-    let image_cfg = if pre.exists() {
-        ImageProcessorConfig::from_hf_preprocessor_config(&pre)?
-    } else {
-        ImageProcessorConfig::for_model(
-            cfg.vision.image_size,
-            &cfg.anyres_grids,
-            cfg.image_aspect_ratio == AspectMode::AnyRes,
-        )
-    };
-    let images = ImageProcessor::new(image_cfg)?;
-    Ok(Loaded {
-        model,
-        tokenizer,
-        images,
-    })
+impl Args {
+    /// The arguments for one chat-template prompt with default settings.
+    pub fn new(model: PathBuf, images: Vec<PathBuf>, prompt: &str) -> Self {
+        Args {
+            model,
+            images,
+            prompt: Some(prompt.to_string()),
+            system: None,
+            raw: false,
+            max_new_tokens: 128,
+            temperature: None,
+            top_k: None,
+            top_p: None,
+            seed: 0,
+            json: false,
+            top_logprobs: 0,
+            device: DeviceKindArg::Flex,
+            dtype: None,
+        }
+    }
 }
 
 /// The prompt text with one `<image>` marker per image (prepended when the prompt has none).
@@ -133,12 +123,59 @@ fn sampling_config(args: &Args) -> Result<GenerationConfig> {
     Ok(cfg)
 }
 
+/// Encodes the prompt as the arguments ask (chat template with an optional system sentence, or raw).
+pub fn encode_prompt(
+    processor: &Processor,
+    prompt: &str,
+    system: Option<&str>,
+    raw: bool,
+    images: usize,
+) -> Result<EncodedPrompt> {
+    let text = with_markers(prompt, images)?;
+    let encoded = if raw {
+        processor.encode_raw(&text, images)
+    } else {
+        let mut turns = Vec::with_capacity(2);
+        if let Some(system) = system {
+            turns.push(Turn {
+                role: Role::System,
+                text: system.to_string(),
+            });
+        }
+        turns.push(Turn {
+            role: Role::User,
+            text,
+        });
+        processor.encode_chat(&turns, images)
+    };
+    Ok(encoded?)
+}
+
+/// The prompt text: `--prompt`, or stdin when it is absent or `-`.
+fn prompt_text(arg: Option<&str>) -> Result<String> {
+    match arg {
+        Some(p) if p != "-" => Ok(p.to_string()),
+        _ => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("reading the prompt from stdin")?;
+            let text = text.trim_end_matches(['\n', '\r']).to_string();
+            if text.is_empty() {
+                bail!("no prompt: give --prompt TEXT or write the prompt to stdin");
+            }
+            Ok(text)
+        }
+    }
+}
+
 /// Runs the command.
 pub fn run(args: Args) -> Result<()> {
     let sampling = sampling_config(&args)?;
     let dev = device(args.device)?;
     let dtype = args.dtype.map(|d| d.dtype());
     check_dtype(&dev, dtype)?;
+    let prompt = prompt_text(args.prompt.as_deref())?;
     let t0 = Instant::now();
     // Images are read first, so that a file refused by the image limits (not a regular file, over
     // BLIP3_MAX_IMAGE_BYTES, or declaring more than BLIP3_MAX_IMAGE_PIXELS pixels) fails at once,
@@ -149,78 +186,50 @@ pub fn run(args: Args) -> Result<()> {
         .map(|path| decode_path(path).map_err(|e| anyhow::anyhow!("--image: {e}")))
         .collect::<Result<Vec<_>>>()?;
     let Loaded {
-        model,
-        tokenizer,
-        images,
-    } = load(&args.model, &dev, dtype)?;
-    let prompt = with_markers(&args.prompt, args.images.len())?;
-    let turns = vec![Turn {
-        role: Role::User,
-        text: prompt,
-    }];
-    let origin = Origin {
-        file: "<prompt>".into(),
-        key: String::new(),
-    };
-    let ids = ChatTemplate::default()
-        .encode_prompt(&tokenizer, &turns, args.images.len(), &origin)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        model, processor, ..
+    } = blip3_processor::load(
+        &args.model,
+        &TokenizerSource::ModelDir,
+        &dev,
+        LoadOptions { dtype },
+    )
+    .with_context(|| format!("loading the model from {}", args.model.display()))?;
+    let encoded = encode_prompt(
+        &processor,
+        &prompt,
+        args.system.as_deref(),
+        args.raw,
+        args.images.len(),
+    )?;
     let mut inputs = Vec::with_capacity(args.images.len());
     for (path, rgb) in args.images.iter().zip(&decoded) {
-        let p = images
-            .process(rgb)
-            .with_context(|| format!("processing {}", path.display()))?;
-        let [v, c, s, _] = p.shape();
-        inputs.push(ImageInput::from_host(
-            p.pixels,
-            v,
-            c,
-            s,
-            (p.grid_cols as usize, p.grid_rows as usize),
-            (p.original_width as usize, p.original_height as usize),
-            &dev,
-        )?);
+        inputs.push(
+            processor
+                .image(rgb, &dev)
+                .with_context(|| format!("processing {}", path.display()))?,
+        );
     }
-    let prompt_tokens = ids.len();
-    let input = MultimodalInput {
-        input_ids: vec![ids],
+    let prompt_tokens = encoded.ids.len();
+    let cfg = processor.generation_config(&sampling, &encoded);
+    let input = blip3_model::MultimodalInput {
+        input_ids: vec![encoded.ids.clone()],
         images: vec![inputs],
         labels: None,
     };
-    let cfg = GenerationConfig {
-        stop_ids: vec![tokenizer.end_id(), tokenizer.eos_id()],
-        pad_id: tokenizer.pad_id(),
-        ..sampling
-    };
-    // Stream: decode everything produced so far and print the new suffix (multi-byte safe).
-    let stop = cfg.stop_ids.clone();
-    let mut produced: Vec<u32> = Vec::new();
-    let mut shown = String::new();
+    // Stream the reply as it is produced (multi-byte safe).
+    let mut stream = processor.text_stream(&encoded.stop_ids);
     let mut out = std::io::stdout();
     let gen_start = Instant::now();
     let generated = model.generate(&input, &cfg, |_, tok| {
-        if !stop.contains(&tok) {
-            produced.push(tok);
-            if let Ok(text) = tokenizer.decode(&produced, true)
-                && text.len() > shown.len()
-                && text.starts_with(&shown)
-            {
-                let _ = write!(out, "{}", &text[shown.len()..]);
-                let _ = out.flush();
-                shown = text;
-            }
+        if let Some(new) = stream.push(tok) {
+            let _ = write!(out, "{new}");
+            let _ = out.flush();
         }
         true
     })?;
     println!();
     let g = &generated[0];
-    let text_ids: Vec<u32> = g
-        .token_ids
-        .iter()
-        .copied()
-        .filter(|t| !stop.contains(t))
-        .collect();
-    let text = tokenizer.decode(&text_ids, true)?;
+    let text = processor.decode_reply(&g.token_ids, &encoded.stop_ids)?;
     log::info!(
         "{} tokens in {:.0} ms ({:.1} ms/token), prompt {} text + {} vision tokens",
         g.token_ids.len(),
@@ -230,13 +239,12 @@ pub fn run(args: Args) -> Result<()> {
         g.vision_tokens
     );
     if args.json {
-        let top: Vec<Vec<(u32, f32)>> = g.top_logprobs.clone();
         let obj = serde_json::json!({
             "text": text,
             "token_ids": g.token_ids,
             "prompt_tokens": prompt_tokens,
             "vision_tokens": g.vision_tokens,
-            "top_logprobs": top,
+            "top_logprobs": g.top_logprobs,
             "finish_reason": format!("{:?}", g.finish).to_lowercase(),
             "time_ms": t0.elapsed().as_secs_f64() * 1e3,
         });

@@ -8,11 +8,7 @@ use burn::prelude::*;
 
 /// Path of a file under `tests/fixtures/model`.
 pub fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../tests/fixtures/model"
-    ))
-    .join(name)
+    blip3_fixtures::fixture("model").join(name)
 }
 
 /// A tensor read from a fixture: f32 values (integers converted) and its shape.

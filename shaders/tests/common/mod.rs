@@ -27,17 +27,20 @@ pub fn devices() -> Vec<(&'static str, Device)> {
     out
 }
 
-/// A small deterministic generator (the data crate's SplitMix64), so every device sees the same
-/// inputs.
-pub struct Rng(blip3_data::rng::SplitMix64);
+/// A small deterministic generator (SplitMix64), so every device sees the same inputs.
+pub struct Rng(u64);
 
 impl Rng {
     pub fn new(seed: u64) -> Rng {
-        Rng(blip3_data::rng::SplitMix64::new(seed))
+        Rng(seed)
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.0.next_u64()
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
     }
 
     /// Uniform in [-1, 1).
