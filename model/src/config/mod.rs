@@ -1,5 +1,6 @@
-//! Model configurations: one serde struct per component, presets, and the parser for the HF
-//! `config.json` files that released xGen-MM, Phi-3 and SigLIP checkpoints ship with.
+//! Model configurations: one serde struct per component and presets. The HF `config.json` files
+//! that released xGen-MM, Phi-3 and SigLIP checkpoints ship with are read through serde structs
+//! mirroring them, in [`hf`].
 //!
 //! The released xGen-MM `config.json` lists only a few `text_config` fields and relies on the HF
 //! `Phi3Config` defaults (Phi-3-mini's sizes) for the rest; [`XGenMMConfig::from_hf_json`] applies
@@ -8,9 +9,12 @@
 //! `vision_config` / `vision_tokenizer_config` extensions).
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::error::ModelError;
+
+mod hf;
+
+pub use hf::siglip_from_hf_value;
 
 /// Sizes of the SigLIP vision transformer (HF `SiglipVisionConfig`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -100,7 +104,7 @@ impl SiglipVisionConfig {
         self.hidden_size / self.num_attention_heads
     }
 
-    fn validate(&self) -> Result<(), ModelError> {
+    pub(crate) fn validate(&self) -> Result<(), ModelError> {
         check(
             self.num_attention_heads > 0,
             "vision_config.num_attention_heads must be > 0",
@@ -277,7 +281,7 @@ impl Phi3Config {
         self.hidden_size / self.num_attention_heads
     }
 
-    fn validate(&self) -> Result<(), ModelError> {
+    pub(crate) fn validate(&self) -> Result<(), ModelError> {
         check(
             self.num_attention_heads > 0,
             "text_config.num_attention_heads must be > 0",
@@ -305,101 +309,6 @@ impl Phi3Config {
             )?;
         }
         Ok(())
-    }
-
-    /// Parses an HF `Phi3Config` JSON object, applying the `Phi3Config` defaults to every missing
-    /// field (the released xGen-MM config relies on them).
-    pub fn from_hf_value(v: &Value, ctx: &str) -> Result<Self, ModelError> {
-        let d = Self::phi3_mini_4k();
-        let hidden_size = get_usize(v, "hidden_size", ctx)?.unwrap_or(d.hidden_size);
-        let num_attention_heads =
-            get_usize(v, "num_attention_heads", ctx)?.unwrap_or(d.num_attention_heads);
-        let max_position_embeddings =
-            get_usize(v, "max_position_embeddings", ctx)?.unwrap_or(d.max_position_embeddings);
-        // rope: old layout `rope_scaling` + `rope_theta`, new layout `rope_parameters`.
-        let rope_obj = v
-            .get("rope_scaling")
-            .filter(|x| !x.is_null())
-            .or_else(|| v.get("rope_parameters").filter(|x| !x.is_null()));
-        let mut rope_theta = get_f64(v, "rope_theta", ctx)?.unwrap_or(d.rope_theta);
-        let mut rope_scaling = None;
-        let mut original = get_usize(v, "original_max_position_embeddings", ctx)?;
-        if let Some(r) = rope_obj {
-            if let Some(t) = get_f64(r, "rope_theta", ctx)? {
-                rope_theta = t;
-            }
-            if original.is_none() {
-                original = get_usize(r, "original_max_position_embeddings", ctx)?;
-            }
-            let kind = r
-                .get("rope_type")
-                .or_else(|| r.get("type"))
-                .and_then(Value::as_str)
-                .unwrap_or("default");
-            match kind {
-                "default" => {}
-                "su" | "longrope" | "yarn" => {
-                    let factors = |name: &str| -> Result<Vec<f64>, ModelError> {
-                        let arr = r.get(name).and_then(Value::as_array).ok_or_else(|| {
-                            ModelError::config(ctx, format!("rope_scaling.{name} is missing"))
-                        })?;
-                        arr.iter()
-                            .map(|x| {
-                                x.as_f64().ok_or_else(|| {
-                                    ModelError::config(
-                                        ctx,
-                                        format!("rope_scaling.{name}: not a number"),
-                                    )
-                                })
-                            })
-                            .collect()
-                    };
-                    rope_scaling = Some(LongRopeScaling {
-                        short_factor: factors("short_factor")?,
-                        long_factor: factors("long_factor")?,
-                        factor: get_f64(r, "factor", ctx)?,
-                        attention_factor: get_f64(r, "attention_factor", ctx)?,
-                    });
-                }
-                other => {
-                    return Err(ModelError::config(
-                        ctx,
-                        format!(
-                            "unsupported rope type {other:?} (supported: default, su, longrope)"
-                        ),
-                    ));
-                }
-            }
-        }
-        let sliding_window = match v.get("sliding_window") {
-            None => d.sliding_window,
-            Some(Value::Null) => None,
-            Some(x) => Some(x.as_u64().ok_or_else(|| {
-                ModelError::config(ctx, "sliding_window must be an integer or null")
-            })? as usize),
-        };
-        let cfg = Self {
-            vocab_size: get_usize(v, "vocab_size", ctx)?.unwrap_or(d.vocab_size),
-            hidden_size,
-            intermediate_size: get_usize(v, "intermediate_size", ctx)?
-                .unwrap_or(d.intermediate_size),
-            num_hidden_layers: get_usize(v, "num_hidden_layers", ctx)?
-                .unwrap_or(d.num_hidden_layers),
-            num_attention_heads,
-            num_key_value_heads: get_usize(v, "num_key_value_heads", ctx)?
-                .unwrap_or(num_attention_heads),
-            max_position_embeddings,
-            original_max_position_embeddings: original.unwrap_or(max_position_embeddings),
-            rope_theta,
-            rope_scaling,
-            rms_norm_eps: get_f64(v, "rms_norm_eps", ctx)?.unwrap_or(d.rms_norm_eps),
-            sliding_window,
-            bos_token_id: get_id(v, "bos_token_id", d.bos_token_id),
-            eos_token_id: get_id(v, "eos_token_id", d.eos_token_id),
-            pad_token_id: get_id(v, "pad_token_id", d.pad_token_id),
-        };
-        cfg.validate().map_err(|e| in_file(e, ctx))?;
-        Ok(cfg)
     }
 }
 
@@ -551,185 +460,6 @@ impl XGenMMConfig {
         }
         Ok(())
     }
-
-    /// Parses an xGen-MM `config.json` text (see the module docs). `ctx` names the file in errors.
-    pub fn from_hf_json(text: &str, ctx: &str) -> Result<Self, ModelError> {
-        let v: Value = serde_json::from_str(text)
-            .map_err(|e| ModelError::config(ctx, format!("invalid JSON: {e}")))?;
-        Self::from_hf_value(&v, ctx)
-    }
-
-    /// Parses an already-decoded xGen-MM `config.json`.
-    pub fn from_hf_value(v: &Value, ctx: &str) -> Result<Self, ModelError> {
-        let d = Self::xgenmm_phi3_mini_v1_5();
-        let empty = Value::Object(Default::default());
-        let text_v = v.get("text_config").unwrap_or(&empty);
-        let text = Phi3Config::from_hf_value(text_v, &format!("{ctx}: text_config"))?;
-        let initial_tokenizer_len = get_usize(text_v, "initial_tokenizer_len", ctx)?
-            .or(get_usize(v, "initial_tokenizer_len", ctx)?)
-            .unwrap_or(d.initial_tokenizer_len);
-
-        let venc = v.get("vision_encoder_config").unwrap_or(&empty);
-        let vision = match venc.get("vision_config") {
-            Some(vc) => {
-                let c = format!("{ctx}: vision_encoder_config.vision_config");
-                SiglipVisionConfig {
-                    hidden_size: require_usize(vc, "hidden_size", &c)?,
-                    intermediate_size: require_usize(vc, "intermediate_size", &c)?,
-                    num_hidden_layers: require_usize(vc, "num_hidden_layers", &c)?,
-                    num_attention_heads: require_usize(vc, "num_attention_heads", &c)?,
-                    num_channels: get_usize(vc, "num_channels", &c)?.unwrap_or(3),
-                    image_size: require_usize(vc, "image_size", &c)?,
-                    patch_size: require_usize(vc, "patch_size", &c)?,
-                    layer_norm_eps: get_f64(vc, "layer_norm_eps", &c)?.unwrap_or(1e-6),
-                }
-            }
-            None => d.vision.clone(),
-        };
-        let image_aspect_ratio = match venc.get("image_aspect_ratio").and_then(Value::as_str) {
-            None | Some("anyres") => AspectMode::AnyRes,
-            Some("pad") | Some("none") | Some("fixed") => AspectMode::Fixed,
-            Some(other) => {
-                return Err(ModelError::config(
-                    ctx,
-                    format!("vision_encoder_config.image_aspect_ratio {other:?} is not supported"),
-                ));
-            }
-        };
-        let anyres_patch_sampling = venc
-            .get("anyres_patch_sampling")
-            .and_then(Value::as_bool)
-            .unwrap_or(true);
-        let anyres_grids = match venc.get("anyres_grids") {
-            None | Some(Value::Null) => default_grids(vision.image_size),
-            Some(g) => parse_grids(g).ok_or_else(|| {
-                ModelError::config(
-                    ctx,
-                    "vision_encoder_config.anyres_grids must be [[w, h], ...]",
-                )
-            })?,
-        };
-
-        let vtok = v.get("vision_tokenizer_config").unwrap_or(&empty);
-        let c = format!("{ctx}: vision_tokenizer_config");
-        let base = PerceiverConfig::xgenmm_128(vision.hidden_size, text.hidden_size);
-        let resampler = PerceiverConfig {
-            dim: get_usize(vtok, "vis_feature_dim", &c)?.unwrap_or(vision.hidden_size),
-            dim_inner: get_usize(vtok, "lang_embedding_dim", &c)?.unwrap_or(text.hidden_size),
-            depth: get_usize(vtok, "depth", &c)?.unwrap_or(base.depth),
-            heads: get_usize(vtok, "heads", &c)?.unwrap_or(base.heads),
-            dim_head: get_usize(vtok, "dim_head", &c)?.unwrap_or(base.dim_head),
-            num_latents: get_usize(vtok, "num_vis_tokens", &c)?.unwrap_or(base.num_latents),
-            ff_mult: get_usize(vtok, "ff_mult", &c)?.unwrap_or(base.ff_mult),
-            layer_norm_eps: 1e-5,
-        };
-        let num_additional_tokens =
-            get_usize(v, "num_additional_tokens", ctx)?.unwrap_or(d.num_additional_tokens);
-        let cfg = Self {
-            vision,
-            resampler,
-            text,
-            initial_tokenizer_len,
-            num_additional_tokens,
-            image_aspect_ratio,
-            anyres_patch_sampling,
-            anyres_grids,
-        };
-        cfg.validate().map_err(|e| in_file(e, ctx))?;
-        Ok(cfg)
-    }
-
-    /// Renders this config as an HF-style xGen-MM `config.json` value that
-    /// [`from_hf_value`](Self::from_hf_value) reads back identically.
-    pub fn to_hf_value(&self) -> Value {
-        let t = &self.text;
-        let mut text = serde_json::json!({
-            "model_type": "phi3",
-            "vocab_size": t.vocab_size,
-            "hidden_size": t.hidden_size,
-            "intermediate_size": t.intermediate_size,
-            "num_hidden_layers": t.num_hidden_layers,
-            "num_attention_heads": t.num_attention_heads,
-            "num_key_value_heads": t.num_key_value_heads,
-            "max_position_embeddings": t.max_position_embeddings,
-            "original_max_position_embeddings": t.original_max_position_embeddings,
-            "rope_theta": t.rope_theta,
-            "rms_norm_eps": t.rms_norm_eps,
-            "sliding_window": t.sliding_window,
-            "initial_tokenizer_len": self.initial_tokenizer_len,
-            "bos_token_id": t.bos_token_id,
-            "eos_token_id": t.eos_token_id,
-            "pad_token_id": t.pad_token_id,
-            "tie_word_embeddings": false,
-            "hidden_act": "silu",
-        });
-        if let Some(s) = &t.rope_scaling {
-            text["rope_scaling"] = serde_json::json!({
-                "type": "longrope",
-                "short_factor": s.short_factor,
-                "long_factor": s.long_factor,
-                "factor": s.factor,
-                "attention_factor": s.attention_factor,
-            });
-        }
-        let v = &self.vision;
-        let r = &self.resampler;
-        serde_json::json!({
-            "architectures": ["XGenMMModelForConditionalGeneration"],
-            "model_type": "xgenmm",
-            "num_additional_tokens": self.num_additional_tokens,
-            "text_config": text,
-            "vision_encoder_config": {
-                "model_type": "xgenmm_vision_encoder",
-                "image_aspect_ratio": match self.image_aspect_ratio {
-                    AspectMode::AnyRes => "anyres",
-                    AspectMode::Fixed => "pad",
-                },
-                "anyres_patch_sampling": self.anyres_patch_sampling,
-                "anyres_grids": self.anyres_grids.iter().map(|&(w, h)| [w, h]).collect::<Vec<_>>(),
-                "vision_config": {
-                    "model_type": "siglip_vision_model",
-                    "hidden_size": v.hidden_size,
-                    "intermediate_size": v.intermediate_size,
-                    "num_hidden_layers": v.num_hidden_layers,
-                    "num_attention_heads": v.num_attention_heads,
-                    "num_channels": v.num_channels,
-                    "image_size": v.image_size,
-                    "patch_size": v.patch_size,
-                    "layer_norm_eps": v.layer_norm_eps,
-                    "hidden_act": "gelu_pytorch_tanh",
-                },
-            },
-            "vision_tokenizer_config": {
-                "model_type": "xgenmm_vision_tokenizer",
-                "vis_feature_dim": r.dim,
-                "lang_embedding_dim": r.dim_inner,
-                "num_vis_tokens": r.num_latents,
-                "depth": r.depth,
-                "heads": r.heads,
-                "dim_head": r.dim_head,
-                "ff_mult": r.ff_mult,
-            },
-        })
-    }
-}
-
-/// Parses an HF `SiglipVisionConfig` (a `siglip_vision_model` config.json, or a `siglip` one with
-/// a `vision_config` object).
-pub fn siglip_from_hf_value(v: &Value, ctx: &str) -> Result<SiglipVisionConfig, ModelError> {
-    let vc = v.get("vision_config").unwrap_or(v);
-    let cfg = SiglipVisionConfig {
-        hidden_size: require_usize(vc, "hidden_size", ctx)?,
-        intermediate_size: require_usize(vc, "intermediate_size", ctx)?,
-        num_hidden_layers: require_usize(vc, "num_hidden_layers", ctx)?,
-        num_attention_heads: require_usize(vc, "num_attention_heads", ctx)?,
-        num_channels: get_usize(vc, "num_channels", ctx)?.unwrap_or(3),
-        image_size: require_usize(vc, "image_size", ctx)?,
-        patch_size: require_usize(vc, "patch_size", ctx)?,
-        layer_norm_eps: get_f64(vc, "layer_norm_eps", ctx)?.unwrap_or(1e-6),
-    };
-    cfg.validate().map_err(|e| in_file(e, ctx))?;
-    Ok(cfg)
 }
 
 /// The v1.5 candidate grids (1,2),(2,1),(2,2),(3,1),(1,3) as (width, height) in pixels.
@@ -737,19 +467,6 @@ pub fn default_grids(base: usize) -> Vec<(usize, usize)> {
     [(1, 2), (2, 1), (2, 2), (3, 1), (1, 3)]
         .iter()
         .map(|&(m, n)| (m * base, n * base))
-        .collect()
-}
-
-fn parse_grids(v: &Value) -> Option<Vec<(usize, usize)>> {
-    v.as_array()?
-        .iter()
-        .map(|p| {
-            let p = p.as_array()?;
-            if p.len() != 2 {
-                return None;
-            }
-            Some((p[0].as_u64()? as usize, p[1].as_u64()? as usize))
-        })
         .collect()
 }
 
@@ -761,41 +478,8 @@ fn check(cond: bool, msg: &str) -> Result<(), ModelError> {
     }
 }
 
-fn get_usize(v: &Value, key: &str, ctx: &str) -> Result<Option<usize>, ModelError> {
-    match v.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(x) => x.as_u64().map(|n| Some(n as usize)).ok_or_else(|| {
-            ModelError::config(ctx, format!("field {key:?} must be an unsigned integer"))
-        }),
-    }
-}
-
-fn require_usize(v: &Value, key: &str, ctx: &str) -> Result<usize, ModelError> {
-    get_usize(v, key, ctx)?
-        .ok_or_else(|| ModelError::config(ctx, format!("missing required field {key:?}")))
-}
-
-fn get_f64(v: &Value, key: &str, ctx: &str) -> Result<Option<f64>, ModelError> {
-    match v.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(x) => x
-            .as_f64()
-            .map(Some)
-            .ok_or_else(|| ModelError::config(ctx, format!("field {key:?} must be a number"))),
-    }
-}
-
-/// A token id field: absent → the default, `null` → none, a list → its first entry.
-fn get_id(v: &Value, key: &str, default: Option<u32>) -> Option<u32> {
-    match v.get(key) {
-        None => default,
-        Some(Value::Array(a)) => a.first()?.as_u64().map(|x| x as u32),
-        Some(x) => x.as_u64().map(|x| x as u32),
-    }
-}
-
 /// Re-labels a validation error with the file it came from.
-fn in_file(e: ModelError, ctx: &str) -> ModelError {
+pub(crate) fn in_file(e: ModelError, ctx: &str) -> ModelError {
     match e {
         ModelError::Config { msg, .. } => ModelError::config(ctx, msg),
         other => other,
@@ -847,5 +531,30 @@ mod tests {
         let c = Phi3Config::from_hf_value(&v, "t").unwrap();
         assert_eq!(c.original_max_position_embeddings, 32);
         assert_eq!(c.rope_scaling.unwrap().long_factor, vec![2.0; 8]);
+    }
+
+    #[test]
+    fn null_and_list_fields_read_as_hf_does() {
+        let v = serde_json::json!({"text_config": {"sliding_window": null,
+            "eos_token_id": [32007, 32000], "pad_token_id": null, "bos_token_id": "x"}});
+        let c = XGenMMConfig::from_hf_value(&v, "c").unwrap();
+        assert_eq!(c.text.sliding_window, None);
+        assert_eq!(c.text.eos_token_id, Some(32007));
+        assert_eq!(c.text.pad_token_id, None);
+        assert_eq!(c.text.bos_token_id, None);
+        // Absent fields take the HF defaults instead.
+        let d = XGenMMConfig::from_hf_value(&serde_json::json!({}), "d").unwrap();
+        assert_eq!(
+            d.text.sliding_window,
+            Phi3Config::phi3_mini_4k().sliding_window
+        );
+        assert_eq!(d.text.bos_token_id, Phi3Config::phi3_mini_4k().bos_token_id);
+        let err = XGenMMConfig::from_hf_value(
+            &serde_json::json!({"text_config": {"hidden_size": 1.5}}),
+            "e.json",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("e.json") && err.contains("1.5"), "{err}");
     }
 }
