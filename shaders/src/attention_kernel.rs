@@ -17,6 +17,10 @@
 //!   registers and rescaling only when its maximum grows; the partial states of a row's threads
 //!   are merged through shared memory at the end (log-sum-exp combination). Many threads a row
 //!   keep a cube busy along a long KV cache.
+//!
+//! (Over 600 lines because the two kernels share one launch plan, the staging helpers and the
+//! masking contract above; each kernel is one `#[cube]` function of tile arithmetic that reads
+//! best whole, next to the plan that sizes its tiles.)
 
 use burn::backend::Shape;
 use burn::backend::cubecl::dtype_to_storage_type;

@@ -14,6 +14,8 @@ pub mod optim;
 pub mod outdir;
 pub mod plot;
 pub mod recipes;
+pub mod renderer;
+pub mod resume;
 pub mod run;
 pub mod stage;
 
