@@ -49,7 +49,8 @@ pub use recipe::{
 
 use crate::error::{DataError, SampleError};
 use crate::pipeline::SampleTags;
-use crate::readers::webdataset::{Position, ShardSplit};
+use crate::readers::shards::ShardSplit;
+use crate::readers::stream::Position;
 use crate::sample::RawSample;
 use rng::Rng;
 use source::{Counted, ItemStream, Selection, SourceDef, count_items};

@@ -36,9 +36,8 @@ use blip3_data::readers::llava::{ImageRoots, LlavaOptions, LlavaReader};
 use blip3_data::readers::parquet::{ParquetLayout, ParquetOptions, ParquetReader};
 use blip3_data::readers::preference::{PreferenceOptions, PreferenceReader};
 use blip3_data::readers::safety::{SafetyOptions, VlGuardReader};
-use blip3_data::readers::webdataset::{
-    CaptionOptions, GroupReader, ReadScope, SampleStream, WdsReader,
-};
+use blip3_data::readers::stream::{ReadScope, SampleStream};
+use blip3_data::readers::webdataset::{CaptionOptions, GroupReader, WdsReader};
 use blip3_data::synth::{SynthConfig, write_corpus};
 use blip3_data::{BadKind, Blip3Tokenizer, ChatTemplate, Origin, Role, SampleError, Turn};
 use harness::{CountingAlloc, JSON_TOKENS, Outcome, damage, fuzz, run_case};

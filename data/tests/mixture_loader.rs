@@ -471,7 +471,7 @@ fn parquet_and_tar_document_sources_read_as_their_readers() {
         ImageResolver, InterleavedOptions, InterleavedWdsReader, UrlRule,
     };
     use blip3_data::readers::parquet::{ParquetLayout, ParquetOptions, ParquetReader};
-    use blip3_data::readers::webdataset::ReadScope;
+    use blip3_data::readers::stream::ReadScope;
 
     let dir = reader_fixtures();
     let single = |source: &str| {

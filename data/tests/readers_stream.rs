@@ -12,9 +12,10 @@ use blip3_data::readers::interleaved::{
     MissingImagePolicy, UrlRule, render_interleaved,
 };
 use blip3_data::readers::parquet::{ParquetLayout, ParquetOptions, ParquetReader};
+use blip3_data::readers::shards::{ShardSplit, expand_braces, expand_shards};
+use blip3_data::readers::stream::{Position, ReadScope, SampleStream};
 use blip3_data::readers::webdataset::{
-    CaptionOptions, GroupReader, Position, ReadScope, SampleStream, ShardGroups, ShardSplit,
-    WdsReader, expand_braces, expand_shards, split_member_name,
+    CaptionOptions, GroupReader, ShardGroups, WdsReader, split_member_name,
 };
 use blip3_data::{BadKind, ImageSource, RawSample, Role, SampleError};
 use serde_json::Value;

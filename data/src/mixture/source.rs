@@ -16,10 +16,9 @@ use crate::readers::llava::{ImageRoots, LlavaOptions, LlavaReader, RootRule, Rul
 use crate::readers::parquet::{ParquetLayout, ParquetOptions, ParquetReader, is_parquet_name};
 use crate::readers::preference::{PairMode, PreferenceOptions, PreferenceReader};
 use crate::readers::safety::{SafetyOptions, VlGuardReader};
-use crate::readers::webdataset::{
-    CaptionOptions, CaptionSource, Position, ReadScope, SampleStream, ShardSplit, WdsReader,
-    expand_paths, expand_shards,
-};
+use crate::readers::shards::{ShardSplit, expand_paths, expand_shards};
+use crate::readers::stream::{Position, ReadScope, SampleStream};
+use crate::readers::webdataset::{CaptionOptions, CaptionSource, WdsReader};
 use crate::sample::RawSample;
 
 /// One item of a source: a sample (or why its record was skipped) and its tags.

@@ -62,10 +62,9 @@ use std::sync::Arc;
 use base64::Engine;
 use serde_json::Value;
 
-use super::webdataset::{
-    GroupReader, IMAGE_EXTENSIONS, Position, ReadScope, SampleStream, ShardSplit, TarGroup,
-    expand_paths, expand_shards,
-};
+use super::shards::{ShardSplit, expand_paths, expand_shards};
+use super::stream::{Position, ReadScope, SampleStream};
+use super::webdataset::{GroupReader, IMAGE_EXTENSIONS, TarGroup};
 use crate::error::{BadKind, DataError, SampleError};
 use crate::paths::resolve_inside;
 use crate::sample::{ImageSource, Origin, RawSample};
@@ -188,7 +187,7 @@ impl ImageResolver {
     /// Loads a manifest: one `url<TAB>relative/path` per line (a first line `url<TAB>path` is
     /// taken as a header; blank lines are ignored).
     pub fn load_manifest(path: &Path) -> Result<UrlRule, DataError> {
-        let lines = super::webdataset::read_lines(path)?;
+        let lines = read_lines(path)?;
         let mut map = HashMap::new();
         for (number, line) in lines.iter().enumerate() {
             if line.trim().is_empty() || (number == 0 && line.trim() == "url\tpath") {
@@ -1002,4 +1001,14 @@ impl SampleStream for InterleavedJsonlReader {
     fn position(&self) -> Position {
         self.pending.position(self.position)
     }
+}
+
+/// Reads a whole small text file line by line (helper for manifests); names the file on error.
+fn read_lines(path: &Path) -> Result<Vec<String>, DataError> {
+    let file = File::open(path).map_err(|e| DataError::io(path, e))?;
+    let mut lines = Vec::new();
+    for line in BufReader::new(file).lines() {
+        lines.push(line.map_err(|e| DataError::io(path, e))?);
+    }
+    Ok(lines)
 }

@@ -2,6 +2,15 @@
 //! (or typed evaluation items), reporting bad records as
 //! [`SampleError`](crate::error::SampleError)s instead of failing.
 //!
+//! Shared by the readers:
+//!
+//! * [`stream`]: the resumable [`SampleStream`](stream::SampleStream) trait, its
+//!   [`Position`](stream::Position) and the [`ReadScope`](stream::ReadScope) a reader opens with;
+//! * [`shards`]: shard lists (brace, directory and wildcard expansion) and their split between
+//!   ranks.
+//!
+//! Formats:
+//!
 //! * [`webdataset`]: img2dataset-style tar shards (caption pairs);
 //! * [`interleaved`]: interleaved documents (OBELICS, MINT-1T);
 //! * [`parquet`]: parquet tables (caption sets, OBELICS/MINT-1T HTML, LLaVA-NeXT-Data);
@@ -19,4 +28,6 @@ pub mod llava;
 pub mod parquet;
 pub mod preference;
 pub mod safety;
+pub mod shards;
+pub mod stream;
 pub mod webdataset;

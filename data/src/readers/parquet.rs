@@ -45,7 +45,8 @@ use super::interleaved::{
     IMAGE_TOKEN, ImageResolver, InterleavedOptions, PendingItems, Piece, Unavailable, assemble,
     strip_markers,
 };
-use super::webdataset::{Position, ReadScope, SampleStream, ShardSplit, expand_paths};
+use super::shards::{ShardSplit, expand_paths};
+use super::stream::{Position, ReadScope, SampleStream};
 use crate::error::{BadKind, DataError, SampleError};
 use crate::sample::{ImageSource, Origin, RawSample, Role, Turn};
 
