@@ -2,7 +2,7 @@
 //! reference (Pillow 13), plus edge cases of grid selection, normalisation, configuration and bad
 //! input. Fixtures: tests/fixtures/anyres/, written by make_anyres_fixture.py there.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use blip3_data::anyres::{
@@ -15,10 +15,8 @@ use blip3_data::image::{
 use blip3_data::sample::ImageSource;
 use serde_json::Value;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/anyres");
-
 fn fixture(rel: &str) -> PathBuf {
-    Path::new(FIXTURES).join(rel)
+    blip3_fixtures::fixture("anyres").join(rel)
 }
 
 fn index() -> Value {

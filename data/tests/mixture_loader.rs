@@ -445,11 +445,7 @@ sources:
 
 /// The readers' fixtures (Parquet layouts, MINT-1T PDF tar shard).
 fn reader_fixtures() -> PathBuf {
-    Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../tests/fixtures/readers"
-    ))
-    .to_path_buf()
+    blip3_fixtures::fixture("readers")
 }
 
 /// The ids of a reader's items, named as mixture items of source `name`.

@@ -20,13 +20,8 @@ use blip3_data::readers::safety::{SafetyOptions, VlGuardReader};
 use blip3_data::{BadKind, DataError, ImageSource, RawSample, Role, SampleError};
 use serde_json::{Value, json};
 
-const FIXTURES: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../tests/fixtures/readers/json"
-);
-
 fn fixture(name: &str) -> PathBuf {
-    Path::new(FIXTURES).join(name)
+    blip3_fixtures::fixture("readers/json").join(name)
 }
 
 fn images_dir() -> PathBuf {

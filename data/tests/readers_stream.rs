@@ -21,11 +21,7 @@ use blip3_data::{BadKind, ImageSource, RawSample, Role, SampleError};
 use serde_json::Value;
 
 fn fixture(rel: &str) -> PathBuf {
-    Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../tests/fixtures/readers"
-    ))
-    .join(rel)
+    blip3_fixtures::fixture("readers").join(rel)
 }
 
 fn fixture_str(rel: &str) -> String {

@@ -16,14 +16,15 @@ use blip3_data::template::{
 use blip3_data::tokenizer::{Blip3Tokenizer, MEDIA_TOKENS, TokenizerConfig};
 use serde_json::Value;
 
-const FIXTURE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../tests/fixtures/template/template_fixture.json"
-);
+/// The template fixture file.
+fn fixture_path() -> std::path::PathBuf {
+    blip3_fixtures::fixture("template/template_fixture.json")
+}
+
 const TINY_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/tiny-tokenizer");
 
 fn fixture() -> Value {
-    let text = std::fs::read_to_string(FIXTURE).expect("fixture present");
+    let text = std::fs::read_to_string(fixture_path()).expect("fixture present");
     serde_json::from_str(&text).expect("fixture is JSON")
 }
 

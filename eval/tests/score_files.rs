@@ -3,7 +3,7 @@
 //! reference tools' numbers, on their scales, whatever the order of the predictions. Also: bad
 //! prediction files are errors naming the file and record.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde_json::Value;
 
@@ -11,11 +11,7 @@ use blip3_eval::metrics::vqa::Processor;
 use blip3_eval::score::{ScoreOptions, ScoreTask, score_files, score_files_with};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../tests/fixtures/eval"
-    ))
-    .join(name)
+    blip3_fixtures::fixture("eval").join(name)
 }
 
 fn expected() -> Value {
