@@ -37,6 +37,8 @@
 //! Items are [`MixItem`]s: the source, its [`RawSample`] or the [`SampleError`] that replaced a
 //! bad record, and the reader's tags. A fatal [`DataError`] (a file that vanished when a source
 //! restarts) ends the stream after being yielded.
+//!
+//! Long because both mixing modes share one resumable state machine, kept in one place.
 
 pub mod recipe;
 pub(crate) mod rng;

@@ -60,6 +60,8 @@
 //!   (`data/assets/tiny-tokenizer/`, built by `make_tiny_tokenizer.py`) is made that way. These
 //!   findings come from reading code and issues; they could not be checked against the real Phi-3
 //!   files here, which were not available.
+//!
+//! Long because the reference findings above are documented beside the loading rules they shaped.
 
 use std::path::Path;
 

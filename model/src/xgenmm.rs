@@ -4,6 +4,8 @@
 //! each group is resampled to `num_latents` tokens, and each `<image>` token of the text is
 //! replaced in place by its image's tokens. Samples are stacked with right padding (training) or
 //! left padding (generation).
+//!
+//! Long because image encoding, token splicing and padding are one forward pass, read best whole.
 
 use burn::prelude::*;
 

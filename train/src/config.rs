@@ -1,6 +1,8 @@
 //! The TOML configuration of a training stage (`blip3 train --config stage.toml`). Every field
 //! has a default; a config names at least the stage and its data. Relative paths are resolved
 //! against the config file's directory.
+//!
+//! Long because the stage's TOML sections and their defaults form one schema, read best together.
 
 use std::path::{Path, PathBuf};
 

@@ -1,5 +1,7 @@
 //! Opening the reader of one mixture source at a position, and the per-source cursors: plain
 //! streams (weighted mode) and streams with a per-item repeat count (count mode).
+//!
+//! Long because opening every source kind at a position is one match, kept beside its cursors.
 
 use std::path::{Path, PathBuf};
 

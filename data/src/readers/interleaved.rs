@@ -52,6 +52,8 @@
 //! among the document's images, and, when the document has a single image and the group a single
 //! image member (e.g. `key.tiff`), that member. Otherwise the entry goes through the resolver
 //! (URL or path). The text list is assumed to be called `texts`, as in MINT-1T HTML.
+//!
+//! Long because rendering, image lookup and both readers (JSONL, tar) share one document model.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;

@@ -23,6 +23,8 @@
 //! [`BadKind::TruncatedShard`], naming the file) when it comes later; a batch that fails to decode
 //! yields such an error and the rest of its row group is skipped; a bad row (null caption, unknown
 //! role, image/marker mismatch...) yields a [`SampleError`] naming the file and the row.
+//!
+//! Long because one format's reader, its row layouts and Arrow cell decoding read best together.
 
 use std::collections::VecDeque;
 use std::fs::File;

@@ -32,6 +32,8 @@
 //! The shared machinery (pattern expansion and rank splits in [`shards`](super::shards), the
 //! resumable [`SampleStream`] and its [`Position`] in [`stream`](super::stream)) lives beside this
 //! module; the groups ([`GroupReader`], [`TarGroup`]) are also read by the interleaved reader.
+//!
+//! Long because tar parsing, grouping and the resumable reader of one format read best together.
 
 use std::collections::BTreeMap;
 use std::fs::File;

@@ -3,6 +3,8 @@
 //!
 //! Shapes sit in distinct cells of a 2x2, 2x3 (wide images) or 3x2 (tall images) grid, so every
 //! object has an unambiguous position word ("top left", "bottom middle", ...).
+//!
+//! Long because the scene types and the answer-driven planner that fills them are one unit.
 
 use serde::Serialize;
 

@@ -67,6 +67,8 @@
 //! `-LCB-`, `-RCB-`), but `-lowerCase` has already turned them into `-lrb-` etc., so the
 //! filter never removes them: `a dog (brown)` scores as `a dog -lrb- brown -rrb-`. We keep
 //! this behaviour because the published numbers include it.
+//!
+//! Long because the grammar's macros and rules mirror PTBLexer.flex one to one, in its order.
 
 mod regex;
 mod unicode;
