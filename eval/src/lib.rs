@@ -6,6 +6,7 @@
 //!   answer post-processing;
 //! * [`engine`]: batched, resumable generation with the model ([`engine::EvalModel`],
 //!   [`engine::Engine`]), answers in a JSON-lines file ([`answers`]);
+//! * [`benchmark`]: what a benchmark, its items and scoring rule are;
 //! * [`suites`]: captioning, VQA, POPE, multiple-choice and safety benchmarks, the `synthetic`
 //!   and `paper` suites, [`suites::run_suite`];
 //! * [`report`]: JSON reports, Markdown tables, comparisons; [`paper`]: the released numbers;
@@ -16,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod answers;
+pub mod benchmark;
 pub mod engine;
 pub mod error;
 pub mod fingerprint;

@@ -14,7 +14,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::EvalError;
-use crate::suites::{Benchmark, PromptStyle, TaskFamily};
+use crate::benchmark::{Benchmark, PromptStyle, TaskFamily};
 
 /// Which released model's numbers to show.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,7 +2,7 @@
 //! ([`Report::to_markdown`]) and the comparison of two reports ([`compare`]).
 //!
 //! The JSON holds, per benchmark, the scores under the reference tools' metric names and scales
-//! (see [`crate::suites::Task::scorer`]: pycocoevalcap names as fractions, VQA `overall` in
+//! (see [`crate::benchmark::Task::scorer`]: pycocoevalcap names as fractions, VQA `overall` in
 //! percent as `vqaEval.py` reports it plus `accuracy` as a fraction, POPE / multiple choice /
 //! safety as fractions), the item counts (items asked, scored, failed, load problems, generated
 //! by this run, reused from the answers file), the listed failures, and the paper's number
@@ -22,7 +22,7 @@ use crate::answers::FailureKind;
 use crate::engine::{ModelInfo, Sampling};
 use crate::error::EvalError;
 use crate::paper::PaperRef;
-use crate::suites::{PromptStyle, SuiteOptions, TaskFamily};
+use crate::benchmark::{PromptStyle, TaskFamily};
 
 /// The `format` value of a report.
 pub const REPORT_FORMAT: &str = "blip3-eval-report";
@@ -86,29 +86,6 @@ pub struct RunConfig {
     pub device: String,
     /// Whose numbers the paper column shows.
     pub paper_model: String,
-}
-
-impl RunConfig {
-    /// The configuration of a suite run.
-    pub fn from_options(opts: &SuiteOptions) -> Self {
-        RunConfig {
-            suite: opts.suite.as_str().to_string(),
-            shots: opts.shots,
-            limit: opts.limit,
-            seed: opts.seed,
-            style: opts.style(),
-            batch_size: opts.engine.batch_size,
-            sampling: opts.engine.sampling.clone(),
-            max_new_tokens: opts.max_new_tokens,
-            zero_shot_text_demos: opts.zero_shot_text_demos,
-            query_set_size: opts.query_set_size,
-            circular: opts.circular,
-            data_root: opts.data_root.as_ref().map(|p| p.display().to_string()),
-            synth: opts.data_root.is_none().then(|| opts.synth.clone()),
-            device: opts.device.clone(),
-            paper_model: opts.paper_model.as_str().to_string(),
-        }
-    }
 }
 
 /// One listed failure.

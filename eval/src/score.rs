@@ -26,7 +26,8 @@ use blip3_data::readers::eval_data::{
 use crate::error::EvalError;
 use crate::metrics::mc::mmbench_group;
 use crate::metrics::vqa::Processor;
-use crate::suites::{McRule, Task, Truth, score_task};
+use crate::benchmark::{McRule, Task, Truth};
+use crate::suites::score_task;
 
 /// What kind of files are scored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
