@@ -109,6 +109,103 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Rows (sequences) held.
+    pub fn rows(&self) -> usize {
+        self.mask.len()
+    }
+
+    /// Appends the rows of `other` after this cache's rows, for continuous batching: the shorter
+    /// of the two is left-padded with masked positions to the common length, which leaves every
+    /// row's positions (`cumsum(mask) - 1`) and attention unchanged. Both caches must come from
+    /// the same model.
+    pub fn append_rows(&mut self, other: KvCache) -> Result<(), ModelError> {
+        if other.rows() == 0 {
+            return Ok(());
+        }
+        if self.rows() == 0 {
+            *self = other;
+            return Ok(());
+        }
+        if self.layers.len() != other.layers.len() {
+            return Err(ModelError::Input(format!(
+                "cannot join caches of {} and {} layers",
+                self.layers.len(),
+                other.layers.len()
+            )));
+        }
+        let len = self.len().max(other.len());
+        let (mine, theirs) = (len - self.len(), len - other.len());
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for (a, b) in std::mem::take(&mut self.layers).into_iter().zip(other.layers) {
+            layers.push(match (a, b) {
+                (Some((ka, va)), Some((kb, vb))) => Some((
+                    Tensor::cat(vec![left_pad_seq(ka, mine), left_pad_seq(kb, theirs)], 0),
+                    Tensor::cat(vec![left_pad_seq(va, mine), left_pad_seq(vb, theirs)], 0),
+                )),
+                _ => {
+                    return Err(ModelError::Input(
+                        "cannot join a cache that has not been filled".into(),
+                    ));
+                }
+            });
+        }
+        self.layers = layers;
+        for row in &mut self.mask {
+            row.splice(0..0, std::iter::repeat_n(false, mine));
+        }
+        for mut row in other.mask {
+            row.splice(0..0, std::iter::repeat_n(false, theirs));
+            self.mask.push(row);
+        }
+        Ok(())
+    }
+
+    /// Keeps only the rows `keep` (indices into the current rows, in the order given), then drops
+    /// leading positions that no kept row attends to.
+    pub fn retain_rows(&mut self, keep: &[usize]) -> Result<(), ModelError> {
+        if let Some(&bad) = keep.iter().find(|&&r| r >= self.rows()) {
+            return Err(ModelError::Input(format!(
+                "row {bad} is not in a cache of {} rows",
+                self.rows()
+            )));
+        }
+        if keep.is_empty() {
+            *self = KvCache::new();
+            return Ok(());
+        }
+        let mask: Vec<Vec<bool>> = keep.iter().map(|&r| self.mask[r].clone()).collect();
+        let unused = (0..self.len())
+            .take_while(|&c| mask.iter().all(|row| !row[c]))
+            .count();
+        let len = self.len();
+        let device = self.layers.iter().flatten().next().map(|(k, _)| k.device());
+        if let Some(device) = device {
+            let index = Tensor::<1, Int>::from_data(
+                TensorData::new(keep.iter().map(|&r| r as i64).collect::<Vec<_>>(), [keep.len()]),
+                &device,
+            );
+            for slot in self.layers.iter_mut() {
+                if let Some((k, v)) = slot.take() {
+                    let k = k.select(0, index.clone()).narrow(2, unused, len - unused);
+                    let v = v.select(0, index.clone()).narrow(2, unused, len - unused);
+                    *slot = Some((k, v));
+                }
+            }
+        }
+        self.mask = mask.into_iter().map(|row| row[unused..].to_vec()).collect();
+        Ok(())
+    }
+}
+
+/// `t` `[B, H, S, D]` with `pad` zero positions before the first.
+fn left_pad_seq(t: Tensor<4>, pad: usize) -> Tensor<4> {
+    if pad == 0 {
+        return t;
+    }
+    let [b, h, _, d] = t.dims();
+    let zeros = Tensor::<4>::zeros([b, h, pad, d], (&t.device(), t.dtype()));
+    Tensor::cat(vec![zeros, t], 2)
 }
 
 /// Which positions get logits.
