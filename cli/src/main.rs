@@ -19,6 +19,10 @@ struct Cli {
 enum Command {
     /// Generate a reply to a prompt with optional images.
     Generate(cmd::generate::Args),
+    /// Interactive multi-turn chat in the terminal.
+    Chat(cmd::chat::Args),
+    /// Serve the model over an OpenAI-compatible HTTP API (with a chat page at /).
+    Serve(cmd::serve::Args),
     /// Dataset tools (synthetic corpus, inspection).
     Data {
         #[command(subcommand)]
@@ -53,6 +57,8 @@ fn main() {
         .init();
     let result = match cli.command {
         Command::Generate(a) => cmd::generate::run(a),
+        Command::Chat(a) => cmd::chat::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
         Command::Data { command } => cmd::data::run(command),
         Command::Train(a) => cmd::train::run(a),
         Command::Eval(a) => cmd::eval::run(a),

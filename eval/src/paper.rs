@@ -13,8 +13,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::EvalError;
 use crate::benchmark::{Benchmark, PromptStyle, TaskFamily};
+use crate::error::EvalError;
 
 /// Which released model's numbers to show.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

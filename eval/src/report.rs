@@ -19,10 +19,10 @@ use serde::{Deserialize, Serialize};
 use blip3_data::synth::SynthConfig;
 
 use crate::answers::FailureKind;
+use crate::benchmark::{PromptStyle, TaskFamily};
 use crate::engine::{ModelInfo, Sampling};
 use crate::error::EvalError;
 use crate::paper::PaperRef;
-use crate::benchmark::{PromptStyle, TaskFamily};
 
 /// The `format` value of a report.
 pub const REPORT_FORMAT: &str = "blip3-eval-report";

@@ -23,10 +23,10 @@ use blip3_data::readers::eval_data::{
     Id, load_coco_captions, load_mc_tsv, load_pope, load_scienceqa,
 };
 
+use crate::benchmark::{McRule, Task, Truth};
 use crate::error::EvalError;
 use crate::metrics::mc::mmbench_group;
 use crate::metrics::vqa::Processor;
-use crate::benchmark::{McRule, Task, Truth};
 use crate::suites::score_task;
 
 /// What kind of files are scored.

@@ -137,7 +137,10 @@ impl KvCache {
         let len = self.len().max(other.len());
         let (mine, theirs) = (len - self.len(), len - other.len());
         let mut layers = Vec::with_capacity(self.layers.len());
-        for (a, b) in std::mem::take(&mut self.layers).into_iter().zip(other.layers) {
+        for (a, b) in std::mem::take(&mut self.layers)
+            .into_iter()
+            .zip(other.layers)
+        {
             layers.push(match (a, b) {
                 (Some((ka, va)), Some((kb, vb))) => Some((
                     Tensor::cat(vec![left_pad_seq(ka, mine), left_pad_seq(kb, theirs)], 0),
@@ -182,7 +185,10 @@ impl KvCache {
         let device = self.layers.iter().flatten().next().map(|(k, _)| k.device());
         if let Some(device) = device {
             let index = Tensor::<1, Int>::from_data(
-                TensorData::new(keep.iter().map(|&r| r as i64).collect::<Vec<_>>(), [keep.len()]),
+                TensorData::new(
+                    keep.iter().map(|&r| r as i64).collect::<Vec<_>>(),
+                    [keep.len()],
+                ),
                 &device,
             );
             for slot in self.layers.iter_mut() {

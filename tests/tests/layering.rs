@@ -3,7 +3,7 @@
 //! within each library no two top-level modules may import each other, directly or through a
 //! chain. A new back-edge or import cycle fails here with the edge named.
 //!
-//! Layers, top to bottom: `blip3-tests`; `blip3-cli`; `blip3-train`, `blip3-eval`;
+//! Layers, top to bottom: `blip3-tests`; `blip3-cli`; `blip3-train`, `blip3-eval`, `blip3-server`;
 //! `blip3-processor`; `blip3-data`, `blip3-model`; `blip3-shaders` (and `blip3-fixtures`, the
 //! dependency-free crate of test fixtures, a dev-dependency only). Crates on one layer never
 //! depend on each other (the model never imports data; evaluation never needs the trainer).
@@ -17,7 +17,7 @@ fn layer(name: &str) -> Option<u32> {
         "blip3-shaders" | "blip3-fixtures" => 0,
         "blip3-data" | "blip3-model" => 1,
         "blip3-processor" => 2,
-        "blip3-train" | "blip3-eval" => 3,
+        "blip3-train" | "blip3-eval" | "blip3-server" => 3,
         "blip3-cli" => 4,
         "blip3-tests" => 5,
         _ => return None,
@@ -197,6 +197,7 @@ fn no_import_cycles_between_top_level_modules() {
         "eval",
         "cli",
         "shaders",
+        "server",
     ] {
         let src = root.join(krate).join("src");
         let mut files = Vec::new();

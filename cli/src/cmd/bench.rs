@@ -2,6 +2,7 @@
 
 mod data;
 mod load;
+mod serve;
 mod train;
 
 /// Benchmark subcommands.
@@ -15,6 +16,9 @@ pub enum BenchCommand {
     Train(train::Args),
     /// Checkpoint loading time and peak memory (a sparse full-size checkpoint by default).
     Load(load::Args),
+    /// Serving throughput and time to first token at 1, 8 and 32 streaming clients (tiny, mid),
+    /// and continuous batching against one-at-a-time serving.
+    Serve(serve::Args),
 }
 
 /// Runs a benchmark.
@@ -23,5 +27,6 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Data(args) => data::run(args),
         BenchCommand::Train(args) => train::run(args),
         BenchCommand::Load(args) => load::run(args),
+        BenchCommand::Serve(args) => serve::run(args),
     }
 }

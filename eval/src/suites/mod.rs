@@ -37,9 +37,7 @@ use serde::{Deserialize, Serialize};
 use blip3_data::error::SampleError;
 use blip3_data::synth::SynthConfig;
 
-pub use crate::benchmark::{
-    Benchmark, Item, McRule, PromptStyle, Scored, Task, TaskFamily, Truth,
-};
+pub use crate::benchmark::{Benchmark, Item, McRule, PromptStyle, Scored, Task, TaskFamily, Truth};
 
 use crate::answers::{AnswerStore, Failure, FailureKind};
 use crate::engine::{Engine, EngineOptions, EvalModel, Request, RunStats};
@@ -119,7 +117,6 @@ impl SuiteName {
         }
     }
 }
-
 
 /// Everything a suite run needs besides the model.
 #[derive(Debug, Clone)]
@@ -214,7 +211,6 @@ impl SuiteOptions {
     }
 }
 
-
 /// What the family builders need to know from the suite options.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BuildContext {
@@ -291,7 +287,6 @@ pub(crate) fn existing_image(path: PathBuf) -> PathBuf {
     }
     path
 }
-
 
 /// Scores answered items: `pairs` holds each item's ground truth and scored answer. Returns
 /// empty scores when nothing was answered.
