@@ -2,17 +2,12 @@
 //! the JSON one, prediction files with nothing to score, and sampling arguments out of range
 //! (rejected before any model is loaded).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-use blip3_data::tokenizer::Blip3Tokenizer;
-use blip3_model::loader::save_checkpoint;
-use blip3_model::{SpecialTokens, XGenMMConfig};
-use burn::prelude::*;
+use std::path::PathBuf;
+use std::process::Output;
 
-fn blip3() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_blip3"))
-}
+use common::{blip3, tiny_model_dir};
 
 fn fixture(name: &str) -> PathBuf {
     blip3_fixtures::fixture("eval").join(name)
@@ -20,19 +15,6 @@ fn fixture(name: &str) -> PathBuf {
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
-}
-
-/// The tiny model with random weights and the tiny tokenizer, saved under `dir`.
-fn tiny_model_dir(dir: &Path) {
-    let tok = Blip3Tokenizer::tiny().unwrap();
-    let model = XGenMMConfig::tiny(tok.initial_len())
-        .init(&Device::flex())
-        .with_special_tokens(SpecialTokens {
-            image: tok.image_token_id(),
-            pad: tok.pad_id(),
-        });
-    save_checkpoint(&model, dir).unwrap();
-    tok.save(dir).unwrap();
 }
 
 #[test]

@@ -1,25 +1,8 @@
 //! `blip3 generate` end to end on a tiny random model saved like a user's checkpoint.
 
-use std::path::Path;
-use std::process::Command;
+mod common;
 
-use blip3_data::tokenizer::Blip3Tokenizer;
-use blip3_model::XGenMMConfig;
-use blip3_model::loader::save_checkpoint;
-use burn::prelude::*;
-
-fn tiny_model_dir(dir: &Path) {
-    let tok = Blip3Tokenizer::tiny().unwrap();
-    let device = Device::flex();
-    device.seed(7);
-    let model = XGenMMConfig::tiny(tok.initial_len()).init(&device);
-    save_checkpoint(&model, dir).unwrap();
-    tok.save(dir).unwrap();
-}
-
-fn blip3() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_blip3"))
-}
+use common::{blip3, tiny_model_dir};
 
 #[test]
 fn generate_streams_and_reports_json() {

@@ -5,40 +5,20 @@
 //! oldest turns when the context is full; `blip3 bench serve` runs end to end on a small load and
 //! records what it measured.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use blip3_data::tokenizer::Blip3Tokenizer;
-use blip3_model::XGenMMConfig;
-use blip3_model::loader::save_checkpoint;
-use burn::module::{Module, ModuleMapper, Param};
-use burn::prelude::*;
 use serde_json::{Value, json};
 
-/// Multiplies every parameter by a constant (a wide head makes greedy choices clear-cut).
-struct Scale(f32);
+use common::{blip3, tiny_model_dir_with};
 
-impl ModuleMapper for Scale {
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let s = self.0;
-        param.map(move |t| t * s)
-    }
-}
-
+/// The tiny model with a widened head, so that greedy replies are clear-cut.
 fn tiny_model_dir(dir: &Path) {
-    let tok = Blip3Tokenizer::tiny().unwrap();
-    let device = Device::flex();
-    device.seed(23);
-    let mut model = XGenMMConfig::tiny(tok.initial_len()).init(&device);
-    model.lang_model.lm_head = model.lang_model.lm_head.map(&mut Scale(40.0));
-    save_checkpoint(&model, dir).unwrap();
-    tok.save(dir).unwrap();
-}
-
-fn blip3() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_blip3"))
+    tiny_model_dir_with(dir, 23, Some(40.0));
 }
 
 /// A `blip3 serve` process, killed on drop.

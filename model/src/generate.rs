@@ -177,18 +177,27 @@ pub fn pick_token(logits: &[f32], cfg: &GenerationConfig, rng: &mut SplitMix64) 
     cand[probs.len() - 1].0 as u32
 }
 
+/// `ln(sum(exp(logits)))` of a row, in f64 and shifted by the maximum for stability.
+fn log_sum_exp(logits: &[f32]) -> f64 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    max + logits
+        .iter()
+        .map(|&v| (v as f64 - max).exp())
+        .sum::<f64>()
+        .ln()
+}
+
+/// The natural-log probability of `id` under a row of logits (`log_softmax(logits)[id]`).
+pub fn log_prob(logits: &[f32], id: u32) -> f32 {
+    (logits[id as usize] as f64 - log_sum_exp(logits)) as f32
+}
+
 /// The `k` highest natural-log probabilities of a row, highest first.
 pub fn top_logprobs(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
     if k == 0 {
         return Vec::new();
     }
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = max
-        + logits
-            .iter()
-            .map(|&v| (v as f64 - max).exp())
-            .sum::<f64>()
-            .ln();
+    let lse = log_sum_exp(logits);
     let mut idx: Vec<usize> = (0..logits.len()).collect();
     idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
     idx.truncate(k);

@@ -16,11 +16,13 @@ use axum::routing::{get, post};
 use serde_json::json;
 
 use crate::AppState;
-use crate::openai::{ChatRequest, ChoiceLogprobs, CompletionRequest, Prompt};
+use crate::openai::{ChatRequest, ChoiceLogprobs, CompletionRequest, Prompt, SamplingParams};
 use crate::request::{
     ApiError, PromptText, SamplingFields, chat_turns, prepare, read_json, submit,
 };
-use crate::respond::{Kind, StreamFormat, collect, completion_logprobs, now, request_id, stream};
+use crate::respond::{
+    Kind, Outcome, StreamFormat, collect, completion_logprobs, now, request_id, stream,
+};
 
 const INDEX_HTML: &str = include_str!("../assets/index.html");
 const APP_JS: &str = include_str!("../assets/app.js");
@@ -152,34 +154,24 @@ async fn chat_inner(state: Arc<AppState>, body: Body) -> Result<Response, ApiErr
     if top > 20 {
         return Err(ApiError::invalid("top_logprobs must be in 0..=20").param("top_logprobs"));
     }
-    let fields = SamplingFields {
-        max_tokens: req.max_completion_tokens.or(req.max_tokens),
-        temperature: req.temperature,
-        top_p: req.top_p,
-        seed: req.seed,
-        n: req.n,
-        stop: req.stop.as_ref().map(|s| s.strings()).unwrap_or_default(),
-        top_logprobs: top as usize,
-        ignore_eos: req.ignore_eos,
+    let s = &req.sampling;
+    let max_tokens = req.max_completion_tokens.or(s.max_tokens);
+    let fields = sampling_fields(s, max_tokens, top);
+    let format = stream_format(s, Kind::Chat, req.logprobs);
+    let out = match answer(
+        state.clone(),
+        arrived,
+        PromptText::Chat(turns),
+        urls,
+        fields,
+        format,
+        s.stream,
+    )
+    .await?
+    {
+        Answer::Streamed(r) => return Ok(r),
+        Answer::Done(out) => out,
     };
-    let p = prepare(state.clone(), PromptText::Chat(turns), urls, fields).await?;
-    let (events, cancel) = submit(&state, &p)?;
-    if req.stream {
-        let usage = req.stream_options.is_some_and(|o| o.include_usage);
-        return Ok(stream(
-            state,
-            p,
-            events,
-            cancel,
-            arrived,
-            StreamFormat {
-                kind: Kind::Chat,
-                logprobs: req.logprobs,
-                include_usage: usage,
-            },
-        ));
-    }
-    let out = collect(&state, &p, events, &cancel, arrived, req.logprobs).await?;
     Ok(axum::Json(json!({
         "id": request_id(&state, "chatcmpl"),
         "object": "chat.completion",
@@ -194,6 +186,55 @@ async fn chat_inner(state: Arc<AppState>, body: Body) -> Result<Response, ApiErr
         "usage": out.usage,
     }))
     .into_response())
+}
+
+/// The sampling fields of a request.
+fn sampling_fields(s: &SamplingParams, max_tokens: Option<u32>, top: u32) -> SamplingFields {
+    SamplingFields {
+        max_tokens,
+        temperature: s.temperature,
+        top_p: s.top_p,
+        seed: s.seed,
+        n: s.n,
+        stop: s.stop.as_ref().map(|s| s.strings()).unwrap_or_default(),
+        top_logprobs: top as usize,
+        ignore_eos: s.ignore_eos,
+    }
+}
+
+fn stream_format(s: &SamplingParams, kind: Kind, logprobs: bool) -> StreamFormat {
+    StreamFormat {
+        kind,
+        logprobs,
+        include_usage: s.stream_options.as_ref().is_some_and(|o| o.include_usage),
+    }
+}
+
+/// A request's answer: a stream already under way, or the finished generation.
+enum Answer {
+    Streamed(Response),
+    Done(Outcome),
+}
+
+/// Prepares and queues a request, then streams it or waits for it to finish.
+async fn answer(
+    state: Arc<AppState>,
+    arrived: Instant,
+    text: PromptText,
+    urls: Vec<String>,
+    fields: SamplingFields,
+    format: StreamFormat,
+    streamed: bool,
+) -> Result<Answer, ApiError> {
+    let p = prepare(state.clone(), text, urls, fields).await?;
+    let (events, cancel) = submit(&state, &p)?;
+    if streamed {
+        return Ok(Answer::Streamed(stream(
+            state, p, events, cancel, arrived, format,
+        )));
+    }
+    let out = collect(&state, &p, events, &cancel, arrived, format.logprobs).await?;
+    Ok(Answer::Done(out))
 }
 
 async fn completions(State(state): State<Arc<AppState>>, body: Body) -> Response {
@@ -220,41 +261,26 @@ async fn completions_inner(state: Arc<AppState>, body: Body) -> Result<Response,
     if top > 5 {
         return Err(ApiError::invalid("logprobs must be in 0..=5").param("logprobs"));
     }
-    let fields = SamplingFields {
-        max_tokens: Some(req.max_tokens.unwrap_or(16)),
-        temperature: req.temperature,
-        top_p: req.top_p,
-        seed: req.seed,
-        n: req.n,
-        stop: req.stop.as_ref().map(|s| s.strings()).unwrap_or_default(),
-        top_logprobs: top as usize,
-        ignore_eos: req.ignore_eos,
-    };
+    let s = &req.sampling;
+    // OpenAI's default for completions is 16 tokens.
+    let fields = sampling_fields(s, Some(s.max_tokens.unwrap_or(16)), top);
     let with_logprobs = req.logprobs.is_some();
-    let p = prepare(
+    let format = stream_format(s, Kind::Completion, with_logprobs);
+    let text = PromptText::Raw(prompt);
+    let out = match answer(
         state.clone(),
-        PromptText::Raw(prompt),
+        arrived,
+        text,
         req.images.clone(),
         fields,
+        format,
+        s.stream,
     )
-    .await?;
-    let (events, cancel) = submit(&state, &p)?;
-    if req.stream {
-        let usage = req.stream_options.is_some_and(|o| o.include_usage);
-        return Ok(stream(
-            state,
-            p,
-            events,
-            cancel,
-            arrived,
-            StreamFormat {
-                kind: Kind::Completion,
-                logprobs: with_logprobs,
-                include_usage: usage,
-            },
-        ));
-    }
-    let out = collect(&state, &p, events, &cancel, arrived, with_logprobs).await?;
+    .await?
+    {
+        Answer::Streamed(r) => return Ok(r),
+        Answer::Done(out) => out,
+    };
     Ok(axum::Json(json!({
         "id": request_id(&state, "cmpl"),
         "object": "text_completion",

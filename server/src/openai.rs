@@ -79,20 +79,15 @@ pub struct StreamOptions {
     pub include_usage: bool,
 }
 
-/// `POST /v1/chat/completions`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct ChatRequest {
+/// The settings both generation endpoints share.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct SamplingParams {
     /// The model name (any value is accepted; the server serves one model).
     #[serde(default)]
     pub model: Option<String>,
-    /// The conversation.
-    pub messages: Vec<Message>,
     /// Tokens to generate at most.
     #[serde(default)]
     pub max_tokens: Option<u32>,
-    /// Newer name of `max_tokens`.
-    #[serde(default)]
-    pub max_completion_tokens: Option<u32>,
     /// Sampling temperature (0 = greedy).
     #[serde(default)]
     pub temperature: Option<f32>,
@@ -118,6 +113,19 @@ pub struct ChatRequest {
     /// Streaming options.
     #[serde(default)]
     pub stream_options: Option<StreamOptions>,
+}
+
+/// `POST /v1/chat/completions`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatRequest {
+    /// The conversation.
+    pub messages: Vec<Message>,
+    /// Newer name of `max_tokens`.
+    #[serde(default)]
+    pub max_completion_tokens: Option<u32>,
+    /// Sampling and streaming settings.
+    #[serde(flatten)]
+    pub sampling: SamplingParams,
     /// Return the chosen tokens' log-probabilities.
     #[serde(default)]
     pub logprobs: bool,
@@ -139,43 +147,15 @@ pub enum Prompt {
 /// `POST /v1/completions`: raw text with `<image>` markers, for base models.
 #[derive(Debug, Clone, Deserialize)]
 pub struct CompletionRequest {
-    /// The model name (any value is accepted).
-    #[serde(default)]
-    pub model: Option<String>,
     /// The raw prompt.
     pub prompt: Prompt,
     /// Images for the prompt's `<image>` markers, in order (a blip3 extension: URLs as in
     /// `image_url` parts).
     #[serde(default)]
     pub images: Vec<String>,
-    /// Tokens to generate at most (default 16, as OpenAI's).
-    #[serde(default)]
-    pub max_tokens: Option<u32>,
-    /// Sampling temperature (0 = greedy).
-    #[serde(default)]
-    pub temperature: Option<f32>,
-    /// Nucleus sampling.
-    #[serde(default)]
-    pub top_p: Option<f32>,
-    /// Sampling seed.
-    #[serde(default)]
-    pub seed: Option<u64>,
-    /// Stop strings.
-    #[serde(default)]
-    pub stop: Option<Stop>,
-    /// Choices to generate (only 1 is served).
-    #[serde(default)]
-    pub n: Option<u32>,
-    /// Server-sent events.
-    #[serde(default)]
-    pub stream: bool,
-    /// Extension (as in vLLM): keep generating past the end-of-text tokens until `max_tokens`
-    /// (benchmarks use it so every request generates the same number of tokens).
-    #[serde(default)]
-    pub ignore_eos: bool,
-    /// Streaming options.
-    #[serde(default)]
-    pub stream_options: Option<StreamOptions>,
+    /// Sampling and streaming settings.
+    #[serde(flatten)]
+    pub sampling: SamplingParams,
     /// The number of most likely tokens to report per position (0..=5).
     #[serde(default)]
     pub logprobs: Option<u32>,

@@ -12,6 +12,7 @@ use blip3_data::sample::{Role, Turn};
 use blip3_model::{GenerationConfig, ImageInput};
 use blip3_processor::EncodedPrompt;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+use tokio_stream::StreamExt;
 
 use crate::AppState;
 use crate::openai::{ChatRequest, Content, ContentPart, ErrorBody, ErrorObject};
@@ -63,14 +64,30 @@ pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
     body: Body,
 ) -> Result<T, ApiError> {
     let limit = state.config.max_body_bytes;
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(
+    // Past the limit the rest of the body is read and dropped (up to a cap) before answering, so
+    // that a client still sending gets the 413 rather than a broken connection.
+    let drain_cap = limit.saturating_mul(4).max(limit.saturating_add(16 << 20));
+    let mut stream = body.into_data_stream();
+    let mut bytes = Vec::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk
+            .map_err(|e| ApiError::invalid(format!("the request body could not be read: {e}")))?;
+        seen = seen.saturating_add(chunk.len());
+        if seen <= limit {
+            bytes.extend_from_slice(&chunk);
+        } else if seen > drain_cap {
+            break;
+        }
+    }
+    if seen > limit {
+        return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "invalid_request_error",
             format!("the request body is larger than the server's limit of {limit} bytes"),
         )
-        .code("request_too_large")
-    })?;
+        .code("request_too_large"));
+    }
     serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::invalid(format!("the request body is not valid: {e}")))
 }

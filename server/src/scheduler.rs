@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
 use std::time::Instant;
 
-use blip3_model::generate::{SplitMix64, pick_token, top_logprobs};
+use blip3_model::generate::{SplitMix64, log_prob, pick_token, top_logprobs};
 use blip3_model::phi3::KvCache;
 use blip3_model::{FinishReason, GenerationConfig, ImageInput, MultimodalInput, XGenMM};
 use burn::prelude::*;
@@ -170,7 +170,7 @@ impl Sequence {
         }
         let cfg = &self.job.sampling;
         let id = pick_token(logits, cfg, &mut self.rng);
-        let logprob = log_softmax_at(logits, id);
+        let logprob = log_prob(logits, id);
         let top = top_logprobs(logits, cfg.top_logprobs);
         self.generated += 1;
         self.last = id;
@@ -201,18 +201,6 @@ impl Sequence {
             completion_tokens: self.generated,
         });
     }
-}
-
-/// `log_softmax(logits)[id]`.
-fn log_softmax_at(logits: &[f32], id: u32) -> f32 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = max
-        + logits
-            .iter()
-            .map(|&v| (v as f64 - max).exp())
-            .sum::<f64>()
-            .ln();
-    (logits[id as usize] as f64 - lse) as f32
 }
 
 fn rows(logits: Tensor<2>) -> Result<Vec<Vec<f32>>, String> {

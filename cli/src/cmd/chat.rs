@@ -10,11 +10,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use blip3_data::image::{RgbImage, decode_path};
 use blip3_data::sample::{Role, Turn};
-use blip3_model::loader::LoadOptions;
 use blip3_model::{GenerationConfig, MultimodalInput, XGenMM};
-use blip3_processor::{Processor, TokenizerSource};
+use blip3_processor::Processor;
 
-use super::common::{DTypeArg, DeviceKindArg, check_dtype, device, parse_device};
+use super::common::{DTypeArg, DeviceKindArg, device, load_model_dir, parse_device};
 
 /// Arguments of `blip3 chat`.
 #[derive(clap::Args, Debug)]
@@ -61,15 +60,7 @@ pub fn run(args: Args) -> Result<()> {
         .validate()
         .map_err(|e| anyhow::anyhow!("--temperature / --top-p: {e}"))?;
     let dev = device(args.device)?;
-    let dtype = args.dtype.map(|d| d.dtype());
-    check_dtype(&dev, dtype)?;
-    let loaded = blip3_processor::load(
-        &args.model,
-        &TokenizerSource::ModelDir,
-        &dev,
-        LoadOptions { dtype },
-    )
-    .with_context(|| format!("loading the model from {}", args.model.display()))?;
+    let loaded = load_model_dir(&args.model, &dev, args.dtype)?;
     eprintln!(
         "blip3 chat with {} — /image PATH, /system TEXT, /reset, /save FILE, /quit",
         args.model.display()

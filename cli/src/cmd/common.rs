@@ -1,6 +1,11 @@
-//! Options shared by several subcommands: device and dtype selection.
+//! Options shared by several subcommands: device and dtype selection, and opening a model
+//! directory for generation (generate, chat, serve, bench serve).
 
-use anyhow::{Result, bail};
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use blip3_model::loader::LoadOptions;
+use blip3_processor::{Loaded, TokenizerSource};
 use burn::prelude::*;
 use burn::tensor::DType;
 
@@ -71,4 +76,18 @@ pub fn check_dtype(device: &Device, dtype: Option<DType>) -> Result<()> {
         bail!("the selected device does not support {d:?}; use --dtype f32");
     }
     Ok(())
+}
+
+/// Opens a model directory (weights, tokenizer, image settings) on `device`, cast to `dtype`
+/// when given (else the checkpoint's dtype). Errors name the directory.
+pub fn load_model_dir(dir: &Path, device: &Device, dtype: Option<DTypeArg>) -> Result<Loaded> {
+    let dtype = dtype.map(|d| d.dtype());
+    check_dtype(device, dtype)?;
+    blip3_processor::load(
+        dir,
+        &TokenizerSource::ModelDir,
+        device,
+        LoadOptions { dtype },
+    )
+    .with_context(|| format!("loading the model from {}", dir.display()))
 }

@@ -15,10 +15,9 @@ use anyhow::{Context, Result, bail};
 use blip3_data::image::decode_path;
 use blip3_data::sample::{Role, Turn};
 use blip3_model::GenerationConfig;
-use blip3_model::loader::LoadOptions;
-use blip3_processor::{EncodedPrompt, Loaded, Processor, TokenizerSource};
+use blip3_processor::{EncodedPrompt, Loaded, Processor};
 
-use super::common::{DTypeArg, DeviceKindArg, check_dtype, device, parse_device};
+use super::common::{DTypeArg, DeviceKindArg, check_dtype, device, load_model_dir, parse_device};
 
 /// Arguments of `blip3 generate`.
 #[derive(clap::Args, Debug)]
@@ -187,13 +186,7 @@ pub fn run(args: Args) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     let Loaded {
         model, processor, ..
-    } = blip3_processor::load(
-        &args.model,
-        &TokenizerSource::ModelDir,
-        &dev,
-        LoadOptions { dtype },
-    )
-    .with_context(|| format!("loading the model from {}", args.model.display()))?;
+    } = load_model_dir(&args.model, &dev, args.dtype)?;
     let encoded = encode_prompt(
         &processor,
         &prompt,

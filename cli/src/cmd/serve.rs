@@ -3,13 +3,11 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use blip3_data::image::ImageLimits;
-use blip3_model::loader::LoadOptions;
-use blip3_processor::TokenizerSource;
 use blip3_server::{SchedulerConfig, ServeConfig};
 
-use super::common::{DTypeArg, DeviceKindArg, check_dtype, device, parse_device};
+use super::common::{DTypeArg, DeviceKindArg, device, load_model_dir, parse_device};
 
 /// Arguments of `blip3 serve`.
 #[derive(clap::Args, Debug)]
@@ -61,15 +59,7 @@ pub struct Args {
 /// Runs the command.
 pub fn run(args: Args) -> Result<()> {
     let dev = device(args.device)?;
-    let dtype = args.dtype.map(|d| d.dtype());
-    check_dtype(&dev, dtype)?;
-    let loaded = blip3_processor::load(
-        &args.model,
-        &TokenizerSource::ModelDir,
-        &dev,
-        LoadOptions { dtype },
-    )
-    .with_context(|| format!("loading the model from {}", args.model.display()))?;
+    let loaded = load_model_dir(&args.model, &dev, args.dtype)?;
     let name = args.served_name.clone().unwrap_or_else(|| {
         args.model
             .file_name()

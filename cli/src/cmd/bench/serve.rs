@@ -22,13 +22,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use blip3_data::tokenizer::Blip3Tokenizer;
 use blip3_model::XGenMMConfig;
-use blip3_model::loader::LoadOptions;
-use blip3_processor::{Processor, TokenizerSource};
+use blip3_processor::Processor;
 use blip3_server::{SchedulerConfig, ServeConfig};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::cmd::common::{DeviceKindArg, device, parse_device};
+use crate::cmd::common::{DeviceKindArg, device, load_model_dir, parse_device};
 
 /// Arguments of `blip3 bench serve`.
 #[derive(clap::Args, Debug, Clone)]
@@ -319,13 +318,7 @@ pub fn run(args: Args) -> Result<()> {
         let open = || -> Result<(blip3_model::XGenMM, Processor)> {
             match &args.model {
                 Some(dir) => {
-                    let loaded = blip3_processor::load(
-                        dir,
-                        &TokenizerSource::ModelDir,
-                        &dev,
-                        LoadOptions::default(),
-                    )
-                    .with_context(|| format!("loading {}", dir.display()))?;
+                    let loaded = load_model_dir(dir, &dev, None)?;
                     Ok((loaded.model, loaded.processor))
                 }
                 None => random_model(target, &dev),
