@@ -2,42 +2,28 @@
 
 mod common;
 
-use common::{blip3, tiny_model_dir};
+use common::{blip3, generate_json, tiny_model_dir, wide_png};
 
 #[test]
 fn generate_streams_and_reports_json() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("model");
     tiny_model_dir(&model);
-    let img = tmp.path().join("wide.png");
-    image::RgbImage::from_fn(90, 40, |x, y| {
-        image::Rgb([(x * 3) as u8, (y * 5) as u8, 120])
-    })
-    .save(&img)
-    .unwrap();
-    let out = blip3()
-        .args(["generate", "--model"])
-        .arg(&model)
-        .arg("--image")
-        .arg(&img)
-        .args([
+    let img = wide_png(tmp.path());
+    let image = img.display().to_string();
+    let v = generate_json(
+        &model,
+        &[
+            "--image",
+            &image,
             "--prompt",
             "What color is the circle?",
             "--max-new-tokens",
             "6",
-            "--json",
-        ])
-        .args(["--top-logprobs", "3", "--log", "warn"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+            "--top-logprobs",
+            "3",
+        ],
     );
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let last = stdout.lines().last().unwrap();
-    let v: serde_json::Value = serde_json::from_str(last).unwrap();
     let ids = v["token_ids"].as_array().unwrap();
     assert!(!ids.is_empty() && ids.len() <= 6);
     // A 90x40 image at base 32 picks the 3x1 canvas (96x32 keeps the most pixels): 1 + 3 views

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use common::{blip3, tiny_model_dir_with};
+use common::{blip3, generate_json, tiny_model_dir_with, wide_png};
 
 /// The tiny model with a widened head, so that greedy replies are clear-cut.
 fn tiny_model_dir(dir: &Path) {
@@ -74,30 +74,20 @@ fn a_greedy_server_reply_equals_blip3_generate() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("model");
     tiny_model_dir(&model);
-    let img = tmp.path().join("wide.png");
-    image::RgbImage::from_fn(90, 40, |x, y| {
-        image::Rgb([(x * 3) as u8, (y * 5) as u8, 120])
-    })
-    .save(&img)
-    .unwrap();
+    let img = wide_png(tmp.path());
     let prompt = "What color is the circle?";
-
-    let out = blip3()
-        .args(["generate", "--model"])
-        .arg(&model)
-        .arg("--image")
-        .arg(&img)
-        .args(["--prompt", prompt, "--max-new-tokens", "12", "--json"])
-        .args(["--log", "warn"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let image = img.display().to_string();
+    let generated = generate_json(
+        &model,
+        &[
+            "--image",
+            &image,
+            "--prompt",
+            prompt,
+            "--max-new-tokens",
+            "12",
+        ],
     );
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let generated: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     let expected = generated["text"].as_str().unwrap().to_string();
     assert!(!expected.is_empty(), "generate gave an empty reply");
 
@@ -280,27 +270,20 @@ fn chat_keeps_the_conversation_and_its_first_reply_equals_generate() {
     assert_eq!(messages[3]["content"], "And the colour?");
 
     // The first exchange is the prompt `generate --system ... --image ...` builds.
-    let out = blip3()
-        .args(["generate", "--model"])
-        .arg(&model)
-        .arg("--image")
-        .arg(&img)
-        .args([
+    let image = img.display().to_string();
+    let g = generate_json(
+        &model,
+        &[
+            "--image",
+            &image,
             "--system",
             "Answer in one word.",
             "--prompt",
             "What is this?",
-        ])
-        .args(["--max-new-tokens", "10", "--json", "--log", "warn"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+            "--max-new-tokens",
+            "10",
+        ],
     );
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let g: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert_eq!(
         messages[2]["content"], g["text"],
         "chat's first reply vs generate"

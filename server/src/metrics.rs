@@ -19,6 +19,9 @@ pub struct Metrics {
     pub active_sequences: IntGauge,
     /// `blip3_generated_tokens_total`.
     pub generated_tokens: IntCounter,
+    /// `blip3_sequences_cancelled_total`: sequences stopped before their end because their
+    /// client went away or a stop string matched.
+    pub cancelled: IntCounter,
     /// `blip3_decode_tokens_per_second`: tokens of the last decode step over its duration.
     pub decode_tokens_per_second: Gauge,
     /// `blip3_time_to_first_token_seconds`: from arrival to the first generated token.
@@ -40,6 +43,10 @@ impl Metrics {
         let active_sequences =
             IntGauge::new("blip3_active_sequences", "sequences in the decode batch")?;
         let generated_tokens = IntCounter::new("blip3_generated_tokens_total", "tokens generated")?;
+        let cancelled = IntCounter::new(
+            "blip3_sequences_cancelled_total",
+            "sequences stopped early: client gone or a stop string matched",
+        )?;
         let decode_tokens_per_second = Gauge::new(
             "blip3_decode_tokens_per_second",
             "tokens per second of the last decode step (all sequences)",
@@ -57,6 +64,7 @@ impl Metrics {
         registry.register(Box::new(queue_depth.clone()))?;
         registry.register(Box::new(active_sequences.clone()))?;
         registry.register(Box::new(generated_tokens.clone()))?;
+        registry.register(Box::new(cancelled.clone()))?;
         registry.register(Box::new(decode_tokens_per_second.clone()))?;
         registry.register(Box::new(time_to_first_token.clone()))?;
         Ok(Metrics {
@@ -65,6 +73,7 @@ impl Metrics {
             queue_depth,
             active_sequences,
             generated_tokens,
+            cancelled,
             decode_tokens_per_second,
             time_to_first_token,
         })

@@ -5,10 +5,10 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::http::StatusCode;
-use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use blip3_model::FinishReason;
 use serde_json::{Value, json};
@@ -74,6 +74,16 @@ pub(crate) fn token_logprob(
     }
 }
 
+/// Records the time to the first token, once per request.
+fn first_token(state: &AppState, arrived: Instant, first: &mut bool) {
+    if std::mem::take(first) {
+        state
+            .metrics
+            .time_to_first_token
+            .observe(arrived.elapsed().as_secs_f64());
+    }
+}
+
 /// Everything a finished non-streamed generation produced.
 pub(crate) struct Outcome {
     pub(crate) text: String,
@@ -101,13 +111,7 @@ pub(crate) async fn collect(
         match event {
             Event::Started { prompt_tokens: n } => prompt_tokens = n,
             Event::Token { id, logprob, top } => {
-                if first {
-                    state
-                        .metrics
-                        .time_to_first_token
-                        .observe(arrived.elapsed().as_secs_f64());
-                    first = false;
-                }
+                first_token(state, arrived, &mut first);
                 if stopped || stop_ids.contains(&id) {
                     continue;
                 }
@@ -226,7 +230,16 @@ pub(crate) fn stream(
         {
             return;
         }
-        while let Some(event) = events.recv().await {
+        loop {
+            // Hanging up is noticed even while the sequence produces no visible text (special
+            // tokens, a stop string being matched): the connection drops the event receiver.
+            let event = tokio::select! {
+                _ = tx.closed() => return,
+                event = events.recv() => match event {
+                    Some(event) => event,
+                    None => break,
+                },
+            };
             match event {
                 Event::Started { prompt_tokens: n } => prompt_tokens = n,
                 Event::Token {
@@ -234,13 +247,7 @@ pub(crate) fn stream(
                     logprob,
                     top,
                 } => {
-                    if first {
-                        state
-                            .metrics
-                            .time_to_first_token
-                            .observe(arrived.elapsed().as_secs_f64());
-                        first = false;
-                    }
+                    first_token(&state, arrived, &mut first);
                     if stopped || stop_ids.contains(&tok) {
                         continue;
                     }
@@ -302,7 +309,11 @@ pub(crate) fn stream(
             }
         }
     });
-    Sse::new(UnboundedReceiverStream::new(rx)).into_response()
+    // Comment lines every second keep proxies from timing the stream out and make a hung-up
+    // client show as a failed write, which drops the stream.
+    Sse::new(UnboundedReceiverStream::new(rx))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(1)))
+        .into_response()
 }
 
 /// The legacy completions `logprobs` object for some tokens.

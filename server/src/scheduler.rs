@@ -165,6 +165,7 @@ impl Sequence {
     /// Samples the next token from `logits` and reports it; false when the sequence has ended.
     fn step(&mut self, logits: &[f32], metrics: &Metrics) -> bool {
         if self.job.cancel.load(Ordering::SeqCst) || self.job.events.is_closed() {
+            metrics.cancelled.inc();
             self.finish(FinishReason::Cancelled);
             return false;
         }
@@ -181,6 +182,7 @@ impl Sequence {
             .send(Event::Token { id, logprob, top })
             .is_err()
         {
+            metrics.cancelled.inc();
             self.finish(FinishReason::Cancelled);
             return false;
         }

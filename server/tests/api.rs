@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -273,43 +273,73 @@ fn api_key_is_required_when_set() {
 
 #[test]
 fn a_full_queue_answers_429_and_a_cancelled_stream_frees_its_slot() {
-    let f = Arc::new(Fixture::new(ServeConfig {
-        scheduler: SchedulerConfig {
-            max_seqs: 1,
-            max_queue: 1,
-            max_prefill_tokens: 1,
+    // A context of 32k positions: the long request below would take many seconds to finish.
+    let f = Arc::new(Fixture::with_model(
+        ServeConfig {
+            scheduler: SchedulerConfig {
+                max_seqs: 1,
+                max_queue: 1,
+                max_prefill_tokens: 1,
+            },
+            ..config()
         },
-        ..config()
-    }));
+        model_dir_with_context(Some(32_768)),
+    ));
     // A long streaming request holds the only slot; read its first chunk, then hang up.
-    let mut long = chat_body("tell me a long story", None, 400);
-    long["temperature"] = json!(1.0);
+    // Nearly the whole context, past end-of-text: far longer than the rest of the test takes.
+    let budget = 32_000;
+    let mut long = chat_body("tell me a long story", None, budget);
+    long["ignore_eos"] = json!(true);
     long["stream"] = json!(true);
-    let r = ureq::post(&f.url("/v1/chat/completions"))
-        .set("Content-Type", "application/json")
-        .send_string(&long.to_string())
-        .expect("stream");
-    let mut reader = BufReader::new(r.into_reader());
-    let mut first = String::new();
-    reader.read_line(&mut first).expect("first line");
-    assert!(first.starts_with("data: "), "{first}");
+    // A plain socket, so that hanging up below closes the connection for certain.
+    let body = long.to_string();
+    let mut socket = std::net::TcpStream::connect(f.server.addr).expect("connect");
+    write!(
+        socket,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut reader = BufReader::new(socket.try_clone().expect("clone"));
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("status line");
+    assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+    loop {
+        line.clear();
+        assert!(
+            reader.read_line(&mut line).expect("line") > 0,
+            "no event before EOF"
+        );
+        if line.starts_with("data: ") {
+            break;
+        }
+    }
     // While it runs: one request waits in the queue, the next is refused with 429.
     let waiting = {
         let f = f.clone();
         std::thread::spawn(move || f.post("/v1/chat/completions", &chat_body("a", None, 2)))
     };
+    // Once the waiting request is in the queue, the next one is refused.
     let deadline = Instant::now() + Duration::from_secs(20);
+    while !f.get("/metrics").1.contains("blip3_queue_depth 1") {
+        assert!(Instant::now() < deadline, "the second request never queued");
+        std::thread::sleep(Duration::from_millis(2));
+    }
     let mut refused = false;
     while Instant::now() < deadline && !refused {
-        std::thread::sleep(Duration::from_millis(50));
         let (code, v) = f.post("/v1/chat/completions", &chat_body("b", None, 2));
         if code == 429 {
             assert_eq!(v["error"]["type"], "rate_limit_error");
             refused = true;
+        } else {
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
     assert!(refused, "no 429 while the slot and the queue were full");
+    socket.shutdown(std::net::Shutdown::Both).expect("hang up");
     drop(reader);
+    drop(socket);
     // The hung-up stream leaves the batch, so the queued request gets the slot and completes.
     let (code, v) = waiting.join().expect("thread");
     assert_eq!(code, 200, "{v}");
@@ -332,8 +362,12 @@ fn a_full_queue_answers_429_and_a_cancelled_stream_frees_its_slot() {
         .and_then(|v| v.trim().parse().ok())
         .expect("counter");
     assert!(
-        generated < 400.0,
+        generated < budget as f64,
         "the cancelled stream ran to its budget ({generated} tokens)"
+    );
+    assert!(
+        m.contains("blip3_sequences_cancelled_total 1"),
+        "the hung-up stream was not counted as cancelled:\n{m}"
     );
 }
 

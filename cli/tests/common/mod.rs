@@ -50,3 +50,32 @@ pub fn tiny_model_dir_with(dir: &Path, seed: u64, head_scale: Option<f32>) {
 pub fn tiny_model_dir(dir: &Path) {
     tiny_model_dir_with(dir, 7, None);
 }
+
+/// Writes a 90x40 test image (a 3x1 any-res canvas for the tiny model) as `dir/wide.png`.
+pub fn wide_png(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("wide.png");
+    image::RgbImage::from_fn(90, 40, |x, y| {
+        image::Rgb([(x * 3) as u8, (y * 5) as u8, 120])
+    })
+    .save(&path)
+    .unwrap();
+    path
+}
+
+/// Runs `blip3 generate --model MODEL ARGS --json --log warn` and returns its JSON line.
+pub fn generate_json(model: &Path, args: &[&str]) -> serde_json::Value {
+    let out = blip3()
+        .args(["generate", "--model"])
+        .arg(model)
+        .args(args)
+        .args(["--json", "--log", "warn"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+}

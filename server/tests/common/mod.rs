@@ -27,10 +27,21 @@ impl ModuleMapper for Scale {
 
 /// A tiny model saved like a user's checkpoint, with a widened head.
 pub fn model_dir() -> tempfile::TempDir {
+    model_dir_with_context(None)
+}
+
+/// [`model_dir`] with another context length (`max_position_embeddings`), e.g. to let one
+/// request generate for much longer than a test step takes.
+pub fn model_dir_with_context(context: Option<usize>) -> tempfile::TempDir {
     let tok = Blip3Tokenizer::tiny().expect("tokenizer");
     let device = Device::flex();
     device.seed(11);
-    let mut model = XGenMMConfig::tiny(tok.initial_len()).init(&device);
+    let mut cfg = XGenMMConfig::tiny(tok.initial_len());
+    if let Some(n) = context {
+        cfg.text.max_position_embeddings = n;
+        cfg.text.original_max_position_embeddings = n;
+    }
+    let mut model = cfg.init(&device);
     model.lang_model.lm_head = model.lang_model.lm_head.map(&mut Scale(40.0));
     let dir = tempfile::tempdir().expect("tempdir");
     save_checkpoint(&model, dir.path()).expect("save");
@@ -56,7 +67,11 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn new(config: ServeConfig) -> Fixture {
-        let dir = model_dir();
+        Fixture::with_model(config, model_dir())
+    }
+
+    /// A server over the model saved in `dir`.
+    pub fn with_model(config: ServeConfig, dir: tempfile::TempDir) -> Fixture {
         let for_server = load(dir.path());
         let loaded = load(dir.path());
         let server = blip3_server::spawn(
