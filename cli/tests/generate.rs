@@ -50,30 +50,24 @@ fn sampling_is_reproducible_with_a_seed() {
     let model = tmp.path().join("model");
     tiny_model_dir(&model);
     let run = |seed: &str| {
-        let out = blip3()
-            .args(["generate", "--model"])
-            .arg(&model)
-            .args([
+        generate_json(
+            &model,
+            &[
                 "--prompt",
                 "Describe it.",
                 "--max-new-tokens",
                 "8",
                 "--temperature",
                 "1.5",
-            ])
-            .args([
-                "--top-k", "50", "--top-p", "0.95", "--seed", seed, "--json", "--log", "warn",
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let s = String::from_utf8(out.stdout).unwrap();
-        let v: serde_json::Value = serde_json::from_str(s.lines().last().unwrap()).unwrap();
-        v["token_ids"].clone()
+                "--top-k",
+                "50",
+                "--top-p",
+                "0.95",
+                "--seed",
+                seed,
+            ],
+        )["token_ids"]
+            .clone()
     };
     let a = run("3");
     assert_eq!(a, run("3"), "same seed, same tokens");

@@ -398,7 +398,7 @@ fn concurrent_load_replies_equal_the_same_requests_served_alone() {
             .unwrap_or(d)
     };
     let clients = env("BLIP3_LOAD_CLIENTS", 16);
-    let total = env("BLIP3_LOAD_REQUESTS", 96);
+    let total = env("BLIP3_LOAD_REQUESTS", 96).max(4);
     let f = Arc::new(Fixture::new(ServeConfig {
         scheduler: SchedulerConfig {
             max_seqs: 32,
@@ -494,14 +494,18 @@ fn concurrent_load_replies_equal_the_same_requests_served_alone() {
         trace.join(", ")
     );
     // Flat: after the first quarter (allocator pools and caches warm up), memory stays put.
-    if let (Some((_, quarter)), Some((_, end))) = (marks.first(), marks.last()) {
-        assert!(
-            *end < quarter + (64 << 20),
-            "memory grew from {:.0} MiB to {:.0} MiB over the load",
-            mib(*quarter),
-            mib(*end)
-        );
-    }
+    assert_eq!(
+        marks.len(),
+        4,
+        "memory was not sampled at each quarter: {trace:?}"
+    );
+    let (quarter, end) = (marks[0].1, marks[3].1);
+    assert!(
+        end < quarter + (64 << 20),
+        "memory grew from {:.0} MiB to {:.0} MiB over the load",
+        mib(quarter),
+        mib(end)
+    );
     let (_, m) = f.get("/metrics");
     assert!(m.contains("blip3_active_sequences 0"), "{m}");
 }
