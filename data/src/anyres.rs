@@ -390,9 +390,9 @@ pub struct ProcessedImage {
     pub grid_cols: u32,
     /// Crops down.
     pub grid_rows: u32,
-    /// Width of the decoded (EXIF-oriented) image, before any resizing.
+    /// Width of the decoded image, before any resizing.
     pub original_width: u32,
-    /// Height of the decoded (EXIF-oriented) image, before any resizing.
+    /// Height of the decoded image, before any resizing.
     pub original_height: u32,
 }
 

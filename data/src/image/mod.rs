@@ -1,16 +1,20 @@
 //! Image decoding and Pillow-exact resampling.
 //!
-//! Decoding turns a file or an in-memory blob (JPEG, PNG, WebP, GIF, BMP) into an 8-bit RGB image,
-//! the way the Python reference sees it after `Image.open(..).convert("RGB")`:
+//! Decoding turns a file or an in-memory blob (JPEG, PNG, WebP, GIF, BMP, TIFF) into an 8-bit RGB
+//! image with exactly the pixels of the Python reference's `Image.open(..).convert("RGB")`
+//! (Pillow 13), checked pixel for pixel on the fixture set `tests/fixtures/images/`:
 //!
-//! * the EXIF orientation tag (JPEG, WebP, PNG `eXIf`) is applied, like `ImageOps.exif_transpose`;
-//! * grayscale is replicated to three channels;
-//! * alpha is **dropped**, not composited: Pillow's RGBA→RGB and LA→RGB conversions copy the colour
-//!   channels and ignore alpha, so a fully transparent pixel keeps its stored colour;
-//! * CMYK JPEGs are converted to RGB by the decoder;
-//! * 16-bit samples keep their high byte (what Pillow's `RGB;16B` unpacker does for 16-bit RGB
-//!   PNGs; for 16-bit grayscale Pillow's `I;16` → RGB conversion clips every value above 255 to
-//!   white instead, a quirk not copied here);
+//! * JPEG goes through libjpeg-turbo's decoder ([`jpeg`]), Pillow's own decoder, so the IDCT,
+//!   chroma upsampling and colour conversion round the same way; CMYK and YCCK files get Pillow's
+//!   inverted-CMYK reading and its CMYK→RGB formula;
+//! * the EXIF orientation is **not** applied (Pillow does not apply it unless asked with
+//!   `ImageOps.exif_transpose`, and the reference pipelines do not ask);
+//! * grayscale is replicated to three channels; alpha is **dropped**, not composited (Pillow's
+//!   RGBA→RGB, LA→RGB and palette→RGB conversions copy the colours and ignore alpha, so a fully
+//!   transparent pixel keeps its stored colour);
+//! * other formats are decoded by the `image` crate and converted with Pillow's rules
+//!   ([`to_rgb8`]): 16-bit colour keeps the high byte (Pillow's `RGB;16B` reading), 16-bit
+//!   grayscale opens as Pillow's `I;16` and converts by clipping to 255;
 //! * a GIF contributes its first frame.
 //!
 //! Before anything is decoded, [`ImageLimits`] are enforced: only regular files are read (not
@@ -34,6 +38,8 @@ use ::image::{DynamicImage, ImageDecoder, ImageReader};
 
 use crate::error::DataError;
 use crate::sample::ImageSource;
+
+mod jpeg;
 
 /// An 8-bit RGB image, row-major, 3 bytes a pixel (the `image` crate's buffer type).
 pub use ::image::RgbImage;
@@ -230,7 +236,7 @@ pub fn decode_bytes_with(
     limits.check_bytes(bytes.len() as u64, name)?;
     // The decoders are third-party code fed untrusted bytes: a panic inside one must become an
     // error for this image, not bring the loader down.
-    let decoded = std::panic::catch_unwind(|| decode_oriented(bytes, limits)).map_err(|panic| {
+    let decoded = std::panic::catch_unwind(|| decode_pixels(bytes, limits)).map_err(|panic| {
         let what = panic
             .downcast_ref::<&str>()
             .map(|s| s.to_string())
@@ -252,10 +258,10 @@ pub fn decode_bytes_with(
             image.height()
         )));
     }
-    Ok(to_rgb8(image))
+    Ok(image)
 }
 
-/// Why [`decode_oriented`] gave no image.
+/// Why [`decode_pixels`] gave no image.
 enum Refusal {
     /// Over an [`ImageLimits`] limit (before decoding).
     Limit(String),
@@ -263,47 +269,89 @@ enum Refusal {
     Decode(String),
 }
 
-/// Decodes `bytes` (format guessed from the content) and applies the EXIF orientation, after
-/// checking the declared dimensions against `limits`.
-fn decode_oriented(bytes: &[u8], limits: &ImageLimits) -> Result<DynamicImage, Refusal> {
+/// Decodes `bytes` (format guessed from the content) to Pillow's `convert("RGB")` pixels, after
+/// checking the declared dimensions against `limits`. JPEG goes through libjpeg-turbo's decoder
+/// ([`jpeg`]); the other formats through the `image` crate, converted by [`to_rgb8`].
+fn decode_pixels(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, Refusal> {
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| Refusal::Decode(e.to_string()))?;
     match reader.format() {
         None => {
             return Err(Refusal::Decode(
-                "unrecognised image format (expected JPEG, PNG, WebP, GIF or BMP)".to_string(),
+                "unrecognised image format (expected JPEG, PNG, WebP, GIF, BMP or TIFF)"
+                    .to_string(),
             ));
         }
-        // The JPEG decoder fills a cut-off stream with grey instead of failing; Pillow refuses
-        // such files ("image file is truncated"), and so do we.
+        // libjpeg fills a cut-off stream with grey and warns; Pillow refuses such files ("image
+        // file is truncated"), and so do we.
         Some(::image::ImageFormat::Jpeg) if !jpeg_has_end(bytes) => {
             return Err(Refusal::Decode(
                 "truncated JPEG (no end-of-image marker after the scan data)".to_string(),
             ));
         }
+        Some(::image::ImageFormat::Jpeg) => {
+            return jpeg::decode(bytes, limits).map_err(|e| match e {
+                jpeg::JpegError::Limit(msg) => Refusal::Limit(msg),
+                jpeg::JpegError::Decode(msg) => Refusal::Decode(msg),
+            });
+        }
+        Some(::image::ImageFormat::Tiff) => {
+            if let Some(image) = decode_tiff_cmyk(bytes, limits)? {
+                return Ok(image);
+            }
+        }
         Some(_) => {}
     }
     // `ImageReader::new` also keeps the crate's default allocation limit.
-    let mut decoder = reader
+    let decoder = reader
         .into_decoder()
         .map_err(|e| Refusal::Decode(e.to_string()))?;
     // The header's dimensions are known before any pixel is decoded.
     limits
         .check_pixels(decoder.dimensions())
         .map_err(Refusal::Limit)?;
-    let orientation = match decoder.orientation() {
-        Ok(orientation) => orientation,
-        Err(e) => {
-            // Broken metadata is not a reason to drop an otherwise decodable image.
-            log::debug!("ignoring unreadable EXIF orientation: {e}");
-            ::image::metadata::Orientation::NoTransforms
-        }
+    // The EXIF orientation is not applied: `Image.open(..).convert("RGB")` ignores it.
+    let image = DynamicImage::from_decoder(decoder).map_err(|e| Refusal::Decode(e.to_string()))?;
+    Ok(to_rgb8(image, is_png_gray16(bytes)))
+}
+
+/// An 8-bit CMYK TIFF with Pillow's pixels (the `image` crate converts CMYK with its own
+/// rounding): the plain ink values through Pillow's `cmyk2rgb`. `None` for every other TIFF.
+fn decode_tiff_cmyk(bytes: &[u8], limits: &ImageLimits) -> Result<Option<RgbImage>, Refusal> {
+    let decode = |e: ::tiff::TiffError| Refusal::Decode(e.to_string());
+    let mut decoder = ::tiff::decoder::Decoder::new(Cursor::new(bytes)).map_err(decode)?;
+    if decoder.colortype().map_err(decode)? != ::tiff::ColorType::CMYK(8) {
+        return Ok(None);
+    }
+    let (width, height) = decoder.dimensions().map_err(decode)?;
+    limits
+        .check_pixels((width, height))
+        .map_err(Refusal::Limit)?;
+    let ::tiff::decoder::DecodingResult::U8(cmyk) = decoder.read_image().map_err(decode)? else {
+        return Err(Refusal::Decode(
+            "8-bit CMYK TIFF gave non-8-bit samples".into(),
+        ));
     };
-    let mut image =
-        DynamicImage::from_decoder(decoder).map_err(|e| Refusal::Decode(e.to_string()))?;
-    image.apply_orientation(orientation);
-    Ok(image)
+    let rgb: Vec<u8> = cmyk
+        .chunks_exact(4)
+        .flat_map(|p| cmyk_to_rgb([p[0], p[1], p[2], p[3]]))
+        .collect();
+    RgbImage::from_raw(width, height, rgb)
+        .map(Some)
+        .ok_or_else(|| Refusal::Decode(format!("CMYK TIFF data does not fill {width}x{height}")))
+}
+
+/// Pillow's `cmyk2rgb` for one pixel: with `nk = 255 - k`, each channel is
+/// `clip(nk - nk·c/255)`, the product rounded as Pillow's `MULDIV255` does.
+fn cmyk_to_rgb([c, m, y, k]: [u8; 4]) -> [u8; 3] {
+    let nk = 255 - i32::from(k);
+    let channel = |v: u8| {
+        let t = i32::from(v) * nk + 128;
+        let product = ((t >> 8) + t) >> 8;
+        (nk - product).clamp(0, 255) as u8
+    };
+    [channel(c), channel(m), channel(y)]
 }
 
 /// Whether a JPEG stream reaches an end-of-image marker after its first scan. Walks the marker
@@ -345,9 +393,26 @@ fn jpeg_has_end(bytes: &[u8]) -> bool {
     }
 }
 
+/// Whether `bytes` is a PNG of 16-bit grayscale without an alpha channel (colour type 0), which
+/// Pillow opens as `I;16` even when a tRNS key makes the `image` crate add an alpha channel.
+fn is_png_gray16(bytes: &[u8]) -> bool {
+    // Signature (8), IHDR length and tag (8), width and height (8), bit depth, colour type.
+    bytes.starts_with(b"\x89PNG\r\n\x1a\n")
+        && bytes.get(12..16) == Some(b"IHDR")
+        && bytes.get(24) == Some(&16)
+        && bytes.get(25) == Some(&0)
+}
+
+/// Pillow's `I;16` → `RGB` conversion of one sample: values above 255 clip to white.
+fn clip_u16(v: u16) -> u8 {
+    v.min(255) as u8
+}
+
 /// Converts any decoded layout to 8-bit RGB with Pillow's `.convert("RGB")` rules: gray is
-/// replicated, alpha is dropped, 16-bit samples keep their high byte.
-fn to_rgb8(image: DynamicImage) -> RgbImage {
+/// replicated, alpha is dropped, 16-bit colour and gray+alpha samples keep their high byte
+/// (Pillow's `RGB;16B`/`LA;16B` readings), 16-bit gray opens as `I;16` and clips to 255
+/// (`gray16_as_i16` marks a 16-bit gray PNG whose tRNS key the decoder expanded to alpha).
+fn to_rgb8(image: DynamicImage, gray16_as_i16: bool) -> RgbImage {
     let (width, height) = (image.width(), image.height());
     let from_samples = |data: Vec<u8>| RgbImage::from_raw(width, height, data);
     let converted = match image {
@@ -372,7 +437,10 @@ fn to_rgb8(image: DynamicImage) -> RgbImage {
                 .collect(),
         ),
         DynamicImage::ImageLuma16(gray) => {
-            from_samples(gray.pixels().flat_map(|p| [high_byte(p[0]); 3]).collect())
+            from_samples(gray.pixels().flat_map(|p| [clip_u16(p[0]); 3]).collect())
+        }
+        DynamicImage::ImageLumaA16(gray) if gray16_as_i16 => {
+            from_samples(gray.pixels().flat_map(|p| [clip_u16(p[0]); 3]).collect())
         }
         DynamicImage::ImageLumaA16(gray) => {
             from_samples(gray.pixels().flat_map(|p| [high_byte(p[0]); 3]).collect())
