@@ -115,3 +115,68 @@ fn bad_inputs_give_one_line_errors() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("2 <image> markers but 0 images"));
 }
+
+#[test]
+fn beam_search_from_the_command_line_equals_the_library() {
+    use blip3_model::{EarlyStopping, GenerationConfig, MultimodalInput};
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    // A widened head: beam choices are clear-cut, not near-ties between random logits.
+    common::tiny_model_dir_with(&model, 11, Some(8.0));
+    let prompt = "Output: a photo of";
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--raw", "--prompt", prompt, "--max-new-tokens", "9"];
+        args.extend_from_slice(extra);
+        generate_json(&model, &args)
+    };
+    let beams = run(&["--num-beams", "3", "--length-penalty", "0", "--early-stopping"]);
+    assert_eq!(beams["num_beams"], 3);
+    let score = beams["sequence_score"].as_f64().expect("a sequence_score with beams");
+    assert!(score < 0.0, "a sum of log-probabilities: {score}");
+
+    // The same search in process.
+    let loaded = blip3_processor::load(
+        &model,
+        &blip3_processor::TokenizerSource::ModelDir,
+        &burn::prelude::Device::flex(),
+        blip3_model::LoadOptions::default(),
+    )
+    .unwrap();
+    let encoded = loaded.processor.encode_raw(prompt, 0).unwrap();
+    let sampling = GenerationConfig {
+        max_new_tokens: 9,
+        num_beams: 3,
+        length_penalty: 0.0,
+        early_stopping: EarlyStopping::AllFinished,
+        ..GenerationConfig::default()
+    };
+    let cfg = loaded.processor.generation_config(&sampling, &encoded);
+    let input = MultimodalInput {
+        input_ids: vec![encoded.ids.clone()],
+        images: vec![vec![]],
+        labels: None,
+    };
+    let out = loaded.model.beam_search(&input, &cfg).unwrap();
+    let best = &out[0].hypotheses[0];
+    let cli_ids: Vec<u32> = beams["token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(cli_ids, best.token_ids);
+    assert!((score - f64::from(best.score)).abs() < 1e-6);
+
+    // Beam search is not greedy decoding in disguise: the defaults (one beam) give no score.
+    let greedy = run(&[]);
+    assert!(greedy["sequence_score"].is_null());
+    // Out-of-range settings are refused before the model is loaded.
+    let out = common::blip3()
+        .args(["generate", "--model"])
+        .arg(&model)
+        .args(["--prompt", "x", "--num-beams", "2", "--temperature", "0.8"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("beam"));
+}

@@ -1,15 +1,19 @@
-//! Text generation: greedy or temperature / top-k / top-p sampling with a seed, batched prompts
-//! with left padding, a KV cache (each new token costs one position), stop ids supplied by the
-//! caller from the tokenizer (`<|end|>`, EOS), and a callback that receives tokens as they come.
+//! Text generation: greedy or temperature / top-k / top-p sampling with a seed, or beam search
+//! ([`crate::beam`]); batched prompts with left padding, a KV cache (each new token costs one
+//! position), stop ids supplied by the caller from the tokenizer (`<|end|>`, EOS), and a callback
+//! that receives tokens as they come.
 
 use burn::prelude::*;
 
+use crate::beam::EarlyStopping;
 use crate::error::ModelError;
 use crate::phi3::KvCache;
 use crate::xgenmm::{MultimodalInput, XGenMM};
 
-/// Decoding settings.
+/// Decoding settings. The beam-search fields follow Hugging Face's `GenerationConfig` names and
+/// defaults (`num_beams` 1, `length_penalty` 1.0, `early_stopping` False).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct GenerationConfig {
     /// Maximum tokens generated per row.
     pub max_new_tokens: usize,
@@ -26,8 +30,18 @@ pub struct GenerationConfig {
     pub stop_ids: Vec<u32>,
     /// Id fed to rows that already stopped (masked out).
     pub pad_id: u32,
-    /// Record this many top log-probabilities per generated step (0 = none).
+    /// Record this many top log-probabilities per generated step (0 = none; not with beams).
     pub top_logprobs: usize,
+    /// Beams per prompt; 1 decodes greedily or samples, more runs [`XGenMM::beam_search`].
+    pub num_beams: usize,
+    /// Exponent of the generated length that divides a finished hypothesis's summed
+    /// log-probability (0: no normalisation, > 0 favours longer replies).
+    pub length_penalty: f32,
+    /// When a prompt's beam search stops.
+    pub early_stopping: EarlyStopping,
+    /// Hypotheses returned per prompt by [`XGenMM::beam_search`] (at most `num_beams`);
+    /// [`XGenMM::generate`] returns the best one.
+    pub num_return_sequences: usize,
 }
 
 impl Default for GenerationConfig {
@@ -41,6 +55,10 @@ impl Default for GenerationConfig {
             stop_ids: Vec::new(),
             pad_id: 0,
             top_logprobs: 0,
+            num_beams: 1,
+            length_penalty: 1.0,
+            early_stopping: EarlyStopping::Heuristic,
+            num_return_sequences: 1,
         }
     }
 }
@@ -70,6 +88,37 @@ impl GenerationConfig {
                 "top_k 0 is out of range: expected at least 1 (unset keeps every token)".into(),
             );
         }
+        if self.num_beams == 0 {
+            return bad("num_beams 0 is out of range: expected at least 1 (1 = no beams)".into());
+        }
+        if !self.length_penalty.is_finite() {
+            return bad(format!(
+                "length_penalty {} is out of range: expected a finite number",
+                self.length_penalty
+            ));
+        }
+        if self.num_return_sequences == 0 || self.num_return_sequences > self.num_beams {
+            return bad(format!(
+                "num_return_sequences {} is out of range: expected 1..={} (num_beams)",
+                self.num_return_sequences, self.num_beams
+            ));
+        }
+        if self.num_beams > 1 {
+            if self.temperature.is_some_and(|t| t > 0.0) {
+                return bad(format!(
+                    "num_beams {} with temperature {:?}: beam search is deterministic; \
+                     sampling beams is not supported (unset the temperature)",
+                    self.num_beams, self.temperature
+                ));
+            }
+            if self.top_logprobs > 0 {
+                return bad(format!(
+                    "num_beams {} with top_logprobs {}: log-probabilities are reported for \
+                     greedy and sampled decoding only",
+                    self.num_beams, self.top_logprobs
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -98,6 +147,8 @@ pub struct Generated {
     pub prompt_len: usize,
     /// Vision embeddings inserted in the prompt.
     pub vision_tokens: usize,
+    /// With beam search, the best hypothesis's length-penalised score (HF `sequences_scores`).
+    pub sequence_score: Option<f32>,
 }
 
 /// A small deterministic generator (SplitMix64) so sampling is reproducible across platforms.
@@ -206,7 +257,8 @@ pub fn top_logprobs(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
         .collect()
 }
 
-fn rows(logits: Tensor<2>) -> Result<Vec<Vec<f32>>, ModelError> {
+/// The rows of a `[B, V]` logits tensor as f32 vectors.
+pub(crate) fn rows(logits: Tensor<2>) -> Result<Vec<Vec<f32>>, ModelError> {
     let [b, v] = logits.dims();
     let data = logits
         .cast(burn::tensor::DType::F32)
@@ -220,7 +272,9 @@ impl XGenMM {
     /// Generates a continuation for every prompt of the batch (left padding, KV cache).
     ///
     /// `on_token(row, id)` is called for each generated token in order; returning `false` stops
-    /// that row (reason [`FinishReason::Cancelled`]).
+    /// that row (reason [`FinishReason::Cancelled`]). With `num_beams > 1` the row's tokens are
+    /// only known when its search ends: they are passed to `on_token` then, and the result is the
+    /// best hypothesis of [`XGenMM::beam_search`].
     pub fn generate(
         &self,
         input: &MultimodalInput,
@@ -228,6 +282,9 @@ impl XGenMM {
         mut on_token: impl FnMut(usize, u32) -> bool,
     ) -> Result<Vec<Generated>, ModelError> {
         cfg.validate()?;
+        if cfg.num_beams > 1 {
+            return self.generate_with_beams(input, cfg, on_token);
+        }
         let b = input.input_ids.len();
         let mut cache = KvCache::new();
         let (logits, fused) = self.prefill(input, &mut cache)?;
@@ -238,6 +295,7 @@ impl XGenMM {
                 finish: FinishReason::Length,
                 prompt_len: fused.mask[i].iter().filter(|&&m| m).count(),
                 vision_tokens: fused.vision_tokens[i],
+                sequence_score: None,
             })
             .collect();
         let mut rngs: Vec<SplitMix64> = (0..b)
@@ -280,6 +338,40 @@ impl XGenMM {
             logits = rows(l)?;
         }
         Ok(out)
+    }
+
+    /// [`XGenMM::generate`] through beam search: the best hypothesis per prompt, its tokens
+    /// replayed through `on_token`.
+    fn generate_with_beams(
+        &self,
+        input: &MultimodalInput,
+        cfg: &GenerationConfig,
+        mut on_token: impl FnMut(usize, u32) -> bool,
+    ) -> Result<Vec<Generated>, ModelError> {
+        let searched = self.beam_search(input, cfg)?;
+        Ok(searched
+            .into_iter()
+            .enumerate()
+            .map(|(row, out)| {
+                let best = out.hypotheses.into_iter().next();
+                let (mut token_ids, mut finish, score) = match best {
+                    Some(h) => (h.token_ids, h.finish, Some(h.score)),
+                    None => (Vec::new(), FinishReason::Length, None),
+                };
+                if let Some(cut) = token_ids.iter().position(|&t| !on_token(row, t)) {
+                    token_ids.truncate(cut + 1);
+                    finish = FinishReason::Cancelled;
+                }
+                Generated {
+                    token_ids,
+                    top_logprobs: Vec::new(),
+                    finish,
+                    prompt_len: out.prompt_len,
+                    vision_tokens: out.vision_tokens,
+                    sequence_score: score,
+                }
+            })
+            .collect())
     }
 }
 

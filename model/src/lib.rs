@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod attention;
+pub mod beam;
 pub mod config;
 pub mod decoupled;
 pub mod device;
@@ -24,6 +25,7 @@ pub mod scoring;
 pub mod siglip;
 pub mod xgenmm;
 
+pub use beam::{BeamHypothesis, BeamSearchOutput, EarlyStopping};
 pub use config::{
     AspectMode, LongRopeScaling, PerceiverConfig, Phi3Config, SiglipVisionConfig, XGenMMConfig,
 };

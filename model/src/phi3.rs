@@ -164,7 +164,8 @@ impl KvCache {
         Ok(())
     }
 
-    /// Keeps only the rows `keep` (indices into the current rows, in the order given), then drops
+    /// Keeps only the rows `keep` (indices into the current rows, in the order given; an index
+    /// may repeat, which copies the row, as beam search does when a beam splits), then drops
     /// leading positions that no kept row attends to.
     pub fn retain_rows(&mut self, keep: &[usize]) -> Result<(), ModelError> {
         if let Some(&bad) = keep.iter().find(|&&r| r >= self.rows()) {

@@ -14,7 +14,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use blip3_data::image::decode_path;
 use blip3_data::sample::{Role, Turn};
-use blip3_model::GenerationConfig;
+use blip3_model::{EarlyStopping, GenerationConfig};
 use blip3_processor::{EncodedPrompt, Loaded, Processor};
 
 use super::common::{DTypeArg, DeviceKindArg, check_dtype, device, load_model_dir, parse_device};
@@ -63,6 +63,18 @@ pub struct Args {
     /// Record the K most likely tokens of every step (natural log) in the JSON output.
     #[arg(long, default_value_t = 0)]
     pub top_logprobs: usize,
+    /// Beam search with this many beams (HF `num_beams`; 1: greedy or sampling). The reply is
+    /// printed when the search ends; `--json` adds the best beam's `sequence_score`.
+    #[arg(long, default_value_t = 1)]
+    pub num_beams: usize,
+    /// Beam search: a finished beam scores `sum(log p) / length^LP` (HF `length_penalty`).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub length_penalty: f32,
+    /// Beam search: when to stop (HF `early_stopping`). The bare flag means `all-finished` (HF
+    /// `True`); `heuristic` is HF's default `False`, `never` its canonical search.
+    #[arg(long, value_enum, num_args = 0..=1, default_value_t = EarlyStoppingArg::Heuristic,
+          default_missing_value = "all-finished")]
+    pub early_stopping: EarlyStoppingArg,
     /// Compute device.
     #[arg(long, value_parser = parse_device, default_value_t = DeviceKindArg::Flex)]
     pub device: DeviceKindArg,
@@ -87,8 +99,33 @@ impl Args {
             seed: 0,
             json: false,
             top_logprobs: 0,
+            num_beams: 1,
+            length_penalty: 1.0,
+            early_stopping: EarlyStoppingArg::Heuristic,
             device: DeviceKindArg::Flex,
             dtype: None,
+        }
+    }
+}
+
+/// `--early-stopping` values (HF `early_stopping`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EarlyStoppingArg {
+    /// HF `False`: stop when no running beam can beat the finished ones at the current length.
+    Heuristic,
+    /// HF `True`: stop as soon as `--num-beams` hypotheses are finished.
+    AllFinished,
+    /// HF `"never"`: the canonical beam search.
+    Never,
+}
+
+impl EarlyStoppingArg {
+    /// The model's setting.
+    pub fn setting(self) -> EarlyStopping {
+        match self {
+            EarlyStoppingArg::Heuristic => EarlyStopping::Heuristic,
+            EarlyStoppingArg::AllFinished => EarlyStopping::AllFinished,
+            EarlyStoppingArg::Never => EarlyStopping::Never,
         }
     }
 }
@@ -115,10 +152,16 @@ fn sampling_config(args: &Args) -> Result<GenerationConfig> {
         top_p: args.top_p,
         seed: args.seed,
         top_logprobs: args.top_logprobs,
+        num_beams: args.num_beams,
+        length_penalty: args.length_penalty,
+        early_stopping: args.early_stopping.setting(),
         ..GenerationConfig::default()
     };
-    cfg.validate()
-        .map_err(|e| anyhow::anyhow!("--temperature / --top-k / --top-p: {e}"))?;
+    cfg.validate().map_err(|e| {
+        anyhow::anyhow!(
+            "--temperature / --top-k / --top-p / --num-beams / --length-penalty / --top-logprobs: {e}"
+        )
+    })?;
     Ok(cfg)
 }
 
@@ -238,6 +281,8 @@ pub fn run(args: Args) -> Result<()> {
             "prompt_tokens": prompt_tokens,
             "vision_tokens": g.vision_tokens,
             "top_logprobs": g.top_logprobs,
+            "sequence_score": g.sequence_score,
+            "num_beams": cfg.num_beams,
             "finish_reason": format!("{:?}", g.finish).to_lowercase(),
             "time_ms": t0.elapsed().as_secs_f64() * 1e3,
         });
