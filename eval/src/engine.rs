@@ -179,6 +179,9 @@ pub enum PostProcess {
     FewShotCaption,
     /// OpenFlamingo's VQA post-processing ([`postprocess_vqa`]).
     FewShotVqa,
+    /// OpenFlamingo's OK-VQA post-processing: the VQA cut, then its NLTK/`inflection` stemming
+    /// ([`crate::metrics::okvqa::postprocess_ok_vqa_generation`]).
+    FewShotOkVqa,
 }
 
 impl PostProcess {
@@ -188,6 +191,20 @@ impl PostProcess {
             PostProcess::Trim => text.trim().to_string(),
             PostProcess::FewShotCaption => postprocess_caption(text),
             PostProcess::FewShotVqa => postprocess_vqa(text),
+            PostProcess::FewShotOkVqa => crate::metrics::okvqa::postprocess_ok_vqa_generation(text),
+        }
+    }
+}
+
+impl Request {
+    /// The decoding of the request's protocol: OpenFlamingo's beam search for few-shot
+    /// captioning and VQA (every post-processing but [`PostProcess::Trim`]), greedy for
+    /// instruction prompts.
+    pub fn protocol_beams(&self) -> Beams {
+        if self.post == PostProcess::Trim {
+            Beams::GREEDY
+        } else {
+            Beams::OPENFLAMINGO
         }
     }
 }
@@ -207,7 +224,33 @@ pub struct Request {
     pub post: PostProcess,
 }
 
-/// Decoding settings shared by a run (greedy by default).
+/// Beam-search settings of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Beams {
+    /// Beams (1: greedy decoding).
+    pub num_beams: usize,
+    /// HF `length_penalty` of finished beams.
+    pub length_penalty: f32,
+}
+
+impl Beams {
+    /// Greedy decoding (instruction prompts: LLaVA's and lmms-eval's `num_beams=1`).
+    pub const GREEDY: Beams = Beams {
+        num_beams: 1,
+        length_penalty: 1.0,
+    };
+    /// The OpenFlamingo harness's few-shot decoding (`evaluate.py`: `num_beams=3`,
+    /// `length_penalty=0.0`, `min_generation_length=0`, HF's `early_stopping=False`), which the
+    /// paper's base-model numbers come from.
+    pub const OPENFLAMINGO: Beams = Beams {
+        num_beams: 3,
+        length_penalty: 0.0,
+    };
+}
+
+/// Decoding settings shared by a run. By default each request decodes with its protocol's
+/// settings ([`Request::protocol_beams`]); `num_beams` / `length_penalty` override them, and a
+/// temperature samples with one beam.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Sampling {
     /// Sampling temperature; `None` is greedy decoding.
@@ -218,20 +261,41 @@ pub struct Sampling {
     pub top_p: Option<f32>,
     /// Sampler seed (row `i` of a batch uses `seed + i`).
     pub seed: u64,
+    /// Overrides every request's beam count.
+    #[serde(default)]
+    pub num_beams: Option<usize>,
+    /// Overrides every request's length penalty.
+    #[serde(default)]
+    pub length_penalty: Option<f32>,
 }
 
 impl Sampling {
     /// Checks the settings with [`GenerationConfig::validate`] (temperature finite and `>= 0`,
     /// `top_p` in `(0, 1]`, `top_k` at least 1).
     pub fn validate(&self) -> Result<(), blip3_model::ModelError> {
+        let beams = self.beams(Beams::GREEDY);
         GenerationConfig {
             temperature: self.temperature,
             top_k: self.top_k,
             top_p: self.top_p,
             seed: self.seed,
+            num_beams: beams.num_beams,
+            length_penalty: beams.length_penalty,
             ..GenerationConfig::default()
         }
         .validate()
+    }
+
+    /// The beam settings for a request whose protocol asks for `protocol`: the overrides, else
+    /// the protocol's; sampling (a temperature above 0) decodes one beam unless `num_beams` says
+    /// otherwise (which [`Sampling::validate`] refuses).
+    pub fn beams(&self, protocol: Beams) -> Beams {
+        let sampling = self.temperature.is_some_and(|t| t > 0.0);
+        let base = if sampling { Beams::GREEDY } else { protocol };
+        Beams {
+            num_beams: self.num_beams.unwrap_or(base.num_beams),
+            length_penalty: self.length_penalty.unwrap_or(base.length_penalty),
+        }
     }
 }
 
@@ -288,6 +352,7 @@ pub fn request_fingerprint(model_hash: &str, request: &Request, sampling: &Sampl
     h.field(&request.max_new_tokens.to_string());
     h.field(&format!("{:?}", request.post));
     h.field(&format!("{sampling:?}"));
+    h.field(&format!("{:?}", sampling.beams(request.protocol_beams())));
     h.hex()
 }
 
@@ -362,6 +427,7 @@ impl<'a> Engine<'a> {
             while end < pending.len()
                 && end - i < batch_size
                 && pending[end].0.max_new_tokens == first.max_new_tokens
+                && pending[end].0.protocol_beams() == first.protocol_beams()
                 && same_kind(&pending[end].0.prompt, &first.prompt)
             {
                 end += 1;
@@ -474,18 +540,22 @@ impl<'a> Engine<'a> {
             labels: None,
         };
         let s = &self.options.sampling;
+        let beams = s.beams(ready[0].request.protocol_beams());
         let sampling = GenerationConfig {
             max_new_tokens: ready[0].request.max_new_tokens,
             temperature: s.temperature,
             top_k: s.top_k,
             top_p: s.top_p,
             seed: s.seed,
+            num_beams: beams.num_beams,
+            length_penalty: beams.length_penalty,
             ..GenerationConfig::default()
         };
-        let cfg = self
+        let mut cfg = self
             .model
             .processor
             .generation_config(&sampling, &ready[0].prompt);
+        cfg.stop_ids = self.stop_ids(&ready[0]);
         let out = self.model.model.generate(&input, &cfg, |_, _| true)?;
         Ok(out
             .into_iter()
@@ -493,11 +563,24 @@ impl<'a> Engine<'a> {
             .collect())
     }
 
+    /// The ids that end a request's answer: the prompt's, except that few-shot protocols stop at
+    /// `<|endofchunk|>` only, as OpenFlamingo passes it as the only `eos_token_id` (EOS does not
+    /// end an answer there and is dropped when decoding; with beams, the candidate pool
+    /// `(1 + stop ids) * beams` counts one stop id).
+    fn stop_ids(&self, p: &Prepared<'_>) -> Vec<u32> {
+        let mut ids = p.prompt.stop_ids.clone();
+        if p.request.post != PostProcess::Trim {
+            let eoc = self.model.processor.tokenizer().endofchunk_id();
+            ids.retain(|&id| id == eoc);
+        }
+        ids
+    }
+
     /// The record of a generated answer: ids cut before the first stop id, decoded without
     /// special tokens, post-processed.
     fn answer_record(&self, p: &Prepared<'_>, (ids, finish): (Vec<u32>, String)) -> AnswerRecord {
         let generated = ids.len();
-        let decoded = self.model.processor.decode_reply(&ids, &p.prompt.stop_ids);
+        let decoded = self.model.processor.decode_reply(&ids, &self.stop_ids(p));
         let (output, failure) = match decoded {
             Ok(text) => (Some(text), None),
             Err(e) => (
@@ -549,5 +632,61 @@ fn failed_record(request: &Request, fingerprint: String, failure: Failure) -> An
         prompt_tokens: 0,
         generated_tokens: 0,
         finish: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(post: PostProcess) -> Request {
+        Request {
+            key: "bench/1".into(),
+            prompt: Prompt::Raw("<image>Output:".into()),
+            images: Vec::new(),
+            max_new_tokens: 20,
+            post,
+        }
+    }
+
+    #[test]
+    fn few_shot_requests_decode_with_openflamingo_beams_unless_overridden() {
+        let few_shot = request(PostProcess::FewShotCaption);
+        assert_eq!(few_shot.protocol_beams(), Beams::OPENFLAMINGO);
+        assert_eq!(request(PostProcess::FewShotVqa).protocol_beams(), Beams::OPENFLAMINGO);
+        assert_eq!(request(PostProcess::Trim).protocol_beams(), Beams::GREEDY);
+        assert_eq!(Beams::OPENFLAMINGO.num_beams, 3);
+        assert_eq!(Beams::OPENFLAMINGO.length_penalty, 0.0);
+
+        let default = Sampling::default();
+        assert_eq!(default.beams(few_shot.protocol_beams()), Beams::OPENFLAMINGO);
+        let one_beam = Sampling {
+            num_beams: Some(1),
+            ..Sampling::default()
+        };
+        assert_eq!(
+            one_beam.beams(Beams::OPENFLAMINGO),
+            Beams {
+                num_beams: 1,
+                length_penalty: 0.0
+            }
+        );
+        let sampled = Sampling {
+            temperature: Some(0.7),
+            ..Sampling::default()
+        };
+        assert_eq!(sampled.beams(Beams::OPENFLAMINGO), Beams::GREEDY);
+        sampled.validate().expect("sampling with one beam is valid");
+        let both = Sampling {
+            temperature: Some(0.7),
+            num_beams: Some(3),
+            ..Sampling::default()
+        };
+        assert!(both.validate().is_err(), "sampled beams are refused");
+        // Answers decoded with other settings are not reused when resuming.
+        assert_ne!(
+            request_fingerprint("m", &few_shot, &default),
+            request_fingerprint("m", &few_shot, &one_beam)
+        );
     }
 }

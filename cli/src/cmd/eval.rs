@@ -103,7 +103,15 @@ struct RunArgs {
     /// Override every benchmark's generation budget.
     #[arg(long)]
     max_new_tokens: Option<usize>,
-    /// Sample with this temperature instead of decoding greedily.
+    /// Beams for every benchmark (default: the protocol's: OpenFlamingo's 3 beams for few-shot
+    /// captioning and VQA, greedy for instruction prompts; see docs/eval.md).
+    #[arg(long)]
+    num_beams: Option<usize>,
+    /// Length penalty of beam search for every benchmark (default: the protocol's, 0.0 for
+    /// few-shot captioning and VQA).
+    #[arg(long, allow_negative_numbers = true)]
+    length_penalty: Option<f32>,
+    /// Sample with this temperature instead of decoding with the protocol's settings (one beam).
     #[arg(long)]
     temperature: Option<f32>,
     /// Top-k filter when sampling.
@@ -173,6 +181,9 @@ enum ProcessorArg {
     Official,
     /// OpenFlamingo v2's vqa_metric.py.
     Openflamingo,
+    /// OpenFlamingo's OK-VQA scoring of raw generations: its stemming
+    /// (postprocess_ok_vqa_generation) of predictions, then vqa_metric.py.
+    Okvqa,
     /// EvalAI / TextVQA (LLaVA, lmms-eval).
     Evalai,
     /// The VizWiz challenge script.
@@ -213,6 +224,7 @@ fn score(args: ScoreArgs) -> Result<()> {
         vqa_processor: match args.vqa_processor {
             ProcessorArg::Official => Processor::Official,
             ProcessorArg::Openflamingo => Processor::OpenFlamingo,
+            ProcessorArg::Okvqa => Processor::OpenFlamingoOkVqa,
             ProcessorArg::Evalai => Processor::EvalAi,
             ProcessorArg::Vizwiz => Processor::VizWiz,
         },
@@ -242,10 +254,12 @@ fn run_suite_cmd(a: RunArgs) -> Result<()> {
         top_k: a.top_k,
         top_p: a.top_p,
         seed: a.seed,
+        num_beams: a.num_beams,
+        length_penalty: a.length_penalty,
     };
-    sampling
-        .validate()
-        .map_err(|e| anyhow::anyhow!("--temperature / --top-k / --top-p: {e}"))?;
+    sampling.validate().map_err(|e| {
+        anyhow::anyhow!("--temperature / --top-k / --top-p / --num-beams / --length-penalty: {e}")
+    })?;
     let suite = SuiteName::parse(&suite)?;
     let paper_model = PaperModel::parse(&a.paper_model)?;
     let synth = SynthConfig::preset(&a.synth_preset)?;
