@@ -129,9 +129,17 @@ fn beam_search_from_the_command_line_equals_the_library() {
         args.extend_from_slice(extra);
         generate_json(&model, &args)
     };
-    let beams = run(&["--num-beams", "3", "--length-penalty", "0", "--early-stopping"]);
+    let beams = run(&[
+        "--num-beams",
+        "3",
+        "--length-penalty",
+        "0",
+        "--early-stopping",
+    ]);
     assert_eq!(beams["num_beams"], 3);
-    let score = beams["sequence_score"].as_f64().expect("a sequence_score with beams");
+    let score = beams["sequence_score"]
+        .as_f64()
+        .expect("a sequence_score with beams");
     assert!(score < 0.0, "a sum of log-probabilities: {score}");
 
     // The same search in process.

@@ -653,13 +653,19 @@ mod tests {
     fn few_shot_requests_decode_with_openflamingo_beams_unless_overridden() {
         let few_shot = request(PostProcess::FewShotCaption);
         assert_eq!(few_shot.protocol_beams(), Beams::OPENFLAMINGO);
-        assert_eq!(request(PostProcess::FewShotVqa).protocol_beams(), Beams::OPENFLAMINGO);
+        assert_eq!(
+            request(PostProcess::FewShotVqa).protocol_beams(),
+            Beams::OPENFLAMINGO
+        );
         assert_eq!(request(PostProcess::Trim).protocol_beams(), Beams::GREEDY);
         assert_eq!(Beams::OPENFLAMINGO.num_beams, 3);
         assert_eq!(Beams::OPENFLAMINGO.length_penalty, 0.0);
 
         let default = Sampling::default();
-        assert_eq!(default.beams(few_shot.protocol_beams()), Beams::OPENFLAMINGO);
+        assert_eq!(
+            default.beams(few_shot.protocol_beams()),
+            Beams::OPENFLAMINGO
+        );
         let one_beam = Sampling {
             num_beams: Some(1),
             ..Sampling::default()

@@ -21,14 +21,16 @@
 //! * examples are drawn at random from a *query set*, a random subset of the training split
 //!   (2048 by default, `get_query_set`); we draw them per item from a stream seeded by the run
 //!   seed and the item key ([`sample_demos`]), so a resumed run builds the same prompts;
-//! * generation stops at `<|endofchunk|>` (OpenFlamingo passes it as `eos_token_id`) and is
-//!   decoded with special tokens skipped; the caption answer is the text before the first
-//!   `Output`, with `"` removed ([`postprocess_caption`]); the VQA answer is the text before
-//!   the first `Question`, `Answer` or `Short`, then before the first `", "`
-//!   ([`postprocess_vqa`]). OK-VQA additionally stems answers with NLTK (POS tagging, WordNet
-//!   lemmatizer, `inflection.singularize`); that step is **not** reproduced.
-//! * OpenFlamingo decodes with beam search (3 beams); we decode greedily (the model's generator
-//!   has no beam search). Maximum new tokens: 20 for captioning, 5 for VQA, 10 for TextVQA.
+//! * generation stops at `<|endofchunk|>` only (OpenFlamingo passes it as the sole
+//!   `eos_token_id`) and is decoded with special tokens skipped; the caption answer is the text
+//!   before the first `Output`, with `"` removed ([`postprocess_caption`]); the VQA answer is the
+//!   text before the first `Question`, `Answer` or `Short`, then before the first `", "`
+//!   ([`postprocess_vqa`]). OK-VQA answers are then stemmed as OpenFlamingo does (NLTK
+//!   tokenizer and POS tagger, WordNet verb lemmas, `inflection.singularize`, its manual table:
+//!   [`crate::metrics::okvqa`]).
+//! * OpenFlamingo decodes with beam search: 3 beams, `length_penalty` 0.0, HF's default
+//!   `early_stopping` (the engine's [`crate::engine::Beams::OPENFLAMINGO`]). Maximum new tokens:
+//!   20 for captioning, 5 for VQA, 10 for TextVQA.
 //!
 //! # Instruction prompts (instruct models)
 //!

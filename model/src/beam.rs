@@ -154,7 +154,7 @@ fn best_continuations(beam_logprobs: &[Vec<f32>], scores: &[f32], n: usize) -> V
         }));
     }
     // Flat index order (beam, then token) breaks ties, as in HF's flattened top-k.
-    pool.sort_by(|a, b| (a.beam, a.token).cmp(&(b.beam, b.token)));
+    pool.sort_by_key(|c| (c.beam, c.token));
     top_n(&pool, n, |c| c.score)
         .into_iter()
         .map(|i| pool[i])

@@ -12,6 +12,7 @@
 //! | [`vqa`] | VQA `vqaEval.py`, OpenFlamingo `vqa_metric.py`, EvalAI/TextVQA `EvalAIAnswerProcessor`, the VizWiz challenge script |
 //! | [`pope`] | LLaVA `eval_pope.py` and lmms-eval `pope` |
 //! | [`mc`] | VLMEvalKit `can_infer` option extraction, CircularEval, lmms-eval ScienceQA |
+//! | [`okvqa`] | OpenFlamingo `postprocess_ok_vqa_generation` (NLTK 3.8.1 tokenizer, tagger and WordNet lemmatizer, `inflection` 0.5.1) |
 //! | [`safety`] | VLGuard `check_success_attack` refusal detector, ASR and helpfulness |
 //!
 //! See `docs/metrics.md` for the full description and the known differences.
@@ -20,6 +21,7 @@ pub mod bleu;
 pub mod caption;
 pub mod cider;
 pub mod mc;
+pub mod okvqa;
 pub mod pope;
 pub mod ptb;
 pub mod rouge;

@@ -18,6 +18,9 @@
 //!   ground truth are **always** normalised: lower-case, drop `,` and `?`, `'s` → ` 's`, strip,
 //!   then the same steps with its own comma rule `(?<=\d)(,)+(?=\d)` (which can never fire, since
 //!   commas were already removed).
+//! * [`Processor::OpenFlamingoOkVqa`]: OpenFlamingo's OK-VQA path for raw generations:
+//!   the prediction is cut and stemmed by `postprocess_ok_vqa_generation` ([`super::okvqa`]),
+//!   then scored as `OpenFlamingo`.
 //! * [`Processor::VizWiz`]: the VizWiz-VQA challenge script (`VQAEval` by Qing Li). Only the
 //!   prediction is normalised (official rules, but its contractions table writes most
 //!   apostrophes as U+2019); the ground-truth answers are compared **as stored**, unstripped.
@@ -59,6 +62,11 @@ pub enum Processor {
     EvalAi,
     /// The VizWiz-VQA challenge evaluation script.
     VizWiz,
+    /// OpenFlamingo's OK-VQA scoring of a raw generation: the prediction first goes through
+    /// `postprocess_ok_vqa_generation` (the VQA cut and NLTK/`inflection` stemming,
+    /// [`super::okvqa`]), then everything is as [`Processor::OpenFlamingo`]. Ground-truth
+    /// answers are not stemmed (OK-VQA v1.1's `answers` already are).
+    OpenFlamingoOkVqa,
 }
 
 /// One question: the model's answer and the human answers (usually ten).
@@ -461,10 +469,11 @@ fn evalai_normalize(answer: &str) -> String {
 }
 
 /// The normalised form of an answer under `processor` (the form compared when the script
-/// normalises: for [`Processor::Official`] that is only when the ground truth disagrees).
+/// normalises: for [`Processor::Official`] that is only when the ground truth disagrees). For
+/// [`Processor::OpenFlamingoOkVqa`] this is the ground truth's form (no stemming).
 pub fn normalize(answer: &str, processor: Processor) -> String {
     match processor {
-        Processor::Official | Processor::OpenFlamingo => {
+        Processor::Official | Processor::OpenFlamingo | Processor::OpenFlamingoOkVqa => {
             official_normalize(&clean(answer), CONTRACTIONS)
         }
         Processor::VizWiz => official_normalize(&clean(answer), VIZWIZ_CONTRACTIONS),
@@ -514,6 +523,16 @@ pub fn accuracy<S: AsRef<str>>(
         }
         Processor::OpenFlamingo => (
             official_normalize(&clean(prediction), CONTRACTIONS),
+            answers
+                .iter()
+                .map(|a| official_normalize(&clean(a.as_ref()), CONTRACTIONS))
+                .collect(),
+        ),
+        Processor::OpenFlamingoOkVqa => (
+            official_normalize(
+                &clean(&super::okvqa::postprocess_ok_vqa_generation(prediction)),
+                CONTRACTIONS,
+            ),
             answers
                 .iter()
                 .map(|a| official_normalize(&clean(a.as_ref()), CONTRACTIONS))

@@ -10,6 +10,8 @@
 //! from: few-shot prompts are scored as OpenFlamingo scores all four datasets (its
 //! `vqa_metric.py`, normalising always); chat prompts use the EvalAI processor for TextVQA and
 //! VizWiz (LLaVA / lmms-eval) and the official `vqaEval.py` rules for VQAv2-style files.
+//! Few-shot OK-VQA answers are stemmed first, as OpenFlamingo does
+//! ([`crate::metrics::okvqa`]); chat answers are not.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -54,6 +56,17 @@ pub struct VqaSpec {
     pub chat_processor: Processor,
     /// Few-shot generation budget.
     pub few_shot_max_new_tokens: usize,
+}
+
+/// The post-processing of few-shot answers: OpenFlamingo stems OK-VQA predictions
+/// (`postprocess_ok_vqa_generation` when `dataset_name == "ok_vqa"`) and only cuts the others
+/// (`postprocess_vqa_generation`). Ground-truth answers are never stemmed.
+fn few_shot_post(benchmark: &str) -> PostProcess {
+    if benchmark == "okvqa" {
+        PostProcess::FewShotOkVqa
+    } else {
+        PostProcess::FewShotVqa
+    }
 }
 
 /// The image file of a question, with the extension fallback.
@@ -147,7 +160,7 @@ pub fn build(spec: &VqaSpec, ctx: &BuildContext) -> Result<Benchmark, EvalError>
             }
             images.push(ImageSource::Path(image));
             let text = few_shot_prompt(&examples, &vqa_query(&q.question), ctx.shots);
-            (Prompt::Raw(text), images, PostProcess::FewShotVqa)
+            (Prompt::Raw(text), images, few_shot_post(&spec.name))
         } else {
             (
                 Prompt::Chat(chat_user_text(&chat_short_answer(&q.question), 1)),
@@ -226,4 +239,17 @@ pub fn score(
         );
     }
     Ok(Scored { metrics, breakdown })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_okvqa_few_shot_answers_are_stemmed() {
+        assert_eq!(few_shot_post("okvqa"), PostProcess::FewShotOkVqa);
+        assert_eq!(few_shot_post("vqav2"), PostProcess::FewShotVqa);
+        assert_eq!(PostProcess::FewShotOkVqa.apply("dogs, cats"), "dog");
+        assert_eq!(PostProcess::FewShotVqa.apply("dogs, cats"), "dogs");
+    }
 }
