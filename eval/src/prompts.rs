@@ -29,7 +29,7 @@
 //!   tokenizer and POS tagger, WordNet verb lemmas, `inflection.singularize`, its manual table:
 //!   [`crate::metrics::okvqa`]).
 //! * OpenFlamingo decodes with beam search: 3 beams, `length_penalty` 0.0, HF's default
-//!   `early_stopping` (the engine's [`crate::engine::Beams::OPENFLAMINGO`]). Maximum new tokens:
+//!   `early_stopping` (the engine's `Beams::OPENFLAMINGO`). Maximum new tokens:
 //!   20 for captioning, 5 for VQA, 10 for TextVQA.
 //!
 //! # Instruction prompts (instruct models)
@@ -177,17 +177,9 @@ pub fn postprocess_caption(text: &str) -> String {
     head.replace('"', "")
 }
 
-/// OpenFlamingo's `postprocess_vqa_generation`: the text before the first `Question`, `Answer`
-/// or `Short`, then before the first `", "`.
-pub fn postprocess_vqa(text: &str) -> String {
-    let cut = ["Question", "Answer", "Short"]
-        .iter()
-        .filter_map(|m| text.find(m))
-        .min()
-        .unwrap_or(text.len());
-    let head = &text[..cut];
-    head.split(", ").next().unwrap_or("").to_string()
-}
+/// OpenFlamingo's `postprocess_vqa_generation` (it lives with the VQA metric, which OK-VQA's
+/// stemming also builds on).
+pub use crate::metrics::vqa::postprocess_vqa;
 
 /// The user turn of an instruction prompt: `<image>\n{text}` for each image (one per image, in
 /// order), or the text alone without images.

@@ -22,24 +22,9 @@
 //! tokens; the fixtures in `tests/fixtures/model/beam_*` check this against HF `generate`.
 
 use crate::error::ModelError;
-use crate::generate::{FinishReason, GenerationConfig, rows};
+use crate::generate::{EarlyStopping, FinishReason, GenerationConfig, rows};
 use crate::phi3::KvCache;
 use crate::xgenmm::{MultimodalInput, XGenMM};
-
-/// When a prompt's beam search stops (HF `early_stopping`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum EarlyStopping {
-    /// HF `False` (the default): stop once `num_beams` hypotheses are finished and the best
-    /// running beam, scored at the current length, cannot beat the worst of them.
-    #[default]
-    Heuristic,
-    /// HF `True`: stop as soon as `num_beams` hypotheses are finished.
-    AllFinished,
-    /// HF `"never"`: like `Heuristic`, but with `length_penalty > 0` the running beam is scored at
-    /// the longest possible length (the canonical beam search).
-    Never,
-}
 
 /// A finished beam-search hypothesis.
 #[derive(Debug, Clone, PartialEq)]

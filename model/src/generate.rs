@@ -1,14 +1,28 @@
 //! Text generation: greedy or temperature / top-k / top-p sampling with a seed, or beam search
-//! ([`crate::beam`]); batched prompts with left padding, a KV cache (each new token costs one
+//! (the `beam` module); batched prompts with left padding, a KV cache (each new token costs one
 //! position), stop ids supplied by the caller from the tokenizer (`<|end|>`, EOS), and a callback
 //! that receives tokens as they come.
 
 use burn::prelude::*;
 
-use crate::beam::EarlyStopping;
 use crate::error::ModelError;
 use crate::phi3::KvCache;
 use crate::xgenmm::{MultimodalInput, XGenMM};
+
+/// When a prompt's beam search stops (HF `early_stopping`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EarlyStopping {
+    /// HF `False` (the default): stop once `num_beams` hypotheses are finished and the best
+    /// running beam, scored at the current length, cannot beat the worst of them.
+    #[default]
+    Heuristic,
+    /// HF `True`: stop as soon as `num_beams` hypotheses are finished.
+    AllFinished,
+    /// HF `"never"`: like `Heuristic`, but with `length_penalty > 0` the running beam is scored at
+    /// the longest possible length (the canonical beam search).
+    Never,
+}
 
 /// Decoding settings. The beam-search fields follow Hugging Face's `GenerationConfig` names and
 /// defaults (`num_beams` 1, `length_penalty` 1.0, `early_stopping` False).

@@ -25,13 +25,13 @@ pub mod scoring;
 pub mod siglip;
 pub mod xgenmm;
 
-pub use beam::{BeamHypothesis, BeamSearchOutput, EarlyStopping};
+pub use beam::{BeamHypothesis, BeamSearchOutput};
 pub use config::{
     AspectMode, LongRopeScaling, PerceiverConfig, Phi3Config, SiglipVisionConfig, XGenMMConfig,
 };
 pub use device::Backend;
 pub use error::ModelError;
-pub use generate::{FinishReason, Generated, GenerationConfig};
+pub use generate::{EarlyStopping, FinishReason, Generated, GenerationConfig};
 pub use loader::{CheckpointKind, LoadOptions};
 pub use lora::LoraConfig;
 pub use phi3::{KvCache, LogitsFor, Phi3ForCausalLM};

@@ -576,3 +576,15 @@ pub fn score(items: &[VqaItem], processor: Processor) -> Result<VqaScores, Metri
         per_answer_type,
     })
 }
+
+/// OpenFlamingo's `postprocess_vqa_generation`: the text before the first `Question`, `Answer`
+/// or `Short`, then before the first `", "`.
+pub fn postprocess_vqa(text: &str) -> String {
+    let cut = ["Question", "Answer", "Short"]
+        .iter()
+        .filter_map(|m| text.find(m))
+        .min()
+        .unwrap_or(text.len());
+    let head = &text[..cut];
+    head.split(", ").next().unwrap_or("").to_string()
+}

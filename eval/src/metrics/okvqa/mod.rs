@@ -152,10 +152,10 @@ impl OkVqaStemmer {
         stemmed.join(" ")
     }
 
-    /// `postprocess_ok_vqa_generation`: the VQA cut ([`crate::prompts::postprocess_vqa`]) then
+    /// `postprocess_ok_vqa_generation`: the VQA cut ([`super::vqa::postprocess_vqa`]) then
     /// [`OkVqaStemmer::stem`].
     pub fn postprocess(&self, prediction: &str) -> String {
-        self.stem(&crate::prompts::postprocess_vqa(prediction))
+        self.stem(&super::vqa::postprocess_vqa(prediction))
     }
 }
 
