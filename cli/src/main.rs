@@ -30,6 +30,9 @@ enum Command {
     },
     /// Train one stage from a TOML config.
     Train(cmd::train::Args),
+    /// Serve this machine's devices to a trainer elsewhere (Burn's remote backend), for
+    /// `[devices] remote` in a stage config.
+    Worker(cmd::worker::Args),
     /// Run a benchmark suite, or score / compare existing outputs.
     Eval(cmd::eval::Args),
     /// Speed and memory benchmarks.
@@ -59,6 +62,7 @@ fn main() {
         Command::Generate(a) => cmd::generate::run(a),
         Command::Chat(a) => cmd::chat::run(a),
         Command::Serve(a) => cmd::serve::run(a),
+        Command::Worker(a) => cmd::worker::run(a),
         Command::Data { command } => cmd::data::run(command),
         Command::Train(a) => cmd::train::run(a),
         Command::Eval(a) => cmd::eval::run(a),

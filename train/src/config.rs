@@ -288,6 +288,21 @@ pub struct DevicesSection {
     /// GPU).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub indices: Option<Vec<usize>>,
+    /// Devices of `blip3 worker` processes on other machines (or this one), after the `count`
+    /// local ones: `ws://HOST:PORT` or `iroh://ENDPOINT_ID@HOST:PORT`, optionally `#INDEX`
+    /// (see [`crate::remote`]). With remote devices, `count` may be 0: the first remote device is
+    /// then the main one.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub remote: Vec<String>,
+    /// The environment variable holding the workers' token.
+    pub remote_token_env: String,
+}
+
+impl DevicesSection {
+    /// Local plus remote devices.
+    pub fn total(&self) -> usize {
+        self.count + self.remote.len()
+    }
 }
 
 impl Default for DevicesSection {
@@ -297,6 +312,8 @@ impl Default for DevicesSection {
             count: 1,
             strategy: Strategy::Single,
             indices: None,
+            remote: Vec::new(),
+            remote_token_env: crate::remote::DEFAULT_TOKEN_ENV.to_string(),
         }
     }
 }
@@ -526,8 +543,19 @@ impl TrainConfig {
         if self.checkpoint.every_steps == 0 || self.checkpoint.keep_last == 0 {
             return Err("checkpoint.every_steps and keep_last must be > 0".into());
         }
-        if self.devices.count == 0 {
-            return Err("devices.count must be > 0".into());
+        if self.devices.total() == 0 {
+            return Err("devices.count must be > 0 (or devices.remote must list a device)".into());
+        }
+        for (i, r) in self.devices.remote.iter().enumerate() {
+            crate::remote::RemoteAddress::parse(r)
+                .map_err(|e| format!("devices.remote[{i}]: {e}"))?;
+        }
+        if self.devices.strategy == Strategy::Ddp && !self.devices.remote.is_empty() {
+            return Err(
+                "devices.remote needs strategy multi: Burn 0.22 has no all-reduce across \
+                        remote servers or on CPU devices, which ddp needs (docs/scaling.md)"
+                    .into(),
+            );
         }
         if let Some(ix) = &self.devices.indices
             && ix.len() != self.devices.count
@@ -538,8 +566,12 @@ impl TrainConfig {
                 self.devices.count
             ));
         }
-        if self.devices.strategy == Strategy::Single && self.devices.count != 1 {
-            return Err("devices.count > 1 needs strategy multi or ddp".into());
+        if self.devices.strategy == Strategy::Single && self.devices.total() != 1 {
+            return Err(
+                "more than one device (devices.count + devices.remote) needs strategy \
+                        multi or ddp"
+                    .into(),
+            );
         }
         if let Some(l) = &self.lora {
             l.validate()?;

@@ -14,6 +14,7 @@ pub mod optim;
 pub mod outdir;
 pub mod plot;
 pub mod recipes;
+pub mod remote;
 pub mod renderer;
 pub mod resume;
 pub mod run;

@@ -202,11 +202,15 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary, Train
         .map_err(|e| TrainError::io(out.join("config.toml"), e))?;
 
     // Devices, model and data.
-    let devices = make_devices(
+    let mut devices = make_devices(
         cfg.devices.kind,
         cfg.devices.count,
         cfg.devices.indices.as_deref(),
     )?;
+    devices.extend(crate::remote::connect_all(
+        &cfg.devices.remote,
+        &cfg.devices.remote_token_env,
+    )?);
     let main = devices[0].clone();
     main.seed(cfg.seed);
     let mut ad = main.clone().autodiff();

@@ -9,3 +9,4 @@ pub mod eval;
 pub mod generate;
 pub mod serve;
 pub mod train;
+pub mod worker;

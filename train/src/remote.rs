@@ -1,0 +1,288 @@
+//! Devices on other machines: `blip3 worker` processes (Burn remote servers) named in a stage
+//! config's `[devices] remote = [...]`, and the environment variables cluster launchers set.
+//!
+//! A remote device is a Burn `Device` whose operations run on the worker's backend; the trainer
+//! keeps the autodiff graph, the optimizer and the data loader. Burn's `multi` strategy trains
+//! over local and remote devices alike: each device receives its slice of every global batch and
+//! the replicas' gradients are gathered and summed on the main device (the loss is already
+//! divided by the device count, so the sum is the mean), where the global-norm clipping and the
+//! optimizer step happen. See docs/scaling.md for what Burn 0.22 does and does not offer here.
+//!
+//! Addresses:
+//! * `ws://HOST:PORT` — WebSocket (trusted networks only: the token travels in clear text);
+//! * `iroh://ENDPOINT_ID@HOST:PORT` — Iroh (QUIC, encrypted, the server authenticated by its
+//!   key), dialled directly without relays;
+//! * either followed by `#INDEX` to pick one of a worker's devices (default 0).
+//!
+//! Every worker expects the token in the environment variable named by
+//! `devices.remote_token_env` (default [`DEFAULT_TOKEN_ENV`]).
+
+use burn::prelude::*;
+use burn::remote::{IrohHost, IrohRelays, RemoteHost};
+
+use crate::error::TrainError;
+
+/// The environment variable holding the workers' shared token by default.
+pub const DEFAULT_TOKEN_ENV: &str = "BLIP3_WORKER_TOKEN";
+
+/// Where a worker is and which of its devices to use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteAddress {
+    /// The transport and address.
+    pub endpoint: Endpoint,
+    /// The worker's device index.
+    pub device_index: u32,
+}
+
+/// A worker's transport and address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `ws://host:port`.
+    WebSocket(String),
+    /// `iroh://id@host:port`: the server's endpoint id (its public key) and a socket address.
+    Iroh {
+        /// The server's endpoint id, as `blip3 worker` prints it.
+        id: String,
+        /// `host:port`.
+        address: String,
+    },
+}
+
+impl RemoteAddress {
+    /// Parses `ws://HOST:PORT[#INDEX]` or `iroh://ID@HOST:PORT[#INDEX]`.
+    pub fn parse(text: &str) -> Result<RemoteAddress, String> {
+        let (rest, index) = match text.rsplit_once('#') {
+            Some((rest, index)) => (
+                rest,
+                index
+                    .parse::<u32>()
+                    .map_err(|_| format!("{text:?}: the device index after # is not a number"))?,
+            ),
+            None => (text, 0),
+        };
+        let endpoint = if let Some(addr) = rest.strip_prefix("ws://") {
+            check_host_port(text, addr)?;
+            Endpoint::WebSocket(rest.to_string())
+        } else if let Some(spec) = rest.strip_prefix("iroh://") {
+            let Some((id, address)) = spec.split_once('@') else {
+                return Err(format!(
+                    "{text:?}: an Iroh address is iroh://ENDPOINT_ID@HOST:PORT (the id `blip3 \
+                     worker` prints)"
+                ));
+            };
+            check_host_port(text, address)?;
+            Endpoint::Iroh {
+                id: id.to_string(),
+                address: address.to_string(),
+            }
+        } else {
+            return Err(format!(
+                "{text:?}: a remote device is ws://HOST:PORT or iroh://ENDPOINT_ID@HOST:PORT, \
+                 optionally with #DEVICE_INDEX"
+            ));
+        };
+        Ok(RemoteAddress {
+            endpoint,
+            device_index: index,
+        })
+    }
+
+    /// Connects the device with `token` (an empty token sends none). Errors name the address.
+    pub fn connect(&self, token: &str) -> Result<Device, TrainError> {
+        let named = |msg: String| TrainError::Config(format!("remote device {self}: {msg}"));
+        let mut host = match &self.endpoint {
+            Endpoint::WebSocket(url) => RemoteHost::websocket(url),
+            Endpoint::Iroh { id, address } => {
+                let id = id
+                    .parse::<burn::remote::EndpointId>()
+                    .map_err(|e| named(format!("bad endpoint id: {e}")))?;
+                let address = resolve(address).map_err(named)?;
+                RemoteHost::iroh(
+                    IrohHost::new(id)
+                        .with_address(address)
+                        .with_relays(IrohRelays::Disabled),
+                )
+            }
+        };
+        if !token.is_empty() {
+            host = host.with_credential(token.to_string());
+        }
+        Device::remote_options(&host)
+            .device_index(self.device_index)
+            .init()
+            .map_err(|e| named(e.to_string()))
+    }
+}
+
+impl std::fmt::Display for RemoteAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.endpoint {
+            Endpoint::WebSocket(url) => write!(f, "{url}")?,
+            Endpoint::Iroh { id, address } => write!(f, "iroh://{id}@{address}")?,
+        }
+        if self.device_index != 0 {
+            write!(f, "#{}", self.device_index)?;
+        }
+        Ok(())
+    }
+}
+
+fn check_host_port(text: &str, addr: &str) -> Result<(), String> {
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err(format!("{text:?}: expected HOST:PORT after the scheme")),
+    }
+}
+
+fn resolve(address: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    address
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {address}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{address} resolves to no address"))
+}
+
+/// Connects every remote device of a config, in order, with the token from `token_env` (unset:
+/// no token; the workers then refuse the connection unless they run with `--no-auth`).
+pub fn connect_all(remote: &[String], token_env: &str) -> Result<Vec<Device>, TrainError> {
+    let token = std::env::var(token_env).unwrap_or_default();
+    remote
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            let address = RemoteAddress::parse(text)
+                .map_err(|e| TrainError::Config(format!("devices.remote[{i}]: {e}")))?;
+            address.connect(&token)
+        })
+        .collect()
+}
+
+/// Expands a Slurm host list (`SLURM_JOB_NODELIST`), e.g. `gpu[01-03,7],login1` →
+/// `gpu01 gpu02 gpu03 gpu7 login1`. Ranges keep their zero padding.
+pub fn expand_slurm_hostlist(list: &str) -> Result<Vec<String>, String> {
+    let mut hosts = Vec::new();
+    let mut rest = list.trim();
+    while !rest.is_empty() {
+        // One item: a prefix, optionally followed by [ranges], up to the next top-level comma.
+        let bracket = rest.find('[');
+        let comma = rest.find(',');
+        match (bracket, comma) {
+            (Some(b), c) if c.is_none_or(|c| b < c) => {
+                let close = rest[b..]
+                    .find(']')
+                    .map(|i| b + i)
+                    .ok_or_else(|| format!("{list:?}: unclosed ["))?;
+                let prefix = &rest[..b];
+                let suffix_end = rest[close + 1..]
+                    .find(',')
+                    .map_or(rest.len(), |i| close + 1 + i);
+                let suffix = &rest[close + 1..suffix_end];
+                for part in rest[b + 1..close].split(',') {
+                    match part.split_once('-') {
+                        Some((lo, hi)) => {
+                            let (a, z) = (
+                                lo.parse::<u64>()
+                                    .map_err(|_| format!("{list:?}: bad range {part}"))?,
+                                hi.parse::<u64>()
+                                    .map_err(|_| format!("{list:?}: bad range {part}"))?,
+                            );
+                            if z < a {
+                                return Err(format!("{list:?}: empty range {part}"));
+                            }
+                            for n in a..=z {
+                                hosts
+                                    .push(format!("{prefix}{n:0width$}{suffix}", width = lo.len()));
+                            }
+                        }
+                        None => hosts.push(format!("{prefix}{part}{suffix}")),
+                    }
+                }
+                rest = rest[suffix_end..].trim_start_matches(',');
+            }
+            (_, Some(c)) => {
+                hosts.push(rest[..c].to_string());
+                rest = &rest[c + 1..];
+            }
+            (_, None) => {
+                hosts.push(rest.to_string());
+                rest = "";
+            }
+        }
+    }
+    Ok(hosts)
+}
+
+/// The worker addresses a launcher's environment describes, for a trainer that runs beside them
+/// (docs/scaling.md, "Launching"): `BLIP3_WORKERS` (comma-separated addresses) when set; else under
+/// Slurm every node of `SLURM_JOB_NODELIST` at `ws://NODE:PORT`; else with torchrun's variables
+/// (`WORLD_SIZE` workers, `MASTER_ADDR` the first node) nothing can be derived, and the caller
+/// must list them. `port` is the workers' `--listen` port.
+pub fn workers_from_env(port: u16) -> Result<Option<Vec<String>>, String> {
+    if let Ok(list) = std::env::var("BLIP3_WORKERS") {
+        let workers: Vec<String> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect();
+        for w in &workers {
+            RemoteAddress::parse(w).map_err(|e| format!("BLIP3_WORKERS: {e}"))?;
+        }
+        return Ok(Some(workers));
+    }
+    if let Ok(nodes) = std::env::var("SLURM_JOB_NODELIST") {
+        let hosts =
+            expand_slurm_hostlist(&nodes).map_err(|e| format!("SLURM_JOB_NODELIST: {e}"))?;
+        return Ok(Some(
+            hosts
+                .into_iter()
+                .map(|h| format!("ws://{h}:{port}"))
+                .collect(),
+        ));
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse_and_print_back() {
+        for text in [
+            "ws://127.0.0.1:3000",
+            "ws://node7:29500#1",
+            "iroh://abc@10.0.0.2:4000",
+        ] {
+            let a = RemoteAddress::parse(text).expect(text);
+            assert_eq!(a.to_string(), text);
+        }
+        assert_eq!(RemoteAddress::parse("ws://h:1#3").unwrap().device_index, 3);
+        for bad in [
+            "http://h:1",
+            "ws://h",
+            "ws://h:x",
+            "ws://:80",
+            "iroh://h:1",
+            "ws://h:1#x",
+        ] {
+            assert!(RemoteAddress::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn slurm_host_lists_expand() {
+        assert_eq!(
+            expand_slurm_hostlist("gpu[01-03,7],login1").unwrap(),
+            ["gpu01", "gpu02", "gpu03", "gpu7", "login1"]
+        );
+        assert_eq!(expand_slurm_hostlist("a,b").unwrap(), ["a", "b"]);
+        assert_eq!(
+            expand_slurm_hostlist("n[8-10]-ib").unwrap(),
+            ["n8-ib", "n9-ib", "n10-ib"]
+        );
+        assert!(expand_slurm_hostlist("n[1-").is_err());
+        assert!(expand_slurm_hostlist("n[3-1]").is_err());
+    }
+}
