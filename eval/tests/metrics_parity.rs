@@ -5,6 +5,10 @@
 //! * POPE, multiple choice, safety: LLaVA / lmms-eval / VLMEvalKit / VLGuard rules
 //!   (`make_choice_fixture.py`).
 
+mod common;
+
+use common::strings;
+
 use blip3_eval::metrics::{MetricsError, caption, mc, pope, ptb, safety, vqa};
 
 use std::collections::BTreeMap;
@@ -16,14 +20,6 @@ fn fixture(name: &str) -> Value {
     let text =
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("parse {}: {e}", path.display()))
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .expect("array")
-        .iter()
-        .map(|s| s.as_str().expect("string").to_string())
-        .collect()
 }
 
 fn num(v: &Value) -> f64 {

@@ -2,18 +2,14 @@
 //! inflection 0.5.1), on `tests/fixtures/metrics/okvqa_fixture.json` made by
 //! `make_okvqa_fixture.py`: every output, and every token and tag on the way, must be identical.
 
+mod common;
+
+use common::strings;
+
 use blip3_eval::metrics::okvqa::{OkVqaStemmer, postprocess_ok_vqa_generation};
 use blip3_eval::prompts::postprocess_vqa;
 
 use serde_json::Value;
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .expect("array")
-        .iter()
-        .map(|s| s.as_str().expect("string").to_string())
-        .collect()
-}
 
 #[test]
 fn okvqa_postprocessing_matches_openflamingo() {

@@ -39,3 +39,12 @@ pub fn synth_corpus(dir: &Path) -> PathBuf {
     write_corpus(&out, &SynthConfig::tiny()).unwrap();
     out
 }
+
+/// The strings of a JSON array (fixture files), panicking on anything else.
+pub fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|s| s.as_str().expect("string").to_string())
+        .collect()
+}
