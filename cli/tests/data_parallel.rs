@@ -146,14 +146,12 @@ struct Worker {
 
 impl Worker {
     fn start() -> Worker {
+        Worker::start_on("127.0.0.1:0")
+    }
+
+    fn start_on(listen: &str) -> Worker {
         let mut child = common::blip3()
-            .args([
-                "worker",
-                "--listen",
-                "127.0.0.1:0",
-                "--token-env",
-                TOKEN_ENV,
-            ])
+            .args(["worker", "--listen", listen, "--token-env", TOKEN_ENV])
             .args(["--log", "info"])
             .env(TOKEN_ENV, TOKEN)
             .stdout(Stdio::piped())
@@ -260,6 +258,88 @@ fn two_loopback_workers_equal_one_worker_with_the_doubled_batch() {
     assert!(
         gap <= 1e-3,
         "local main + worker vs one local device: {gap}"
+    );
+}
+
+#[test]
+fn a_dead_worker_stops_the_run_by_name_and_resume_matches_an_uninterrupted_run() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path();
+    corpus(tmp);
+    let w1 = Worker::start();
+    let w2 = Worker::start();
+    let mut cfg = remote_config(tmp, "uninterrupted", 0, &[&w1, &w2], 2);
+    cfg.optim.total_steps = 60;
+    cfg.checkpoint.every_steps = 10;
+    let uninterrupted = weights(&train_cli(&cfg, tmp, "uninterrupted"));
+
+    // The same run, its second worker killed once the first checkpoint is on disk.
+    cfg.out_dir = tmp.join("interrupted");
+    let path = tmp.join("interrupted.toml");
+    std::fs::write(&path, toml::to_string_pretty(&cfg).unwrap()).unwrap();
+    let run = |resume: bool| {
+        let mut cmd = common::blip3();
+        cmd.args(["train", "--config"])
+            .arg(&path)
+            .args(["--log", "warn"]);
+        if resume {
+            cmd.arg("--resume");
+        }
+        cmd.env(TOKEN_ENV, TOKEN)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        cmd
+    };
+    let mut trainer = run(false).spawn().unwrap();
+    let checkpoints = cfg.out_dir.join("checkpoints");
+    let started = std::time::Instant::now();
+    while !std::fs::read_dir(&checkpoints)
+        .map(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("state-"))
+        })
+        .unwrap_or(false)
+    {
+        assert!(
+            started.elapsed().as_secs() < 120,
+            "no checkpoint was written"
+        );
+        assert!(
+            trainer.try_wait().unwrap().is_none(),
+            "the run ended before a checkpoint"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let port = w2.address.rsplit(':').next().unwrap().to_string();
+    let dead = w2.address.clone();
+    drop(w2);
+    let out = trainer.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the run went on without its worker");
+    assert!(
+        stderr.contains(&format!("not answering: {dead}")),
+        "the error does not name the dead worker {dead}: {stderr}"
+    );
+
+    // The workers come back on their addresses (the survivor too: Burn's workers keep their
+    // connections to each other, and the one to the dead worker is stale); the run resumes from
+    // its last checkpoint and ends with the weights of the uninterrupted run.
+    let port1 = w1.address.rsplit(':').next().unwrap().to_string();
+    drop(w1);
+    let _w1 = Worker::start_on(&format!("127.0.0.1:{port1}"));
+    let _w2 = Worker::start_on(&format!("127.0.0.1:{port}"));
+    let out = run(true).output().unwrap();
+    assert!(
+        out.status.success(),
+        "resume failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let resumed = weights(&cfg.out_dir.join("final"));
+    let worst = max_param_diff(&uninterrupted, &resumed).expect("same shapes");
+    assert!(
+        worst <= 1e-5,
+        "resumed run differs from the uninterrupted one by {worst}"
     );
 }
 

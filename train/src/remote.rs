@@ -158,6 +158,32 @@ pub fn connect_all(remote: &[String], token_env: &str) -> Result<Vec<Device>, Tr
         .collect()
 }
 
+/// The workers among `remote` (addresses beside their connected devices) that do not answer a
+/// one-element read within `timeout`: Burn's remote client has no timeouts of its own, so each
+/// probe runs on its own thread. Used after a run stops on a device failure, to name the worker.
+pub fn unresponsive(remote: &[(String, Device)], timeout: std::time::Duration) -> Vec<String> {
+    let probes: Vec<_> = remote
+        .iter()
+        .map(|(address, device)| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let device = device.clone();
+            std::thread::spawn(move || {
+                let answered = std::panic::catch_unwind(|| {
+                    Tensor::<1>::zeros([1], &device).try_into_data().is_ok()
+                })
+                .unwrap_or(false);
+                let _ = tx.send(answered);
+            });
+            (address.clone(), rx)
+        })
+        .collect();
+    probes
+        .into_iter()
+        .filter(|(_, rx)| rx.recv_timeout(timeout) != Ok(true))
+        .map(|(address, _)| address)
+        .collect()
+}
+
 /// Expands a Slurm host list (`SLURM_JOB_NODELIST`), e.g. `gpu[01-03,7],login1` →
 /// `gpu01 gpu02 gpu03 gpu7 login1`. Ranges keep their zero padding.
 pub fn expand_slurm_hostlist(list: &str) -> Result<Vec<String>, String> {

@@ -207,10 +207,15 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary, Train
         cfg.devices.count,
         cfg.devices.indices.as_deref(),
     )?;
-    devices.extend(crate::remote::connect_all(
-        &cfg.devices.remote,
-        &cfg.devices.remote_token_env,
-    )?);
+    let remote = crate::remote::connect_all(&cfg.devices.remote, &cfg.devices.remote_token_env)?;
+    let remote_named: Vec<(String, Device)> = cfg
+        .devices
+        .remote
+        .iter()
+        .cloned()
+        .zip(remote.iter().cloned())
+        .collect();
+    devices.extend(remote);
     let main = devices[0].clone();
     main.seed(cfg.seed);
     let mut ad = main.clone().autodiff();
@@ -230,12 +235,45 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary, Train
     let learner = Learner::new(stage_model, optim, sched);
     let training = supervised_training(cfg, &out, &start, &layout, &loaders, &devices, &ad, &guard);
     guard.set_interrupter(training.interrupter());
-    let result = training.launch(learner);
+    // A worker that dies makes the next read of its tensors fail, as a failed training worker or
+    // as a panic deep in Burn: either becomes an error naming the workers that no longer answer.
+    // The checkpoints written so far are complete (atomic), so `--resume` continues once they
+    // are back.
+    let device_failure = |what: String| {
+        let dead = crate::remote::unresponsive(&remote_named, std::time::Duration::from_secs(10));
+        let who = if dead.is_empty() {
+            "every remote device still answers".to_string()
+        } else {
+            format!("remote device(s) not answering: {}", dead.join(", "))
+        };
+        TrainError::Stopped(format!(
+            "{who} ({what}); restart them and the other workers (Burn's workers keep stale \
+             connections to a dead peer), then run again with --resume to continue from the \
+             last checkpoint"
+        ))
+    };
+    let result = if remote_named.is_empty() {
+        training.launch(learner)
+    } else {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| training.launch(learner)))
+            .map_err(|panic| {
+                device_failure(
+                    panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_else(|| "a panic".into()),
+                )
+            })?
+    };
     if let Some(reason) = guard.failure() {
         return Err(TrainError::Stopped(reason));
     }
     if let Some(e) = result.error {
-        return Err(TrainError::Stopped(e.to_string()));
+        if remote_named.is_empty() {
+            return Err(TrainError::Stopped(e.to_string()));
+        }
+        return Err(device_failure(e.to_string()));
     }
 
     // Final model (LoRA merged) as a blip3 checkpoint, and optionally the HF export.
