@@ -296,6 +296,23 @@ pub struct DevicesSection {
     pub remote: Vec<String>,
     /// The environment variable holding the workers' token.
     pub remote_token_env: String,
+    /// Where the AdamW state lives with strategy `multi`: on the main device, or sharded (each
+    /// parameter's state on one device, burn-train's `OptimSharded`).
+    pub optimizer: OptimizerPlacement,
+}
+
+/// Where the optimizer state of a multi-device run lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerPlacement {
+    /// Every parameter's gradients gathered on the main device, which holds all of the AdamW
+    /// state and runs the step (`MultiDeviceOptim::OptimMainDevice`).
+    #[default]
+    Main,
+    /// Parameters assigned to devices round-robin by id; each parameter's gradients are summed on
+    /// its device, which holds its AdamW state and updates it (`MultiDeviceOptim::OptimSharded`,
+    /// ZeRO-1 style at whole-tensor granularity); global-norm clipping spans all of them.
+    Sharded,
 }
 
 impl DevicesSection {
@@ -314,6 +331,7 @@ impl Default for DevicesSection {
             indices: None,
             remote: Vec::new(),
             remote_token_env: crate::remote::DEFAULT_TOKEN_ENV.to_string(),
+            optimizer: OptimizerPlacement::Main,
         }
     }
 }
@@ -549,6 +567,11 @@ impl TrainConfig {
         for (i, r) in self.devices.remote.iter().enumerate() {
             crate::remote::RemoteAddress::parse(r)
                 .map_err(|e| format!("devices.remote[{i}]: {e}"))?;
+        }
+        if self.devices.optimizer == OptimizerPlacement::Sharded
+            && self.devices.strategy != Strategy::Multi
+        {
+            return Err("devices.optimizer = \"sharded\" needs strategy multi".into());
         }
         if self.devices.strategy == Strategy::Ddp && !self.devices.remote.is_empty() {
             return Err(

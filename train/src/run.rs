@@ -25,7 +25,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::batch::{EmptyLoader, VlmBatcher, WindowTracking};
 use crate::checkpoint::{CheckpointSet, Rejected, WindowStates, write_atomic};
-use crate::config::{DpoReference, Precision, Renderer, Stage, Strategy, TrainConfig};
+use crate::config::{
+    DpoReference, OptimizerPlacement, Precision, Renderer, Stage, Strategy, TrainConfig,
+};
 use crate::error::TrainError;
 use crate::monitor::{LogRow, PlainRenderer, RunLogger, StepMetric, StepMetricKind};
 use crate::optim::{WarmupCosine, build_optimizer, frozen_copy, set_trainable, trainable_params};
@@ -492,7 +494,10 @@ fn supervised_training(
     let execution = match cfg.devices.strategy {
         Strategy::Multi => ExecutionStrategy::multi(
             devices.iter().map(|d| d.clone().autodiff()).collect(),
-            MultiDeviceOptim::OptimMainDevice,
+            match cfg.devices.optimizer {
+                OptimizerPlacement::Main => MultiDeviceOptim::OptimMainDevice,
+                OptimizerPlacement::Sharded => MultiDeviceOptim::OptimSharded,
+            },
         ),
         Strategy::Ddp => ExecutionStrategy::ddp(
             devices.iter().map(|d| d.clone().autodiff()).collect(),

@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex};
 
 use blip3_model::{MultimodalInput, XGenMM};
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::optim::GradientsParams;
 use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
+use burn::optim::{GradientsParams, MultiGradientsParams};
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn::train::{InferenceStep, Interrupter, TrainOutput, TrainStep};
@@ -407,22 +407,104 @@ impl TrainStep for StageModel {
         if grads.is_empty() {
             return self;
         }
-        let norm = global_grad_norm(&self, &grads);
-        let guard = self.settings.guard.clone();
+        match self.clip_factor(global_grad_norm(&self, &grads)) {
+            None => self,
+            Some(factor) => {
+                if let Some(f) = factor {
+                    scale_grads(&self, &mut grads, f);
+                }
+                optim.step(lr, self, grads)
+            }
+        }
+    }
+
+    /// Sharded optimizer state (`devices.optimizer = "sharded"`): each parameter's gradients are
+    /// summed on the device that owns it (Burn's `MultiGradientsParams::remove`, the placement
+    /// `step_multi` uses), the global norm is taken over those sums, all of them are clipped by
+    /// the same factor, and each owner's AdamW step runs on its device.
+    fn optimize_multi(
+        self,
+        optim: &mut burn::optim::ModuleOptimizer,
+        lr: ModuleLearningRate,
+        mut multi: MultiGradientsParams,
+    ) -> Self {
+        let devices: Vec<Device> = multi.grads.iter().map(|(_, d)| d.clone()).collect();
+        let main = self.policy.device();
+        struct Gather<'a> {
+            multi: &'a mut MultiGradientsParams,
+            devices: &'a [Device],
+            owned: Vec<GradientsParams>,
+            squares: Option<Tensor<1>>,
+            main: Device,
+        }
+        impl ModuleVisitor for Gather<'_> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                if let Some((g, device)) = self.multi.remove::<D>(param.id) {
+                    let s = g
+                        .clone()
+                        .cast(DType::F32)
+                        .square()
+                        .sum()
+                        .to_device(&self.main);
+                    self.squares = Some(match self.squares.take() {
+                        Some(a) => a + s,
+                        None => s,
+                    });
+                    let owner = self.devices.iter().position(|d| *d == device).unwrap_or(0);
+                    self.owned[owner].register(param.id, g);
+                }
+            }
+        }
+        let mut gather = Gather {
+            multi: &mut multi,
+            devices: &devices,
+            owned: devices.iter().map(|_| GradientsParams::new()).collect(),
+            squares: None,
+            main,
+        };
+        self.visit(&mut gather);
+        let Some(squares) = gather.squares.take() else {
+            return self;
+        };
+        let mut owned = std::mem::take(&mut gather.owned);
+        let norm = (squares.into_scalar::<f32>() as f64).sqrt();
+        match self.clip_factor(norm) {
+            None => self,
+            Some(factor) => {
+                if let Some(f) = factor {
+                    for grads in owned.iter_mut() {
+                        scale_grads(&self, grads, f);
+                    }
+                }
+                let grads = MultiGradientsParams {
+                    grads: owned.into_iter().zip(devices).collect(),
+                };
+                optim.step_multi(lr, self, grads)
+            }
+        }
+    }
+}
+
+impl StageModel {
+    /// Records the step's global gradient norm and decides what to do with the gradients:
+    /// `None` to skip the step (a non-finite norm, counted by the guard), `Some(Some(f))` to
+    /// scale them by `f` (global-norm clipping), `Some(None)` to use them as they are.
+    fn clip_factor(&self, norm: f64) -> Option<Option<f64>> {
+        let guard = &self.settings.guard;
         if let Ok(mut g) = guard.last_grad_norm.lock() {
             *g = Some(norm);
         }
         if !norm.is_finite() {
             guard.non_finite("gradient norm");
-            return self;
+            return None;
         }
         guard.finite();
-        if let Some(max) = self.settings.grad_clip
-            && norm > max
-        {
-            scale_grads(&self, &mut grads, max / (norm + 1e-6));
-        }
-        optim.step(lr, self, grads)
+        Some(
+            self.settings
+                .grad_clip
+                .filter(|&max| norm > max)
+                .map(|max| max / (norm + 1e-6)),
+        )
     }
 }
 
