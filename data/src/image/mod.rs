@@ -127,8 +127,8 @@ impl ImageLimits {
     }
 }
 
-/// Decodes an image from wherever it lives, applies its EXIF orientation and converts it to 8-bit
-/// RGB (see the module documentation for the conversion rules), within the limits of
+/// Decodes an image from wherever it lives and converts it to 8-bit RGB with Pillow's pixels
+/// (see the module documentation for the rules; the EXIF orientation is not applied), within the limits of
 /// [`ImageLimits::from_env`].
 ///
 /// Errors name the file (or the `name` of an in-memory source): [`DataError::Io`] when a file cannot
