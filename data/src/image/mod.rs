@@ -128,8 +128,8 @@ impl ImageLimits {
 }
 
 /// Decodes an image from wherever it lives and converts it to 8-bit RGB with Pillow's pixels
-/// (see the module documentation for the rules; the EXIF orientation is not applied), within the limits of
-/// [`ImageLimits::from_env`].
+/// (see the module documentation for the rules; the EXIF orientation is not applied), within
+/// the limits of [`ImageLimits::from_env`].
 ///
 /// Errors name the file (or the `name` of an in-memory source): [`DataError::Io`] when a file cannot
 /// be read, [`DataError::ImageRefused`] when it is not a regular file or exceeds a limit,
