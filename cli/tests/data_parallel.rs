@@ -416,3 +416,52 @@ fn workers_refuse_a_wrong_token_and_unreachable_workers_are_named() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("BLIP3_TEST_UNSET_TOKEN"));
 }
+
+#[test]
+fn the_remote_benchmark_runs_and_records_its_rows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let results = tmp.path().join("remote.jsonl");
+    let out = common::blip3()
+        .args([
+            "bench",
+            "remote",
+            "--configs",
+            "tiny",
+            "--workers",
+            "1,2",
+            "--steps",
+            "2",
+        ])
+        .arg("--out")
+        .arg(tmp.path().join("scratch"))
+        .arg("--results")
+        .arg(&results)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(&results)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let workers: Vec<u64> = rows
+        .iter()
+        .map(|r| r["workers"].as_u64().unwrap())
+        .collect();
+    assert_eq!(workers, [1, 2]);
+    for r in &rows {
+        let trainable = r["trainable_params"].as_u64().unwrap();
+        assert!(trainable > 0, "{r}");
+        assert_eq!(
+            r["bytes_per_replica_per_step"].as_u64().unwrap(),
+            8 * trainable
+        );
+        assert!(r["ms_per_step"].as_f64().unwrap().is_finite(), "{r}");
+    }
+    assert_eq!(rows[0]["efficiency_vs_one_worker"].as_f64(), Some(1.0));
+}

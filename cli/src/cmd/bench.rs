@@ -2,6 +2,7 @@
 
 mod data;
 mod load;
+mod remote;
 mod serve;
 mod train;
 
@@ -16,6 +17,9 @@ pub enum BenchCommand {
     Train(train::Args),
     /// Checkpoint loading time and peak memory (a sparse full-size checkpoint by default).
     Load(load::Args),
+    /// Training over 1, 2 and 4 `blip3 worker` processes on loopback: step time, samples/s,
+    /// bytes per replica per step, scaling efficiency (docs/scaling.md).
+    Remote(remote::Args),
     /// Serving throughput and time to first token at 1, 8 and 32 streaming clients (tiny, mid),
     /// and continuous batching against one-at-a-time serving.
     Serve(serve::Args),
@@ -28,5 +32,6 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Train(args) => train::run(args),
         BenchCommand::Load(args) => load::run(args),
         BenchCommand::Serve(args) => serve::run(args),
+        BenchCommand::Remote(args) => remote::run(args),
     }
 }
