@@ -183,17 +183,12 @@ impl Drop for Worker {
 fn train_cli(cfg: &TrainConfig, dir: &Path, name: &str) -> std::path::PathBuf {
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, toml::to_string_pretty(cfg).expect("config")).expect("write config");
-    let out = common::blip3()
-        .args(["train", "--config"])
-        .arg(&path)
-        .args(["--log", "warn"])
-        .env(TOKEN_ENV, TOKEN)
-        .output()
-        .expect("blip3 train");
-    assert!(
-        out.status.success(),
-        "blip3 train ({name}) failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    common::succeeded(
+        common::blip3()
+            .args(["train", "--config"])
+            .arg(&path)
+            .args(["--log", "warn"])
+            .env(TOKEN_ENV, TOKEN),
     );
     cfg.out_dir.join("final")
 }
@@ -361,12 +356,7 @@ fn a_dead_worker_stops_the_run_by_name_and_resume_matches_an_uninterrupted_run()
     drop(w1);
     let _w1 = Worker::start_on(&format!("127.0.0.1:{port1}"));
     let _w2 = Worker::start_on(&format!("127.0.0.1:{port}"));
-    let out = run(true).output().unwrap();
-    assert!(
-        out.status.success(),
-        "resume failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::succeeded(&mut run(true));
     let resumed = weights(&cfg.out_dir.join("final"));
     let worst = max_param_diff(&uninterrupted, &resumed).expect("same shapes");
     assert!(
@@ -421,34 +411,15 @@ fn workers_refuse_a_wrong_token_and_unreachable_workers_are_named() {
 fn the_remote_benchmark_runs_and_records_its_rows() {
     let tmp = tempfile::tempdir().unwrap();
     let results = tmp.path().join("remote.jsonl");
-    let out = common::blip3()
-        .args([
-            "bench",
-            "remote",
-            "--configs",
-            "tiny",
-            "--workers",
-            "1,2",
-            "--steps",
-            "2",
-        ])
-        .arg("--out")
-        .arg(tmp.path().join("scratch"))
-        .arg("--results")
-        .arg(&results)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    common::succeeded(
+        common::blip3()
+            .args(["bench", "remote", "--configs", "tiny", "--workers", "1,2"])
+            .args(["--steps", "2", "--out"])
+            .arg(tmp.path().join("scratch"))
+            .arg("--results")
+            .arg(&results),
     );
-    let rows: Vec<serde_json::Value> = std::fs::read_to_string(&results)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let rows = common::json_lines(&results);
     let workers: Vec<u64> = rows
         .iter()
         .map(|r| r["workers"].as_u64().unwrap())

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use common::{blip3, generate_json, tiny_model_dir_with, wide_png};
+use common::{blip3, generate_json, json_lines, succeeded, tiny_model_dir_with, wide_png};
 
 /// The tiny model with a widened head, so that greedy replies are clear-cut.
 fn tiny_model_dir(dir: &Path) {
@@ -150,25 +150,15 @@ fn serving_a_missing_model_directory_names_it() {
 fn the_serving_benchmark_runs_and_records_its_rows() {
     let tmp = tempfile::tempdir().unwrap();
     let out_file = tmp.path().join("serve.jsonl");
-    let out = blip3()
-        .args(["bench", "serve", "--configs", "tiny", "--clients", "1,3"])
-        .args(["--requests-per-client", "2", "--max-tokens", "5"])
-        .args(["--baseline-clients", "3", "--out"])
-        .arg(&out_file)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = succeeded(
+        blip3()
+            .args(["bench", "serve", "--configs", "tiny", "--clients", "1,3"])
+            .args(["--requests-per-client", "2", "--max-tokens", "5"])
+            .args(["--baseline-clients", "3", "--out"])
+            .arg(&out_file),
     );
     assert!(stdout.contains("continuous batching"), "{stdout}");
-    let rows: Vec<Value> = std::fs::read_to_string(&out_file)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let rows = json_lines(&out_file);
     let shape: Vec<(String, u64, u64)> = rows
         .iter()
         .map(|r| {

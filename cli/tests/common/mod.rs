@@ -62,20 +62,35 @@ pub fn wide_png(dir: &Path) -> std::path::PathBuf {
     path
 }
 
-/// Runs `blip3 generate --model MODEL ARGS --json --log warn` and returns its JSON line.
-pub fn generate_json(model: &Path, args: &[&str]) -> serde_json::Value {
-    let out = blip3()
-        .args(["generate", "--model"])
-        .arg(model)
-        .args(args)
-        .args(["--json", "--log", "warn"])
-        .output()
-        .unwrap();
+/// Runs a command that must succeed and returns its stdout; a failure shows both streams.
+pub fn succeeded(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run the command");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
-        "{}",
+        "{cmd:?} failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let stdout = String::from_utf8(out.stdout).unwrap();
+    stdout
+}
+
+/// The rows of a JSON-lines file (the benchmarks' result files).
+pub fn json_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+/// Runs `blip3 generate --model MODEL ARGS --json --log warn` and returns its JSON line.
+pub fn generate_json(model: &Path, args: &[&str]) -> serde_json::Value {
+    let stdout = succeeded(
+        blip3()
+            .args(["generate", "--model"])
+            .arg(model)
+            .args(args)
+            .args(["--json", "--log", "warn"]),
+    );
     serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
 }
