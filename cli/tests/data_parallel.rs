@@ -1,8 +1,9 @@
 //! Data parallelism through burn-train's multi-device strategy: two flex devices with batch `b`
 //! each end with the same weights as one device with batch `2b` (within 1e-5); the same with the
 //! devices of two `blip3 worker` processes on loopback (Burn's remote backend over WebSocket),
-//! alone or beside a local device; workers refuse a wrong token, and an unreachable worker is an
-//! error naming its address.
+//! alone or beside a local device; a worker that dies or hangs stops the run with an error naming
+//! it, and the run resumes to the uninterrupted result; workers refuse a wrong token, and an
+//! unreachable worker is an error naming its address.
 //!
 //! The loss is a mean over label tokens per device batch and the devices' gradients are averaged,
 //! as in the reference (per-rank mean, DDP averaging), which equals the doubled batch exactly when
@@ -172,6 +173,18 @@ impl Worker {
     }
 }
 
+impl Worker {
+    /// Sends a signal (`STOP`, `CONT`, ...) to the worker process.
+    fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+}
+
 impl Drop for Worker {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -288,20 +301,33 @@ fn sharded_optimizer_state_gives_the_same_weights() {
     );
 }
 
-#[test]
-fn a_dead_worker_stops_the_run_by_name_and_resume_matches_an_uninterrupted_run() {
+/// How the second worker fails in [`interrupt_then_resume`].
+#[derive(Clone, Copy, PartialEq)]
+enum Failure {
+    /// The process dies (its connections close).
+    Killed,
+    /// The process stops (SIGSTOP): its connections stay open and nothing answers.
+    Hung,
+}
+
+/// Trains over two workers, fails the second one once the first checkpoint is on disk, checks the
+/// error names it, restarts the workers and resumes; the result must equal an uninterrupted run.
+fn interrupt_then_resume(failure: Failure) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let tmp = dir.path();
     corpus(tmp);
     let w1 = Worker::start();
-    let w2 = Worker::start();
-    let mut cfg = remote_config(tmp, "uninterrupted", 0, &[&w1, &w2], 2);
+    let mut w2 = Some(Worker::start());
+    let mut cfg = remote_config(tmp, "uninterrupted", 0, &[&w1, w2.as_ref().unwrap()], 2);
     cfg.optim.total_steps = 60;
     cfg.checkpoint.every_steps = 10;
+    // A hung worker is noticed after this long without progress (then probed for 10 s); healthy
+    // steps take well under it, and a slow one only costs a probe that every worker answers.
+    cfg.devices.remote_timeout_s = 10;
     let uninterrupted = weights(&train_cli(&cfg, tmp, "uninterrupted"));
 
-    // The same run, its second worker killed once the first checkpoint is on disk.
+    // The same run, its second worker failed once the first checkpoint is on disk.
     cfg.out_dir = tmp.join("interrupted");
     let path = tmp.join("interrupted.toml");
     std::fs::write(&path, toml::to_string_pretty(&cfg).unwrap()).unwrap();
@@ -338,22 +364,38 @@ fn a_dead_worker_stops_the_run_by_name_and_resume_matches_an_uninterrupted_run()
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let port = w2.address.rsplit(':').next().unwrap().to_string();
-    let dead = w2.address.clone();
-    drop(w2);
+    let failed = w2.as_ref().unwrap().address.clone();
+    let port = failed.rsplit(':').next().unwrap().to_string();
+    let failed_at = std::time::Instant::now();
+    match failure {
+        Failure::Killed => w2 = None,
+        Failure::Hung => w2.as_ref().unwrap().signal("STOP"),
+    }
+    // The trainer must end on its own (a hung worker used to block it forever).
+    while trainer.try_wait().unwrap().is_none() {
+        if failed_at.elapsed().as_secs() > 120 {
+            let _ = trainer.kill();
+            panic!("the trainer still waits 120 s after its worker failed");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let out = trainer.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the run went on without its worker");
     assert!(
-        stderr.contains(&format!("not answering: {dead}")),
-        "the error does not name the dead worker {dead}: {stderr}"
+        stderr.contains(&format!("not answering: {failed}")),
+        "the error does not name the failed worker {failed}: {stderr}"
     );
+    if failure == Failure::Hung {
+        assert!(stderr.contains("no training progress"), "{stderr}");
+    }
 
     // The workers come back on their addresses (the survivor too: Burn's workers keep their
-    // connections to each other, and the one to the dead worker is stale); the run resumes from
-    // its last checkpoint and ends with the weights of the uninterrupted run.
+    // connections to each other, and the one to the failed worker is stale); the run resumes
+    // from its last checkpoint and ends with the weights of the uninterrupted run.
     let port1 = w1.address.rsplit(':').next().unwrap().to_string();
     drop(w1);
+    drop(w2);
     let _w1 = Worker::start_on(&format!("127.0.0.1:{port1}"));
     let _w2 = Worker::start_on(&format!("127.0.0.1:{port}"));
     common::succeeded(&mut run(true));
@@ -363,6 +405,16 @@ fn a_dead_worker_stops_the_run_by_name_and_resume_matches_an_uninterrupted_run()
         worst <= 1e-5,
         "resumed run differs from the uninterrupted one by {worst}"
     );
+}
+
+#[test]
+fn a_dead_worker_stops_the_run_by_name_and_resume_matches_an_uninterrupted_run() {
+    interrupt_then_resume(Failure::Killed);
+}
+
+#[test]
+fn a_hung_worker_times_out_by_name_and_resume_matches_an_uninterrupted_run() {
+    interrupt_then_resume(Failure::Hung);
 }
 
 #[test]

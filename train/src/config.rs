@@ -296,6 +296,12 @@ pub struct DevicesSection {
     pub remote: Vec<String>,
     /// The environment variable holding the workers' token.
     pub remote_token_env: String,
+    /// Seconds a run over remote devices may go without progress (no replica computing a loss,
+    /// no optimizer step), and a connection may take, before its workers are probed; workers that
+    /// do not answer a one-element read within [`crate::remote::PROBE_TIMEOUT`] then stop the
+    /// run with an error naming them. 0 waits forever. Set it above the slowest step (the first
+    /// steps on a GPU include kernel compilation).
+    pub remote_timeout_s: u64,
     /// Where the AdamW state lives with strategy `multi`: on the main device, or sharded (each
     /// parameter's state on one device, burn-train's `OptimSharded`).
     pub optimizer: OptimizerPlacement,
@@ -331,6 +337,7 @@ impl Default for DevicesSection {
             indices: None,
             remote: Vec::new(),
             remote_token_env: crate::remote::DEFAULT_TOKEN_ENV.to_string(),
+            remote_timeout_s: 600,
             optimizer: OptimizerPlacement::Main,
         }
     }

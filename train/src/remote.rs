@@ -17,6 +17,9 @@
 //! Every worker expects the token in the environment variable named by
 //! `devices.remote_token_env` (default [`DEFAULT_TOKEN_ENV`]).
 
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
 use burn::prelude::*;
 use burn::remote::{IrohHost, IrohRelays, RemoteHost};
 
@@ -143,9 +146,19 @@ fn resolve(address: &str) -> Result<std::net::SocketAddr, String> {
         .ok_or_else(|| format!("{address} resolves to no address"))
 }
 
+/// How long a probe of a worker (a one-element read) may take before the worker counts as not
+/// answering.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Connects every remote device of a config, in order, with the token from `token_env` (unset:
-/// no token; the workers then refuse the connection unless they run with `--no-auth`).
-pub fn connect_all(remote: &[String], token_env: &str) -> Result<Vec<Device>, TrainError> {
+/// no token; the workers then refuse the connection unless they run with `--no-auth`). A
+/// connection that takes longer than `timeout` (a worker that accepts but never answers) is an
+/// error naming the address; a zero `timeout` waits forever.
+pub fn connect_all(
+    remote: &[String],
+    token_env: &str,
+    timeout: Duration,
+) -> Result<Vec<Device>, TrainError> {
     let token = std::env::var(token_env).unwrap_or_default();
     remote
         .iter()
@@ -153,19 +166,77 @@ pub fn connect_all(remote: &[String], token_env: &str) -> Result<Vec<Device>, Tr
         .map(|(i, text)| {
             let address = RemoteAddress::parse(text)
                 .map_err(|e| TrainError::Config(format!("devices.remote[{i}]: {e}")))?;
-            address.connect(&token)
+            if timeout.is_zero() {
+                return address.connect(&token);
+            }
+            let (tx, rx) = mpsc::channel();
+            let (a, t) = (address.clone(), token.clone());
+            std::thread::spawn(move || {
+                let _ = tx.send(a.connect(&t));
+            });
+            rx.recv_timeout(timeout).unwrap_or_else(|_| {
+                Err(TrainError::Config(format!(
+                    "remote device {address}: no answer within {} s (devices.remote_timeout_s)",
+                    timeout.as_secs()
+                )))
+            })
         })
         .collect()
 }
 
+/// Waits for a training run's result on `done` while watching its progress: when nothing has
+/// progressed for `quiet_limit` (the latest of the start, `last_beat()` and the previous probe),
+/// the workers of `remote` are probed; it returns `Err` with the addresses that do not answer,
+/// and keeps waiting (logging a warning) while they all do. A zero `quiet_limit` waits forever.
+/// Burn's remote client has no timeouts, so this is how a hung worker ends a run.
+pub fn wait_watched<T>(
+    done: &mpsc::Receiver<T>,
+    remote: &[(String, Device)],
+    quiet_limit: Duration,
+    last_beat: impl Fn() -> Option<Instant>,
+) -> Result<T, Vec<String>> {
+    let mut quiet_since = Instant::now();
+    loop {
+        let tick = if quiet_limit.is_zero() {
+            Duration::from_secs(3600)
+        } else {
+            quiet_limit.min(Duration::from_secs(1))
+        };
+        match done.recv_timeout(tick) {
+            Ok(result) => return Ok(result),
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Err(Vec::new()),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if quiet_limit.is_zero() {
+            continue;
+        }
+        if let Some(beat) = last_beat() {
+            quiet_since = quiet_since.max(beat);
+        }
+        if quiet_since.elapsed() < quiet_limit {
+            continue;
+        }
+        let dead = unresponsive(remote, PROBE_TIMEOUT);
+        if !dead.is_empty() {
+            return Err(dead);
+        }
+        log::warn!(
+            "no training progress for {} s, but every remote device answers; still waiting",
+            quiet_since.elapsed().as_secs()
+        );
+        quiet_since = Instant::now();
+    }
+}
+
 /// The workers among `remote` (addresses beside their connected devices) that do not answer a
 /// one-element read within `timeout`: Burn's remote client has no timeouts of its own, so each
-/// probe runs on its own thread. Used after a run stops on a device failure, to name the worker.
-pub fn unresponsive(remote: &[(String, Device)], timeout: std::time::Duration) -> Vec<String> {
+/// probe runs on its own thread (a probe that never returns leaves its thread blocked). Used to
+/// name the worker after a run stops on a device failure, and by [`wait_watched`].
+pub fn unresponsive(remote: &[(String, Device)], timeout: Duration) -> Vec<String> {
     let probes: Vec<_> = remote
         .iter()
         .map(|(address, device)| {
-            let (tx, rx) = std::sync::mpsc::channel();
+            let (tx, rx) = mpsc::channel();
             let device = device.clone();
             std::thread::spawn(move || {
                 let answered = std::panic::catch_unwind(|| {

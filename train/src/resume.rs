@@ -156,6 +156,7 @@ fn same_setting(a: &serde_json::Value, b: &serde_json::Value) -> bool {
 }
 
 /// Where a run starts: afresh, or after a verified checkpoint window.
+#[derive(Clone)]
 pub(crate) struct Start {
     /// The checkpoint folder.
     pub(crate) ckpt_dir: PathBuf,

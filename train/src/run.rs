@@ -182,6 +182,11 @@ fn last_losses(dir: &Path) -> (Option<f64>, Option<f64>, usize) {
     (mean, valid, steps)
 }
 
+/// What to do after a worker failed, said by every error that names one.
+const RESTART_WORKERS: &str = "restart them and the other workers (Burn's workers keep stale \
+     connections to a dead peer), then run again with --resume to continue from the last \
+     checkpoint";
+
 /// Runs one stage: output folder and resume point, devices, model, data, the burn-train run, then
 /// the final checkpoint, the export and `summary.json`.
 pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary, TrainError> {
@@ -194,7 +199,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary, Train
     }
     let out = cfg.out_dir.clone();
     // One run per output directory, for as long as this function runs.
-    let _lock = RunLock::acquire(&out)?;
+    let lock = RunLock::acquire(&out)?;
     let start = prepare_out_dir(cfg, opts, &out)?;
     // Written with paths relative to the written file, so `blip3 train --config out/config.toml`
     // works from any working directory.
@@ -209,7 +214,12 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary, Train
         cfg.devices.count,
         cfg.devices.indices.as_deref(),
     )?;
-    let remote = crate::remote::connect_all(&cfg.devices.remote, &cfg.devices.remote_token_env)?;
+    let remote_timeout = std::time::Duration::from_secs(cfg.devices.remote_timeout_s);
+    let remote = crate::remote::connect_all(
+        &cfg.devices.remote,
+        &cfg.devices.remote_token_env,
+        remote_timeout,
+    )?;
     let remote_named: Vec<(String, Device)> = cfg
         .devices
         .remote
@@ -235,38 +245,70 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary, Train
     let optim = build_optimizer(&cfg.optim)?;
     let sched = ModuleLrScheduler::new(WarmupCosine::new(&cfg.optim));
     let learner = Learner::new(stage_model, optim, sched);
-    let training = supervised_training(cfg, &out, &start, &layout, &loaders, &devices, &ad, &guard);
-    guard.set_interrupter(training.interrupter());
+    let parts = TrainingParts {
+        cfg: cfg.clone(),
+        out: out.clone(),
+        start: start.clone(),
+        layout,
+        tracked: loaders.tracked.clone(),
+        valid: loaders.valid.clone(),
+        window_states: loaders.window_states.clone(),
+        first_window: loaders.first_window,
+        devices,
+        ad,
+        guard: guard.clone(),
+    };
     // A worker that dies makes the next read of its tensors fail, as a failed training worker or
     // as a panic deep in Burn: either becomes an error naming the workers that no longer answer.
     // The checkpoints written so far are complete (atomic), so `--resume` continues once they
     // are back.
     let device_failure = |what: String| {
-        let dead = crate::remote::unresponsive(&remote_named, std::time::Duration::from_secs(10));
+        let dead = crate::remote::unresponsive(&remote_named, crate::remote::PROBE_TIMEOUT);
         let who = if dead.is_empty() {
             "every remote device still answers".to_string()
         } else {
             format!("remote device(s) not answering: {}", dead.join(", "))
         };
-        TrainError::Stopped(format!(
-            "{who} ({what}); restart them and the other workers (Burn's workers keep stale \
-             connections to a dead peer), then run again with --resume to continue from the \
-             last checkpoint"
-        ))
+        TrainError::Stopped(format!("{who} ({what}); {RESTART_WORKERS}"))
     };
-    let result = if remote_named.is_empty() {
-        training.launch(learner)
+    let (result, _lock) = if remote_named.is_empty() {
+        (parts.build().launch(learner), lock)
     } else {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| training.launch(learner)))
-            .map_err(|panic| {
-                device_failure(
+        // On its own thread, watched: Burn's remote client waits forever for a worker that hangs.
+        // The thread holds the directory's lock until it hands it back with the result, so a run
+        // left blocked in a hung worker can never write beside a new one.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let launched = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                parts.build().launch(learner)
+            }));
+            let _ = tx.send((launched, lock));
+        });
+        let g = guard.clone();
+        let watched =
+            crate::remote::wait_watched(&rx, &remote_named, remote_timeout, || g.last_beat());
+        match watched {
+            Ok((Ok(result), lock)) => (result, lock),
+            Ok((Err(panic), _)) => {
+                return Err(device_failure(
                     panic
                         .downcast_ref::<String>()
                         .cloned()
                         .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                         .unwrap_or_else(|| "a panic".into()),
-                )
-            })?
+                ));
+            }
+            Err(hung) => {
+                let reason = format!(
+                    "remote device(s) not answering: {} (no training progress for {} s, \
+                     devices.remote_timeout_s); {RESTART_WORKERS}",
+                    hung.join(", "),
+                    cfg.devices.remote_timeout_s
+                );
+                guard.stop(reason.clone());
+                return Err(TrainError::Stopped(reason));
+            }
+        }
     };
     if let Some(reason) = guard.failure() {
         return Err(TrainError::Stopped(reason));
@@ -315,6 +357,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary, Train
 }
 
 /// How the devices split the work.
+#[derive(Clone, Copy)]
 struct Layout {
     /// Devices whose gradients are averaged inside one learner (`multi`), else 1.
     reduce_devices: usize,
@@ -450,25 +493,50 @@ impl Loaders {
     }
 }
 
-/// The burn-train run: metrics, checkpointers (model, optimizer, scheduler and the run state with
-/// the records' checksums, written by whichever of the three finishes last; keep the last K),
-/// logger, renderer and execution strategy.
-#[allow(clippy::too_many_arguments)]
-fn supervised_training(
-    cfg: &TrainConfig,
-    out: &Path,
-    start: &Start,
-    layout: &Layout,
-    loaders: &Loaders,
-    devices: &[Device],
-    ad: &Device,
-    guard: &Arc<StepGuard>,
-) -> SupervisedTraining<StageModel> {
+/// Everything the burn-train run is built from, owned, so that it can be built on the thread
+/// that runs it.
+struct TrainingParts {
+    cfg: TrainConfig,
+    out: PathBuf,
+    start: Start,
+    layout: Layout,
+    tracked: Arc<dyn DataLoader<VlmBatch>>,
+    valid: Arc<dyn DataLoader<VlmBatch>>,
+    window_states: WindowStates<LoaderState>,
+    first_window: usize,
+    devices: Vec<Device>,
+    ad: Device,
+    guard: Arc<StepGuard>,
+}
+
+impl TrainingParts {
+    /// The burn-train run: metrics, checkpointers (model, optimizer, scheduler and the run state
+    /// with the records' checksums, written by whichever of the three finishes last; keep the
+    /// last K), logger, renderer and execution strategy; its interrupter is handed to the guard.
+    fn build(self) -> SupervisedTraining<StageModel> {
+        let guard = self.guard.clone();
+        let training = supervised_training(&self);
+        guard.set_interrupter(training.interrupter());
+        training
+    }
+}
+
+fn supervised_training(parts: &TrainingParts) -> SupervisedTraining<StageModel> {
+    let TrainingParts {
+        cfg,
+        out,
+        start,
+        layout,
+        devices,
+        ad,
+        guard,
+        ..
+    } = parts;
     let seed = cfg.seed;
     let total_steps = cfg.optim.total_steps;
     let every = layout.every;
     let skipped_before = start.state.as_ref().map_or(0, |s| s.skipped_steps);
-    let (ws, g2) = (loaders.window_states.clone(), guard.clone());
+    let (ws, g2) = (parts.window_states.clone(), guard.clone());
     let resume_key = start.resume_key.clone();
     let state_source: crate::checkpoint::StateSource = Arc::new(move |w| {
         let loader = ws.get(w)?;
@@ -510,7 +578,7 @@ fn supervised_training(
     // Items the learner reports per optimizer step: one per micro-batch and device.
     let items_per_step = cfg.optim.grad_accum * reduce_devices;
     let micro_per_window = every * items_per_step;
-    let mut training = SupervisedTraining::new(out, loaders.tracked.clone(), loaders.valid.clone())
+    let mut training = SupervisedTraining::new(out, parts.tracked.clone(), parts.valid.clone())
         .metric_train_numeric(LossMetric::new())
         .metric_valid_numeric(LossMetric::new())
         .metric_train_numeric(LearningRateMetric::new())
@@ -529,7 +597,7 @@ fn supervised_training(
             out,
             micro_per_window,
             items_per_step,
-            loaders.first_window,
+            parts.first_window,
         ))
         .with_application_logger(None)
         .renderer(renderer)

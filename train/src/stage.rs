@@ -56,6 +56,7 @@ pub struct StepGuard {
     last_grad_norm: Mutex<Option<f64>>,
     interrupter: Mutex<Option<Interrupter>>,
     failure: Mutex<Option<String>>,
+    last_beat: Mutex<Option<std::time::Instant>>,
 }
 
 impl std::fmt::Debug for StepGuard {
@@ -99,7 +100,21 @@ impl StepGuard {
         self.last_grad_norm.lock().ok().and_then(|g| *g)
     }
 
-    fn stop(&self, reason: String) {
+    /// Records progress: a replica computed a loss or the optimizer took a step.
+    pub fn beat(&self) {
+        if let Ok(mut b) = self.last_beat.lock() {
+            *b = Some(std::time::Instant::now());
+        }
+    }
+
+    /// When progress was last recorded, if ever.
+    pub fn last_beat(&self) -> Option<std::time::Instant> {
+        self.last_beat.lock().ok().and_then(|b| *b)
+    }
+
+    /// Stops the run: records `reason` (the first one wins) and interrupts the learner at its
+    /// next step.
+    pub fn stop(&self, reason: String) {
         log::error!("{reason}");
         if let Ok(mut f) = self.failure.lock() {
             f.get_or_insert(reason.clone());
@@ -386,6 +401,7 @@ impl TrainStep for StageModel {
             }
         };
         let value = item.loss_value();
+        guard.beat();
         if !value.is_finite() {
             guard.non_finite("loss");
             return TrainOutput {
@@ -494,6 +510,7 @@ impl StageModel {
         if let Ok(mut g) = guard.last_grad_norm.lock() {
             *g = Some(norm);
         }
+        guard.beat();
         if !norm.is_finite() {
             guard.non_finite("gradient norm");
             return None;
