@@ -33,6 +33,9 @@ enum Command {
     /// Serve this machine's devices to a trainer elsewhere (Burn's remote backend), for
     /// `[devices] remote` in a stage config.
     Worker(cmd::worker::Args),
+    /// Train over many machines from a cluster launcher (srun, or torchrun's RANK / WORLD_SIZE /
+    /// MASTER_ADDR / MASTER_PORT): rank 0 trains, every other rank serves its devices to it.
+    Launch(cmd::launch::Args),
     /// Run a benchmark suite, or score / compare existing outputs.
     Eval(cmd::eval::Args),
     /// Speed and memory benchmarks.
@@ -63,6 +66,7 @@ fn main() {
         Command::Chat(a) => cmd::chat::run(a),
         Command::Serve(a) => cmd::serve::run(a),
         Command::Worker(a) => cmd::worker::run(a),
+        Command::Launch(a) => cmd::launch::run(a),
         Command::Data { command } => cmd::data::run(command),
         Command::Train(a) => cmd::train::run(a),
         Command::Eval(a) => cmd::eval::run(a),

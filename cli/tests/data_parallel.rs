@@ -418,6 +418,80 @@ fn a_hung_worker_times_out_by_name_and_resume_matches_an_uninterrupted_run() {
 }
 
 #[test]
+fn a_launched_job_trains_over_its_ranks_like_listed_workers() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path();
+    corpus(tmp);
+    let listed = {
+        let (w1, w2) = (Worker::start(), Worker::start());
+        train_cli(
+            &remote_config(tmp, "listed", 0, &[&w1, &w2], 2),
+            tmp,
+            "listed",
+        )
+    };
+
+    // The same run as a job of three processes started with torchrun's variables: rank 0 trains
+    // (no local device; strategy single becomes multi), ranks 1 and 2 serve a flex device each,
+    // register at the rendezvous, and exit when the run ends.
+    let mut cfg = config(tmp, "launched", 1, 2);
+    cfg.devices.count = 0;
+    cfg.devices.remote_token_env = TOKEN_ENV.into();
+    let path = tmp.join("launched.toml");
+    std::fs::write(&path, toml::to_string_pretty(&cfg).unwrap()).unwrap();
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = free.local_addr().unwrap().port().to_string();
+    drop(free);
+    let mut ranks: Vec<(usize, Child)> = [2, 0, 1]
+        .into_iter()
+        .map(|rank| {
+            let child = common::blip3()
+                .args(["launch", "--config"])
+                .arg(&path)
+                .args(["--log", "warn", "--worker-listen", "127.0.0.1:0"])
+                .env("RANK", rank.to_string())
+                .env("WORLD_SIZE", "3")
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", &port)
+                .env(TOKEN_ENV, TOKEN)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start blip3 launch");
+            (rank, child)
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    while ranks
+        .iter_mut()
+        .any(|(_, c)| c.try_wait().unwrap().is_none())
+    {
+        if started.elapsed().as_secs() > 300 {
+            for (_, c) in &mut ranks {
+                let _ = c.kill();
+            }
+            panic!("the launched job did not end within 300 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    for (rank, child) in ranks {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "rank {rank} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let worst = max_param_diff(&weights(&listed), &weights(&cfg.out_dir.join("final")))
+        .expect("same shapes");
+    assert!(
+        worst <= 1e-5,
+        "launched job vs listed workers: weights differ by {worst}"
+    );
+}
+
+#[test]
 fn workers_refuse_a_wrong_token_and_unreachable_workers_are_named() {
     let worker = Worker::start();
     let address = RemoteAddress::parse(&worker.address).unwrap();

@@ -477,13 +477,21 @@ impl TrainConfig {
 
     /// Reads a TOML config; relative paths become relative to the file's directory.
     pub fn load(path: &Path) -> Result<Self, TrainError> {
+        let cfg = TrainConfig::read(path)?;
+        cfg.validate()
+            .map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
+        Ok(cfg)
+    }
+
+    /// Reads a config file like [`TrainConfig::load`] but leaves validation to the caller, for
+    /// callers that complete it first (`blip3 launch` adds the workers it gathers); [`crate::train`]
+    /// validates what it is given.
+    pub fn read(path: &Path) -> Result<Self, TrainError> {
         let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
         let mut cfg: TrainConfig = toml::from_str(&text)
             .map_err(|e| TrainError::Config(format!("{}: {}", path.display(), e.message())))?;
         let base = path.parent().unwrap_or(Path::new("."));
         cfg.resolve_paths(base);
-        cfg.validate()
-            .map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
         Ok(cfg)
     }
 

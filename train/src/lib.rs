@@ -7,6 +7,7 @@ pub mod batch;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod launch;
 pub mod loss;
 pub mod metrics_file;
 pub mod monitor;

@@ -255,92 +255,6 @@ pub fn unresponsive(remote: &[(String, Device)], timeout: Duration) -> Vec<Strin
         .collect()
 }
 
-/// Expands a Slurm host list (`SLURM_JOB_NODELIST`), e.g. `gpu[01-03,7],login1` →
-/// `gpu01 gpu02 gpu03 gpu7 login1`. Ranges keep their zero padding.
-pub fn expand_slurm_hostlist(list: &str) -> Result<Vec<String>, String> {
-    let mut hosts = Vec::new();
-    let mut rest = list.trim();
-    while !rest.is_empty() {
-        // One item: a prefix, optionally followed by [ranges], up to the next top-level comma.
-        let bracket = rest.find('[');
-        let comma = rest.find(',');
-        match (bracket, comma) {
-            (Some(b), c) if c.is_none_or(|c| b < c) => {
-                let close = rest[b..]
-                    .find(']')
-                    .map(|i| b + i)
-                    .ok_or_else(|| format!("{list:?}: unclosed ["))?;
-                let prefix = &rest[..b];
-                let suffix_end = rest[close + 1..]
-                    .find(',')
-                    .map_or(rest.len(), |i| close + 1 + i);
-                let suffix = &rest[close + 1..suffix_end];
-                for part in rest[b + 1..close].split(',') {
-                    match part.split_once('-') {
-                        Some((lo, hi)) => {
-                            let (a, z) = (
-                                lo.parse::<u64>()
-                                    .map_err(|_| format!("{list:?}: bad range {part}"))?,
-                                hi.parse::<u64>()
-                                    .map_err(|_| format!("{list:?}: bad range {part}"))?,
-                            );
-                            if z < a {
-                                return Err(format!("{list:?}: empty range {part}"));
-                            }
-                            for n in a..=z {
-                                hosts
-                                    .push(format!("{prefix}{n:0width$}{suffix}", width = lo.len()));
-                            }
-                        }
-                        None => hosts.push(format!("{prefix}{part}{suffix}")),
-                    }
-                }
-                rest = rest[suffix_end..].trim_start_matches(',');
-            }
-            (_, Some(c)) => {
-                hosts.push(rest[..c].to_string());
-                rest = &rest[c + 1..];
-            }
-            (_, None) => {
-                hosts.push(rest.to_string());
-                rest = "";
-            }
-        }
-    }
-    Ok(hosts)
-}
-
-/// The worker addresses a launcher's environment describes, for a trainer that runs beside them
-/// (docs/scaling.md, "Launching"): `BLIP3_WORKERS` (comma-separated addresses) when set; else under
-/// Slurm every node of `SLURM_JOB_NODELIST` at `ws://NODE:PORT`; else with torchrun's variables
-/// (`WORLD_SIZE` workers, `MASTER_ADDR` the first node) nothing can be derived, and the caller
-/// must list them. `port` is the workers' `--listen` port.
-pub fn workers_from_env(port: u16) -> Result<Option<Vec<String>>, String> {
-    if let Ok(list) = std::env::var("BLIP3_WORKERS") {
-        let workers: Vec<String> = list
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-            .collect();
-        for w in &workers {
-            RemoteAddress::parse(w).map_err(|e| format!("BLIP3_WORKERS: {e}"))?;
-        }
-        return Ok(Some(workers));
-    }
-    if let Ok(nodes) = std::env::var("SLURM_JOB_NODELIST") {
-        let hosts =
-            expand_slurm_hostlist(&nodes).map_err(|e| format!("SLURM_JOB_NODELIST: {e}"))?;
-        return Ok(Some(
-            hosts
-                .into_iter()
-                .map(|h| format!("ws://{h}:{port}"))
-                .collect(),
-        ));
-    }
-    Ok(None)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,20 +280,5 @@ mod tests {
         ] {
             assert!(RemoteAddress::parse(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn slurm_host_lists_expand() {
-        assert_eq!(
-            expand_slurm_hostlist("gpu[01-03,7],login1").unwrap(),
-            ["gpu01", "gpu02", "gpu03", "gpu7", "login1"]
-        );
-        assert_eq!(expand_slurm_hostlist("a,b").unwrap(), ["a", "b"]);
-        assert_eq!(
-            expand_slurm_hostlist("n[8-10]-ib").unwrap(),
-            ["n8-ib", "n9-ib", "n10-ib"]
-        );
-        assert!(expand_slurm_hostlist("n[1-").is_err());
-        assert!(expand_slurm_hostlist("n[3-1]").is_err());
     }
 }

@@ -7,6 +7,7 @@ pub mod data;
 pub mod demo;
 pub mod eval;
 pub mod generate;
+pub mod launch;
 pub mod serve;
 pub mod train;
 pub mod worker;

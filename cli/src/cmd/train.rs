@@ -33,18 +33,34 @@ pub struct Args {
 
 /// Runs the command.
 pub fn run(args: Args) -> Result<()> {
-    let mut cfg = TrainConfig::load(&args.config)
-        .with_context(|| format!("reading {}", args.config.display()))?;
-    if let Some(out) = args.out {
-        cfg.out_dir = out;
+    let cfg = args.stage_config()?;
+    run_config(cfg, &args)
+}
+
+impl Args {
+    /// The stage config with this command line's overrides applied (validated by
+    /// [`run_config`]).
+    pub fn stage_config(&self) -> Result<TrainConfig> {
+        let mut cfg = TrainConfig::read(&self.config)
+            .with_context(|| format!("reading {}", self.config.display()))?;
+        if let Some(out) = &self.out {
+            cfg.out_dir = out.clone();
+        }
+        if let Some(steps) = self.steps {
+            cfg.optim.total_steps = steps;
+            cfg.optim.warmup_steps = cfg.optim.warmup_steps.min(steps);
+        }
+        if let Some(d) = self.device {
+            cfg.devices.kind = d;
+        }
+        Ok(cfg)
     }
-    if let Some(steps) = args.steps {
-        cfg.optim.total_steps = steps;
-        cfg.optim.warmup_steps = cfg.optim.warmup_steps.min(steps);
-    }
-    if let Some(d) = args.device {
-        cfg.devices.kind = d;
-    }
+}
+
+/// Trains `cfg` with the run options of `args` and prints the summary.
+pub fn run_config(cfg: TrainConfig, args: &Args) -> Result<()> {
+    cfg.validate()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
     pin_default_device(cfg.devices.kind);
     let summary = blip3_train::train(
         &cfg,

@@ -84,27 +84,9 @@ pub fn run(args: Args) -> Result<()> {
     let token = if args.no_auth {
         None
     } else {
-        let value = std::env::var(&args.token_env).unwrap_or_default();
-        if value.is_empty() {
-            bail!(
-                "{} is not set: a worker needs a token its trainers present (set it to a secret \
-                 shared with the trainer), or --no-auth for loopback experiments",
-                args.token_env
-            );
-        }
-        Some(TokenAuthorizer::new(value).context("--token-env")?)
+        Some(required_token(&args.token_env)?)
     };
-    let devices = args
-        .indices
-        .iter()
-        .map(|&i| {
-            args.device
-                .device(i)
-                .map_err(|e| anyhow::anyhow!("--device: {e}"))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let name = format!("{} {:?}", args.device, args.indices);
-    let server = RemoteServer::new(devices).with_authorizer(LoggingAuthorizer { token });
+    let (server, name) = server(args.device, &args.indices, token)?;
     match args.transport {
         TransportArg::Websocket => {
             let listener = TcpListener::bind(args.listen)
@@ -127,6 +109,41 @@ pub fn run(args: Args) -> Result<()> {
                 .map_err(|e| anyhow::anyhow!("worker on iroh port {}: {e}", args.listen.port()))
         }
     }
+}
+
+/// The token in `env`, which must be set and non-empty.
+pub fn required_token(env: &str) -> Result<String> {
+    let value = std::env::var(env).unwrap_or_default();
+    if value.is_empty() {
+        bail!(
+            "{env} is not set: a worker needs a token its trainers present (set it to a secret \
+             shared with the trainer), or --no-auth for loopback experiments"
+        );
+    }
+    Ok(value)
+}
+
+/// A Burn server over devices `indices` of `device`, refusing clients without `token` (none:
+/// accepting everyone) and logging who connects; also returns its devices' name for messages.
+pub fn server(
+    device: DeviceKindArg,
+    indices: &[usize],
+    token: Option<String>,
+) -> Result<(RemoteServer, String)> {
+    let token = token
+        .map(|t| TokenAuthorizer::new(t).context("the worker token"))
+        .transpose()?;
+    let devices = indices
+        .iter()
+        .map(|&i| {
+            device
+                .device(i)
+                .map_err(|e| anyhow::anyhow!("--device: {e}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let name = format!("{device} {indices:?}");
+    let server = RemoteServer::new(devices).with_authorizer(LoggingAuthorizer { token });
+    Ok((server, name))
 }
 
 /// Prints the start line trainers and launch scripts read.
