@@ -29,12 +29,21 @@ impl ModuleMapper for Scale {
 /// Saves the tiny model (random weights from `seed`) with the tiny tokenizer under `dir`. A
 /// `head_scale` widens the output head so that greedy choices are clear-cut rather than
 /// near-ties between random logits.
+///
+/// The flex generator is process-wide and a test binary runs its tests on parallel threads: the
+/// seeding and the initialisation happen under one lock, so that the same seed always gives the
+/// same weights (without it, two tests drawing at once each got a mix of both streams, a different
+/// model on every run).
 pub fn tiny_model_dir_with(dir: &Path, seed: u64, head_scale: Option<f32>) {
+    static SEEDED_INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let tok = Blip3Tokenizer::tiny().unwrap();
     let device = Device::flex();
-    device.seed(seed);
-    let mut model = XGenMMConfig::tiny(tok.initial_len())
-        .init(&device)
+    let model = {
+        let _only_us = SEEDED_INIT.lock().unwrap_or_else(|e| e.into_inner());
+        device.seed(seed);
+        XGenMMConfig::tiny(tok.initial_len()).init(&device)
+    };
+    let mut model = model
         .with_special_tokens(SpecialTokens {
             image: tok.image_token_id(),
             pad: tok.pad_id(),
