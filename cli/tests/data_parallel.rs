@@ -492,6 +492,58 @@ fn a_launched_job_trains_over_its_ranks_like_listed_workers() {
 }
 
 #[test]
+fn an_iroh_worker_trains_like_a_websocket_worker_and_checks_the_token() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path();
+    corpus(tmp);
+    // Iroh (QUIC over UDP, no relays) on a free loopback port, its key kept in the temp dir.
+    let free = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = free.local_addr().unwrap().port();
+    drop(free);
+    let mut child = common::blip3()
+        .args(["worker", "--transport", "iroh", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--identity")
+        .arg(tmp.join("worker.key"))
+        .args(["--token-env", TOKEN_ENV, "--log", "info"])
+        .env(TOKEN_ENV, TOKEN)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the iroh worker");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let address = line.trim().rsplit_once(" at ").unwrap().1.to_string();
+    let iroh = Worker { child, address };
+    assert!(
+        iroh.address.starts_with("iroh://")
+            && iroh.address.ends_with(&format!("@127.0.0.1:{port}")),
+        "{}",
+        iroh.address
+    );
+    let parsed = RemoteAddress::parse(&iroh.address).unwrap();
+    let err = parsed
+        .connect("not-the-token")
+        .expect_err("wrong token")
+        .to_string();
+    assert!(err.contains(&iroh.address), "{err}");
+
+    // One iroh worker and one WebSocket worker, batch 4 each: the same remote backend behind two
+    // transports, so the same weights.
+    let ws = Worker::start();
+    let over_iroh = train_cli(&remote_config(tmp, "iroh", 0, &[&iroh], 4), tmp, "iroh");
+    let over_ws = train_cli(&remote_config(tmp, "ws", 0, &[&ws], 4), tmp, "ws");
+    let worst = max_param_diff(&weights(&over_iroh), &weights(&over_ws)).expect("same shapes");
+    assert!(
+        worst <= 1e-5,
+        "iroh vs websocket worker: weights differ by {worst}"
+    );
+}
+
+#[test]
 fn workers_refuse_a_wrong_token_and_unreachable_workers_are_named() {
     let worker = Worker::start();
     let address = RemoteAddress::parse(&worker.address).unwrap();

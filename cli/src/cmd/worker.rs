@@ -98,6 +98,11 @@ pub fn run(args: Args) -> Result<()> {
                 .map_err(|e| anyhow::anyhow!("worker on ws://{address}: {e}"))
         }
         TransportArg::Iroh => {
+            if args.listen.port() == 0 {
+                // Iroh binds its UDP socket inside `serve`; the start line must name the real
+                // port, so it is chosen here.
+                bail!("--transport iroh needs an explicit --listen port (not 0)");
+            }
             let identity = IrohIdentity::load_or_create(&args.identity)
                 .map_err(|e| anyhow::anyhow!("--identity {}: {e}", args.identity.display()))?;
             let transport = IrohTransport::new(identity)

@@ -43,11 +43,10 @@ pub fn tiny_model_dir_with(dir: &Path, seed: u64, head_scale: Option<f32>) {
         device.seed(seed);
         XGenMMConfig::tiny(tok.initial_len()).init(&device)
     };
-    let mut model = model
-        .with_special_tokens(SpecialTokens {
-            image: tok.image_token_id(),
-            pad: tok.pad_id(),
-        });
+    let mut model = model.with_special_tokens(SpecialTokens {
+        image: tok.image_token_id(),
+        pad: tok.pad_id(),
+    });
     if let Some(s) = head_scale {
         model.lang_model.lm_head = model.lang_model.lm_head.map(&mut Scale(s));
     }
