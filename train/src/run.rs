@@ -278,12 +278,18 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary, Train
         // The thread holds the directory's lock until it hands it back with the result, so a run
         // left blocked in a hung worker can never write beside a new one.
         let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let launched = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                parts.build().launch(learner)
-            }));
-            let _ = tx.send((launched, lock));
-        });
+        // The main thread's stack size (8 MiB), not a spawned thread's 2 MiB default: the
+        // learner runs here what it would otherwise run on the main thread.
+        std::thread::Builder::new()
+            .name("blip3-train".into())
+            .stack_size(8 << 20)
+            .spawn(move || {
+                let launched = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    parts.build().launch(learner)
+                }));
+                let _ = tx.send((launched, lock));
+            })
+            .map_err(|e| TrainError::Stopped(format!("cannot start the training thread: {e}")))?;
         let g = guard.clone();
         let watched =
             crate::remote::wait_watched(&rx, &remote_named, remote_timeout, || g.last_beat());
