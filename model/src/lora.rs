@@ -121,18 +121,19 @@ pub fn adapted(base: &Linear, lora: Option<&LoraBranch>, x: Tensor<3>) -> Tensor
     }
 }
 
-/// `base.forward(x)`; a single row (decoding one token) goes through
-/// [`blip3_shaders::matvec::row_matmul`], which splits the product over the CPU threads on Flex.
+/// `base.forward(x)`; decoding (one token per row, at most `MAX_KERNEL_ROWS` rows) goes through
+/// [`blip3_shaders::matvec::row_matmul`], which splits a single row over the CPU threads on Flex
+/// and can run the GEMV kernel on GPUs (docs/kernels.md).
 fn linear(base: &Linear, x: Tensor<3>) -> Tensor<3> {
     let [b, t, d] = x.dims();
-    if b * t != 1 {
+    if t != 1 || b > blip3_shaders::matvec::MAX_KERNEL_ROWS {
         return base.forward(x);
     }
     let w = base.weight.val();
     let n = w.dims()[1];
-    let mut y = row_matmul(x.reshape([1, d]), w);
+    let mut y = row_matmul(x.reshape([b, d]), w);
     if let Some(bias) = &base.bias {
         y = y + bias.val().unsqueeze::<2>();
     }
-    y.reshape([1, 1, n])
+    y.reshape([b, 1, n])
 }

@@ -1,6 +1,8 @@
 //! Kernel benchmark: the blip3 attention kernel against Burn's attention op for the shapes the
 //! model produces (SigLIP so400m, the perceiver resampler, Phi-3 mini prefill and decode), and
-//! the resampling kernel on a batch of views, printing milliseconds per call and the ratio.
+//! the decode GEMV kernel against Burn's matmul on Phi-3's weight products (with the bandwidth
+//! each reaches), and the resampling kernel on a batch of views, printing milliseconds per call
+//! and the ratio.
 //!
 //! Run: `cargo bench --workspace --bench kernels`. The device is wgpu by default
 //! (`BLIP3_BENCH_DEVICE=cuda` with the `cuda` feature); `BLIP3_BENCH_SCALE=full` uses the real
@@ -13,6 +15,7 @@
 use std::time::Instant;
 
 use blip3_shaders::attention::{AttentionPath, attention_with};
+use blip3_shaders::matvec::gemv;
 use blip3_shaders::pillow::resize_rgb8;
 use blip3_shaders::resample::{ResampleFilter, resize_batch};
 use burn::prelude::*;
@@ -239,6 +242,8 @@ fn main() {
         }
     }
 
+    gemv_section(&device, &dtypes, reps, full, &filter);
+
     // Resampling: a batch of 5 views of a 1000×750 RGB image to 384×384 (Pillow bicubic).
     println!();
     let (n, h, w) = (5, 750, 1000);
@@ -282,4 +287,69 @@ fn main() {
          one thread) {:.2} ms (medians of {reps})",
         cpu[cpu.len() / 2]
     );
+}
+
+/// Decoding's weight products, one token (`M = 1`): Burn's matmul against the blip3 GEMV kernel,
+/// with the weight-read bandwidth each reaches (`K·N·bytes / time`; the physical limit is the
+/// card's memory bandwidth). bf16 where the device has it.
+fn gemv_section(device: &Device, dtypes: &[DType], reps: usize, full: bool, filter: &str) {
+    // Phi-3 mini's decoder products (K, N); the small scale halves the big ones for lavapipe.
+    let shrink = |x: usize| if full { x } else { x / 4 };
+    let shapes = [
+        ("phi-3 qkv_proj", 3072, 9216),
+        ("phi-3 o_proj", 3072, 3072),
+        ("phi-3 gate_up_proj", 3072, shrink(16384)),
+        ("phi-3 down_proj", shrink(8192), 3072),
+        ("phi-3 lm_head (transposed table)", 3072, shrink(32064)),
+    ];
+    let mut dtypes = dtypes.to_vec();
+    if device.supports_dtype(DType::BF16) && !dtypes.contains(&DType::BF16) {
+        dtypes.push(DType::BF16);
+    }
+    println!();
+    println!(
+        "| decode product M=1 | K×N | dtype | burn ms | blip3 ms | burn/blip3 | burn GB/s | blip3 GB/s |"
+    );
+    println!("|---|---|---|---:|---:|---:|---:|---:|");
+    for (name, k, n) in shapes {
+        if !name.contains(filter) && !"gemv".contains(filter) {
+            continue;
+        }
+        for &dtype in &dtypes {
+            let x = Tensor::<2>::random([1, k], Distribution::Normal(0.0, 1.0), device).cast(dtype);
+            // The LM head multiplies by a transposed view of the embedding table.
+            let w = if name.contains("transposed") {
+                Tensor::<2>::random([n, k], Distribution::Normal(0.0, 0.02), device)
+                    .cast(dtype)
+                    .transpose()
+            } else {
+                Tensor::<2>::random([k, n], Distribution::Normal(0.0, 0.02), device).cast(dtype)
+            };
+            let time = |f: &dyn Fn() -> Tensor<2>| {
+                for _ in 0..2 {
+                    let _ = f().slice([0..1, 0..1]).into_data();
+                }
+                let mut times = Vec::new();
+                for _ in 0..reps.max(5) {
+                    let _ = device.sync();
+                    let t0 = Instant::now();
+                    let out = f();
+                    let _ = device.sync();
+                    times.push(t0.elapsed().as_secs_f64() * 1e3);
+                    drop(out);
+                }
+                times.sort_by(f64::total_cmp);
+                times[times.len() / 2]
+            };
+            let burn = time(&|| x.clone().matmul(w.clone()));
+            let ours = time(&|| gemv(x.clone(), w.clone()));
+            let bytes = (k * n * dtype.size()) as f64;
+            println!(
+                "| {name} | {k}×{n} | {dtype:?} | {burn:.3} | {ours:.3} | {:.2} | {:.0} | {:.0} |",
+                burn / ours,
+                bytes / burn / 1e6,
+                bytes / ours / 1e6
+            );
+        }
+    }
 }

@@ -9,7 +9,8 @@
 //! * [`pillow`]: the same resampling on the host (the data crate's image pipeline uses it), bit
 //!   for bit Pillow's.
 //! * [`device`]: probing whether the wgpu backend works on this machine.
-//! * [`matvec`]: single-row matrix products split over the CPU threads (decoding on Flex).
+//! * [`matvec`]: products of a few rows with a matrix (decoding): split over the CPU threads on
+//!   Flex, a GEMV kernel on CubeCL devices.
 //!
 //! Kernels know tensors, not models: shapes, dtypes and masks are their whole contract.
 #![warn(missing_docs)]
@@ -20,6 +21,8 @@ mod attention_kernel;
 #[cfg(feature = "cube")]
 pub mod device;
 pub mod matvec;
+#[cfg(feature = "cube")]
+mod matvec_kernel;
 pub mod pillow;
 pub mod resample;
 #[cfg(feature = "cube")]

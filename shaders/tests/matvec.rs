@@ -84,3 +84,94 @@ fn several_rows_small_weights_and_one_thread_fall_back() {
     let want = floats(x.clone().matmul(w.clone()));
     assert_eq!(floats(on_pool(1, || row_matmul(x, w))), want);
 }
+
+/// `x · w` in float64 from the values the tensors hold, with `Σ |x·w|` per output (the scale the
+/// rounding error grows with).
+fn reference(x: &[f64], w: &[f64], m: usize, k: usize, n: usize) -> (Vec<f64>, Vec<f64>) {
+    let mut out = vec![0.0; m * n];
+    let mut mag = vec![0.0; m * n];
+    for r in 0..m {
+        for kk in 0..k {
+            let a = x[r * k + kk];
+            for c in 0..n {
+                out[r * n + c] += a * w[kk * n + c];
+                mag[r * n + c] += (a * w[kk * n + c]).abs();
+            }
+        }
+    }
+    (out, mag)
+}
+
+#[test]
+fn the_gemv_kernel_equals_a_float64_reference_on_gpu_devices() {
+    use blip3_shaders::matvec::{MAX_KERNEL_ROWS, gemv};
+    use burn::tensor::DType;
+    let gpus = gpu_devices();
+    if gpus.is_empty() {
+        eprintln!("skipping wgpu: no GPU device for the GEMV kernel");
+        return;
+    }
+    let mut rng = Rng::new(21);
+    // (M, K, N): split-K over several cubes, K below one slice, a single column, widths that are
+    // not multiples of the cube's 32 or 8, every row count up to the kernel's limit.
+    let shapes = [
+        (1, 3072, 96),
+        (1, 700, 257),
+        (3, 1000, 33),
+        (MAX_KERNEL_ROWS, 512, 40),
+        (2, 5, 3),
+        (1, 300, 1),
+        (5, 64, 1000),
+    ];
+    for (name, device) in gpus {
+        for &(m, k, n) in &shapes {
+            for (x_dtype, w_dtype) in [
+                (DType::F32, DType::F32),
+                (DType::F16, DType::F16),
+                (DType::F32, DType::F16),
+            ] {
+                let x = tensor(&mut rng, [m, k], &device).cast(x_dtype);
+                let w_rows = tensor(&mut rng, [k, n], &device).cast(w_dtype);
+                // The same weights stored transposed (the LM head's layout), used as a view.
+                let w_cols = w_rows.clone().transpose().into_data();
+                let w_cols = Tensor::<2>::from_data(w_cols, &device)
+                    .cast(w_dtype)
+                    .transpose();
+                let (want, mag) = reference(&doubles(x.clone()), &doubles(w_rows.clone()), m, k, n);
+                for (layout, w) in [("rows", w_rows.clone()), ("transposed", w_cols)] {
+                    let got = gemv(x.clone(), w);
+                    assert_eq!(got.dims(), [m, n]);
+                    assert_eq!(got.dtype(), x_dtype, "{name} output dtype");
+                    let got = doubles(got);
+                    for i in 0..m * n {
+                        // f32 accumulation; an f16 output adds its own rounding (2^-11).
+                        let rel = if x_dtype == DType::F16 { 1e-3 } else { 0.0 };
+                        let tol = 2e-6 * mag[i] + rel * want[i].abs() + 1e-7;
+                        assert!(
+                            (got[i] - want[i]).abs() <= tol,
+                            "{name} {layout} ({m}, {k}, {n}) {x_dtype:?}x{w_dtype:?} at {i}: {} vs \
+                             {} (tolerance {tol})",
+                            got[i],
+                            want[i]
+                        );
+                    }
+                }
+            }
+        }
+        // Rows past the kernel's limit, and autodiff devices, take Burn's matmul: same results.
+        let x = tensor(&mut rng, [MAX_KERNEL_ROWS + 1, 64], &device);
+        let w = tensor(&mut rng, [64, 48], &device);
+        let d = max_abs_diff(
+            &floats(gemv(x.clone(), w.clone())),
+            &floats(x.clone().matmul(w.clone())),
+        );
+        assert!(d <= 1e-5, "{name}: {d}");
+        let ad = device.clone().autodiff();
+        let (xa, wa) = (x.to_device(&ad), w.to_device(&ad));
+        let d = max_abs_diff(
+            &floats(gemv(xa.clone(), wa.clone())),
+            &floats(xa.matmul(wa)),
+        );
+        assert!(d <= 1e-5, "{name} autodiff: {d}");
+    }
+}
