@@ -291,34 +291,57 @@ fn main() {
 
 /// Decoding's weight products, one token (`M = 1`): Burn's matmul against the blip3 GEMV kernel,
 /// with the weight-read bandwidth each reaches (`K·N·bytes / time`; the physical limit is the
-/// card's memory bandwidth). bf16 where the device has it.
+/// card's memory bandwidth), and PyTorch's `x @ w` on `BLIP3_BENCH_TORCH_DEVICE` (default `cuda`
+/// when the bench device is cuda, else `cpu`) through `BLIP3_PYTHON` (default `python3`) when
+/// torch is there. bf16 where the device has it.
 fn gemv_section(device: &Device, dtypes: &[DType], reps: usize, full: bool, filter: &str) {
-    // Phi-3 mini's decoder products (K, N); the small scale halves the big ones for lavapipe.
+    // Phi-3 mini's decoder products (K, N); the small scale quarters the big ones for lavapipe.
     let shrink = |x: usize| if full { x } else { x / 4 };
-    let shapes = [
+    let shapes: Vec<(&str, usize, usize)> = [
         ("phi-3 qkv_proj", 3072, 9216),
         ("phi-3 o_proj", 3072, 3072),
         ("phi-3 gate_up_proj", 3072, shrink(16384)),
         ("phi-3 down_proj", shrink(8192), 3072),
         ("phi-3 lm_head (transposed table)", 3072, shrink(32064)),
-    ];
+    ]
+    .into_iter()
+    .filter(|(name, _, _)| name.contains(filter) || "gemv".contains(filter))
+    .collect();
     let mut dtypes = dtypes.to_vec();
     if device.supports_dtype(DType::BF16) && !dtypes.contains(&DType::BF16) {
         dtypes.push(DType::BF16);
     }
+    let short = |d: DType| match d {
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+        _ => "f32",
+    };
+    let layout = |name: &str| {
+        if name.contains("transposed") {
+            "transposed"
+        } else {
+            "rows"
+        }
+    };
+    let specs: Vec<String> = shapes
+        .iter()
+        .flat_map(|&(name, k, n)| {
+            dtypes
+                .iter()
+                .map(move |&d| format!("{k},{n},{},{}", short(d), layout(name)))
+        })
+        .collect();
+    let torch = torch_gemv_times(&specs, reps.max(5));
     println!();
     println!(
-        "| decode product M=1 | K×N | dtype | burn ms | blip3 ms | burn/blip3 | burn GB/s | blip3 GB/s |"
+        "| decode product M=1 | K×N | dtype | burn ms | blip3 ms | torch ms | burn/blip3 | \
+         torch/blip3 | blip3 GB/s | torch GB/s |"
     );
-    println!("|---|---|---|---:|---:|---:|---:|---:|");
+    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for (name, k, n) in shapes {
-        if !name.contains(filter) && !"gemv".contains(filter) {
-            continue;
-        }
         for &dtype in &dtypes {
             let x = Tensor::<2>::random([1, k], Distribution::Normal(0.0, 1.0), device).cast(dtype);
-            // The LM head multiplies by a transposed view of the embedding table.
-            let w = if name.contains("transposed") {
+            let w = if layout(name) == "transposed" {
                 Tensor::<2>::random([n, k], Distribution::Normal(0.0, 0.02), device)
                     .cast(dtype)
                     .transpose()
@@ -343,13 +366,69 @@ fn gemv_section(device: &Device, dtypes: &[DType], reps: usize, full: bool, filt
             };
             let burn = time(&|| x.clone().matmul(w.clone()));
             let ours = time(&|| gemv(x.clone(), w.clone()));
-            let bytes = (k * n * dtype.size()) as f64;
+            let spec = format!("{k},{n},{},{}", short(dtype), layout(name));
+            let theirs = torch.iter().find(|(s, _)| *s == spec).map(|(_, ms)| *ms);
+            let gbps = |ms: f64| (k * n * dtype.size()) as f64 / ms / 1e6;
+            let or_dash = |v: Option<f64>, digits: usize| {
+                v.map_or("-".to_string(), |v| format!("{v:.digits$}"))
+            };
             println!(
-                "| {name} | {k}×{n} | {dtype:?} | {burn:.3} | {ours:.3} | {:.2} | {:.0} | {:.0} |",
+                "| {name} | {k}×{n} | {dtype:?} | {burn:.3} | {ours:.3} | {} | {:.2} | {} | {:.0} | {} |",
+                or_dash(theirs, 3),
                 burn / ours,
-                bytes / burn / 1e6,
-                bytes / ours / 1e6
+                or_dash(theirs.map(|t| t / ours), 2),
+                gbps(ours),
+                or_dash(theirs.map(gbps), 0),
             );
+        }
+    }
+}
+
+/// PyTorch's median time per spec (`K,N,DTYPE,LAYOUT`), from `torch_gemv.py`; empty (with the
+/// reason printed) when Python or torch is missing.
+fn torch_gemv_times(specs: &[String], reps: usize) -> Vec<(String, f64)> {
+    if specs.is_empty() {
+        return Vec::new();
+    }
+    let python = std::env::var("BLIP3_PYTHON").unwrap_or_else(|_| "python3".into());
+    let bench_device = std::env::var("BLIP3_BENCH_DEVICE").unwrap_or_default();
+    let torch_device = std::env::var("BLIP3_BENCH_TORCH_DEVICE").unwrap_or_else(|_| {
+        if bench_device == "cuda" {
+            "cuda"
+        } else {
+            "cpu"
+        }
+        .into()
+    });
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/torch_gemv.py");
+    let out = std::process::Command::new(&python)
+        .arg(script)
+        .arg(&torch_device)
+        .arg(reps.to_string())
+        .args(specs)
+        .output();
+    match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let ms = f.get(4)?.parse::<f64>().ok()?;
+                Some((format!("{},{},{},{}", f[0], f[1], f[2], f[3]), ms))
+            })
+            .collect(),
+        Ok(o) => {
+            eprintln!(
+                "torch GEMV reference skipped ({python}): {}",
+                String::from_utf8_lossy(&o.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+            );
+            Vec::new()
+        }
+        Err(e) => {
+            eprintln!("torch GEMV reference skipped: cannot run {python}: {e}");
+            Vec::new()
         }
     }
 }
