@@ -44,12 +44,17 @@ pub struct Args {
     /// JSON-lines file the measured rows are appended to.
     #[arg(long, default_value = "runs/bench/remote.jsonl")]
     pub results: PathBuf,
+    /// The device the workers serve (e.g. `cuda`: the workers on the GPU, the trainer on the
+    /// CPU side); all workers share index 0.
+    #[arg(long, value_parser = crate::cmd::common::parse_device, default_value_t = crate::cmd::common::DeviceKindArg::Flex)]
+    pub worker_device: crate::cmd::common::DeviceKindArg,
 }
 
 /// One measured point.
 #[derive(Debug, serde::Serialize)]
 struct Point {
     config: String,
+    worker_device: String,
     workers: usize,
     batch_per_device: usize,
     ms_per_step: f64,
@@ -66,7 +71,7 @@ struct Worker {
 }
 
 impl Worker {
-    fn start(token: &str) -> Result<Worker> {
+    fn start(token: &str, device: &str) -> Result<Worker> {
         let exe = std::env::current_exe().context("the blip3 executable")?;
         let mut child = Command::new(exe)
             .args([
@@ -75,6 +80,8 @@ impl Worker {
                 "127.0.0.1:0",
                 "--token-env",
                 TOKEN_ENV,
+                "--device",
+                device,
             ])
             .args(["--log", "warn"])
             .env(TOKEN_ENV, token)
@@ -159,7 +166,7 @@ pub fn run(args: Args) -> Result<()> {
     let mut points = Vec::new();
     for preset in args.configs.split(',').map(str::trim) {
         let workers: Vec<Worker> = (0..*counts.iter().max().unwrap_or(&1))
-            .map(|_| Worker::start(&token))
+            .map(|_| Worker::start(&token, &args.worker_device.to_string()))
             .collect::<Result<_>>()?;
         let mut one_worker_rate = None;
         for &n in &counts {
@@ -205,6 +212,7 @@ pub fn run(args: Args) -> Result<()> {
             }
             points.push(Point {
                 config: preset.to_string(),
+                worker_device: args.worker_device.to_string(),
                 workers: n,
                 batch_per_device: args.batch,
                 ms_per_step,
