@@ -151,9 +151,21 @@ impl Worker {
     }
 
     fn start_on(listen: &str) -> Worker {
+        let worker = Worker::spawn(&["--listen", listen]);
+        assert!(
+            worker.address.starts_with("ws://127.0.0.1:"),
+            "{}",
+            worker.address
+        );
+        worker
+    }
+
+    /// Starts `blip3 worker ARGS` with the test token and reads the address from its start line.
+    fn spawn(args: &[&str]) -> Worker {
         let mut child = common::blip3()
-            .args(["worker", "--listen", listen, "--token-env", TOKEN_ENV])
-            .args(["--log", "info"])
+            .arg("worker")
+            .args(args)
+            .args(["--token-env", TOKEN_ENV, "--log", "info"])
             .env(TOKEN_ENV, TOKEN)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -168,7 +180,6 @@ impl Worker {
             .rsplit_once(" at ")
             .map(|(_, a)| a.to_string())
             .unwrap_or_else(|| panic!("unexpected worker start line {line:?}"));
-        assert!(address.starts_with("ws://127.0.0.1:"), "{address}");
         Worker { child, address }
     }
 }
@@ -501,23 +512,15 @@ fn an_iroh_worker_trains_like_a_websocket_worker_and_checks_the_token() {
     let free = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = free.local_addr().unwrap().port();
     drop(free);
-    let mut child = common::blip3()
-        .args(["worker", "--transport", "iroh", "--listen"])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--identity")
-        .arg(tmp.join("worker.key"))
-        .args(["--token-env", TOKEN_ENV, "--log", "info"])
-        .env(TOKEN_ENV, TOKEN)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the iroh worker");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let address = line.trim().rsplit_once(" at ").unwrap().1.to_string();
-    let iroh = Worker { child, address };
+    let key = tmp.join("worker.key");
+    let iroh = Worker::spawn(&[
+        "--transport",
+        "iroh",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--identity",
+        key.to_str().expect("a UTF-8 temp path"),
+    ]);
     assert!(
         iroh.address.starts_with("iroh://")
             && iroh.address.ends_with(&format!("@127.0.0.1:{port}")),
