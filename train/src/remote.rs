@@ -187,7 +187,8 @@ pub fn connect_all(
 /// Waits for a training run's result on `done` while watching its progress: when nothing has
 /// progressed for `quiet_limit` (the latest of the start, `last_beat()` and the previous probe),
 /// the workers of `remote` are probed; it returns `Err` with the addresses that do not answer,
-/// and keeps waiting (logging a warning) while they all do. A zero `quiet_limit` waits forever.
+/// and keeps waiting (logging a warning) while they all do; an empty `Err` means `done`'s sender
+/// went away without a result. A zero `quiet_limit` waits forever.
 /// Burn's remote client has no timeouts, so this is how a hung worker ends a run.
 pub fn wait_watched<T>(
     done: &mpsc::Receiver<T>,

@@ -304,6 +304,11 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary, Train
                         .unwrap_or_else(|| "a panic".into()),
                 ));
             }
+            Err(hung) if hung.is_empty() => {
+                return Err(TrainError::Stopped(
+                    "the training thread ended without a result".into(),
+                ));
+            }
             Err(hung) => {
                 let reason = format!(
                     "remote device(s) not answering: {} (no training progress for {} s, \
