@@ -71,12 +71,8 @@ impl AttentionPath {
     /// once (log warning) and also means the default.
     pub fn configured() -> AttentionPath {
         static CONFIGURED: OnceLock<AttentionPath> = OnceLock::new();
-        *CONFIGURED.get_or_init(|| match std::env::var(ATTENTION_ENV) {
-            Err(_) => AttentionPath::default(),
-            Ok(text) => AttentionPath::parse(&text).unwrap_or_else(|| {
-                log::warn!("{ATTENTION_ENV}={text:?} is not one of burn, blip3, auto; using auto");
-                AttentionPath::default()
-            }),
+        *CONFIGURED.get_or_init(|| {
+            crate::env_choice(ATTENTION_ENV, AttentionPath::parse, "burn, blip3, auto")
         })
     }
 }

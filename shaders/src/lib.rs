@@ -29,4 +29,21 @@ pub mod resample;
 mod resample_kernel;
 
 pub use attention::{AttentionPath, attention, attention_with, burn_attention, flash_attention};
+
+/// The choice named by the environment variable `var` (parsed by `parse`), or `T::default()` when
+/// it is unset; an unrecognised value is reported (log warning naming the `expected` values) and
+/// also means the default. The kernels' `*Path::configured` read their variable through this.
+pub(crate) fn env_choice<T: Default>(
+    var: &str,
+    parse: impl Fn(&str) -> Option<T>,
+    expected: &str,
+) -> T {
+    match std::env::var(var) {
+        Err(_) => T::default(),
+        Ok(text) => parse(&text).unwrap_or_else(|| {
+            log::warn!("{var}={text:?} is not one of {expected}; using the default");
+            T::default()
+        }),
+    }
+}
 pub use resample::{AxisCoefficients, ResampleError, ResampleFilter, resample_axis, resize_batch};

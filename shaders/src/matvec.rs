@@ -18,6 +18,9 @@ use rayon::prelude::*;
 /// Most rows the GEMV kernel takes (decoding batches up to this size); more go to Burn's matmul.
 pub const MAX_KERNEL_ROWS: usize = 8;
 
+/// The environment variable choosing [`GemvPath::configured`].
+pub const GEMV_ENV: &str = "BLIP3_GEMV";
+
 /// Which implementation [`row_matmul`] uses on CubeCL devices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum GemvPath {
@@ -38,17 +41,11 @@ impl GemvPath {
         }
     }
 
-    /// The process's default: `BLIP3_GEMV=burn|blip3` (read once; unknown values log a warning
-    /// and mean `burn`).
+    /// The process's default: [`GEMV_ENV`] = `burn|blip3` (read once; unset or an unknown value,
+    /// which is logged, means `burn`).
     pub fn configured() -> GemvPath {
         static PATH: std::sync::OnceLock<GemvPath> = std::sync::OnceLock::new();
-        *PATH.get_or_init(|| match std::env::var("BLIP3_GEMV") {
-            Ok(v) => GemvPath::parse(&v).unwrap_or_else(|| {
-                log::warn!("BLIP3_GEMV={v:?} is not burn or blip3; using burn");
-                GemvPath::Burn
-            }),
-            Err(_) => GemvPath::Burn,
-        })
+        *PATH.get_or_init(|| crate::env_choice(GEMV_ENV, GemvPath::parse, "burn, blip3"))
     }
 }
 
@@ -69,15 +66,7 @@ fn row_matmul_shape(x: &Shape, w: &Shape) -> Shape {
 /// `x · w` through the GEMV kernel wherever it applies (a CubeCL device without autodiff, float
 /// dtypes, `1 ≤ M ≤ MAX_KERNEL_ROWS`), Burn's matmul otherwise; the result has `x`'s dtype.
 pub fn gemv(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
-    let [m, _] = x.dims();
-    let device = x.device();
-    let float = |d: DType| matches!(d, DType::F32 | DType::F16 | DType::BF16);
-    let applies = crate::attention::is_cube_device(&device)
-        && !device.is_autodiff()
-        && (1..=MAX_KERNEL_ROWS).contains(&m)
-        && float(x.dtype())
-        && float(w.dtype());
-    if !applies {
+    if !gemv_applies(&x, &w) {
         let dtype = x.dtype();
         return x.matmul(w.cast(dtype));
     }
@@ -85,6 +74,18 @@ pub fn gemv(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
         x.into_dispatch(),
         w.into_dispatch(),
     ))
+}
+
+/// Whether [`gemv`] runs the kernel for `x · w`: a CubeCL device without autodiff, float dtypes
+/// (f32, f16, bf16) and `1 ≤ M ≤ MAX_KERNEL_ROWS`.
+pub fn gemv_applies(x: &Tensor<2>, w: &Tensor<2>) -> bool {
+    let device = x.device();
+    let float = |d: DType| matches!(d, DType::F32 | DType::F16 | DType::BF16);
+    crate::attention::is_cube_device(&device)
+        && !device.is_autodiff()
+        && (1..=MAX_KERNEL_ROWS).contains(&x.dims()[0])
+        && float(x.dtype())
+        && float(w.dtype())
 }
 
 /// Fewest weights (`K × columns`) worth a thread of its own: about 2 MB in f32. Below that the

@@ -56,6 +56,22 @@ fn split_product_equals_the_plain_product() {
 }
 
 #[test]
+fn the_gemv_path_parses_and_flex_never_takes_the_kernel() {
+    use blip3_shaders::matvec::{GemvPath, gemv_applies};
+    assert_eq!(GemvPath::parse(" Burn "), Some(GemvPath::Burn));
+    assert_eq!(GemvPath::parse("blip3"), Some(GemvPath::Blip3));
+    assert_eq!(GemvPath::parse("auto"), None);
+    assert_eq!(GemvPath::default(), GemvPath::Burn);
+    let device = Device::flex();
+    let mut rng = Rng::new(3);
+    let (x, w) = (
+        tensor(&mut rng, [1, 16], &device),
+        tensor(&mut rng, [16, 8], &device),
+    );
+    assert!(!gemv_applies(&x, &w), "flex has no GEMV kernel");
+}
+
+#[test]
 fn several_rows_small_weights_and_one_thread_fall_back() {
     let device = Device::flex();
     let mut rng = Rng::new(8);
@@ -104,7 +120,7 @@ fn reference(x: &[f64], w: &[f64], m: usize, k: usize, n: usize) -> (Vec<f64>, V
 
 #[test]
 fn the_gemv_kernel_equals_a_float64_reference_on_gpu_devices() {
-    use blip3_shaders::matvec::{MAX_KERNEL_ROWS, gemv};
+    use blip3_shaders::matvec::{MAX_KERNEL_ROWS, gemv, gemv_applies};
     use burn::tensor::DType;
     let gpus = gpu_devices();
     if gpus.is_empty() {
@@ -158,16 +174,29 @@ fn the_gemv_kernel_equals_a_float64_reference_on_gpu_devices() {
                 }
             }
         }
-        // Rows past the kernel's limit, and autodiff devices, take Burn's matmul: same results.
-        let x = tensor(&mut rng, [MAX_KERNEL_ROWS + 1, 64], &device);
+        // The routing: the kernel for 1..=8 rows of floats on the plain device; Burn's matmul for
+        // more rows and under autodiff (where the kernel has no backward), with the same product.
         let w = tensor(&mut rng, [64, 48], &device);
+        for m in 1..=MAX_KERNEL_ROWS {
+            assert!(
+                gemv_applies(&tensor(&mut rng, [m, 64], &device), &w),
+                "{name} M={m}"
+            );
+        }
+        let x = tensor(&mut rng, [MAX_KERNEL_ROWS + 1, 64], &device);
+        assert!(!gemv_applies(&x, &w), "{name}: 9 rows");
         let d = max_abs_diff(
             &floats(gemv(x.clone(), w.clone())),
             &floats(x.clone().matmul(w.clone())),
         );
         assert!(d <= 1e-5, "{name}: {d}");
         let ad = device.clone().autodiff();
-        let (xa, wa) = (x.to_device(&ad), w.to_device(&ad));
+        let (xa, wa) = (
+            Tensor::<2>::from_data(x.narrow(0, 0, 1).into_data(), &ad),
+            Tensor::<2>::from_data(w.into_data(), &ad),
+        );
+        assert!(xa.is_autodiff());
+        assert!(!gemv_applies(&xa, &wa), "{name}: autodiff");
         let d = max_abs_diff(
             &floats(gemv(xa.clone(), wa.clone())),
             &floats(xa.matmul(wa)),
