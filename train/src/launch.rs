@@ -39,6 +39,9 @@ pub struct ClusterEnv {
     pub master_addr: String,
     /// The trainer's rendezvous port.
     pub master_port: u16,
+    /// This process's rank on its node (`LOCAL_RANK` or `SLURM_LOCALID`), when the launcher says:
+    /// with one process per GPU, the device index a worker serves by default.
+    pub local_rank: Option<usize>,
     /// Which launcher's variables these came from (for messages).
     pub source: &'static str,
 }
@@ -71,6 +74,7 @@ impl ClusterEnv {
                     .trim()
                     .parse()
                     .map_err(|_| "MASTER_PORT is not a port number".to_string())?,
+                local_rank: num("LOCAL_RANK")?,
                 source: "torchrun (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT)",
             }
         } else if let Some(rank) = num("SLURM_PROCID")? {
@@ -94,6 +98,7 @@ impl ClusterEnv {
                         .map_err(|_| "BLIP3_RENDEZVOUS_PORT is not a port number".to_string())?,
                     None => DEFAULT_RENDEZVOUS_PORT,
                 },
+                local_rank: num("SLURM_LOCALID")?,
                 source: "Slurm (SLURM_PROCID, SLURM_NTASKS, SLURM_JOB_NODELIST)",
             }
         } else {
@@ -350,9 +355,11 @@ mod tests {
             ("WORLD_SIZE", "3"),
             ("MASTER_ADDR", "node1"),
             ("MASTER_PORT", "29501"),
+            ("LOCAL_RANK", "1"),
             ("SLURM_PROCID", "7"),
         ]))
         .unwrap();
+        assert_eq!(torchrun.local_rank, Some(1));
         assert_eq!(
             (
                 torchrun.rank,
@@ -371,6 +378,7 @@ mod tests {
         assert_eq!((slurm.rank, slurm.world_size), (1, 4));
         assert_eq!(slurm.master_addr, "gpu07");
         assert_eq!(slurm.master_port, DEFAULT_RENDEZVOUS_PORT);
+        assert_eq!(slurm.local_rank, None);
         for bad in [
             &[][..],
             &[("RANK", "0")][..],
@@ -397,6 +405,7 @@ mod tests {
             world_size: 3,
             master_addr: "127.0.0.1".into(),
             master_port: port,
+            local_rank: None,
             source: "test",
         };
         let workers = std::thread::spawn(move || {

@@ -23,8 +23,9 @@ pub struct Args {
     /// Ranks ≥ 1: the device kind to serve.
     #[arg(long, value_parser = parse_device, default_value_t = DeviceKindArg::Flex)]
     pub worker_device: DeviceKindArg,
-    /// Ranks ≥ 1: the device indices to serve (each becomes one replica).
-    #[arg(long = "worker-index", default_values_t = [0usize])]
+    /// Ranks ≥ 1: the device indices to serve (each becomes one replica). Default: the
+    /// launcher's local rank (`LOCAL_RANK`, `SLURM_LOCALID`; one process per GPU), else 0.
+    #[arg(long = "worker-index")]
     pub worker_indices: Vec<usize>,
     /// Ranks ≥ 1: where their Burn server listens (port 0: a free port, registered with rank 0).
     #[arg(long, default_value = "0.0.0.0:0")]
@@ -73,11 +74,13 @@ pub fn run(args: Args) -> Result<()> {
 /// A worker rank: serves its devices, registers them with rank 0, and returns when rank 0 closes
 /// the registration (its run ended).
 fn serve_as_worker(env: &ClusterEnv, args: &Args, token: &str, timeout: Duration) -> Result<()> {
-    let (server, name) = super::worker::server(
-        args.worker_device,
-        &args.worker_indices,
-        Some(token.to_string()),
-    )?;
+    let indices = if args.worker_indices.is_empty() {
+        vec![env.local_rank.unwrap_or(0)]
+    } else {
+        args.worker_indices.clone()
+    };
+    let (server, name) =
+        super::worker::server(args.worker_device, &indices, Some(token.to_string()))?;
     let listener = TcpListener::bind(args.worker_listen)
         .with_context(|| format!("--worker-listen {}: cannot bind", args.worker_listen))?;
     let address = listener.local_addr().context("listening address")?;
@@ -86,13 +89,7 @@ fn serve_as_worker(env: &ClusterEnv, args: &Args, token: &str, timeout: Duration
             log::error!("worker on ws://{address}: {e}");
         }
     });
-    let registration = register(
-        env,
-        address.port(),
-        args.worker_indices.len(),
-        token,
-        timeout,
-    )?;
+    let registration = register(env, address.port(), indices.len(), token, timeout)?;
     log::info!(
         "rank {}: serving {name} on port {}, registered with {}:{}",
         env.rank,
