@@ -1,5 +1,7 @@
 //! Kernel benchmark: the blip3 attention kernel against Burn's attention op for the shapes the
-//! model produces (SigLIP so400m, the perceiver resampler, Phi-3 mini prefill and decode), and
+//! model produces (SigLIP so400m, the perceiver resampler, Phi-3 mini prefill and decode), the
+//! same for a training step's forward and backward (the backward kernels against Burn's
+//! autodiff), and
 //! the decode GEMV kernel against Burn's matmul on Phi-3's weight products (with the bandwidth
 //! each reaches), and the resampling kernel on a batch of views, printing milliseconds per call
 //! and the ratio.
@@ -242,6 +244,7 @@ fn main() {
         }
     }
 
+    backward_section(&device, &dtypes, reps, full, &filter);
     gemv_section(&device, &dtypes, reps, full, &filter);
 
     // Resampling: a batch of 5 views of a 1000×750 RGB image to 384×384 (Pillow bicubic).
@@ -287,6 +290,72 @@ fn main() {
          one thread) {:.2} ms (medians of {reps})",
         cpu[cpu.len() / 2]
     );
+}
+
+/// Training: forward and backward of `sum(attention(q, k, v) · w)` under autodiff, Burn's
+/// attention (its own autodiff, which keeps the `[Sq, Sk]` probabilities from the forward) against
+/// the blip3 path (the forward kernel, then the two backward kernels from the saved inputs). The
+/// memory columns give the attention's own transient bytes beyond inputs and outputs: Burn's
+/// `[B, H, Sq, Sk]` probabilities (kept from forward to backward) and, in the backward, about
+/// three more tensors of that size; blip3's `[B, H, Sq, 2]` f32 statistics.
+fn backward_section(device: &Device, dtypes: &[DType], reps: usize, full: bool, filter: &str) {
+    println!();
+    println!("attention forward + backward (autodiff):");
+    println!();
+    println!(
+        "| shape | dtype | burn ms | blip3 ms | burn/blip3 | burn transient MiB (est.) | blip3 transient MiB |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    let ad = device.clone().autodiff();
+    for s in shapes(full)
+        .into_iter()
+        .filter(|s| s.sq > 1 && s.name.contains(filter))
+    {
+        for &dtype in dtypes {
+            let warmup = 2;
+            let sets: Vec<Inputs> = (0..warmup + reps).map(|_| inputs(&s, &ad, dtype)).collect();
+            let time = |path: AttentionPath| {
+                let run = |(q, k, v, m): &Inputs| {
+                    let (q, k, v) = (
+                        q.clone().require_grad(),
+                        k.clone().require_grad(),
+                        v.clone().require_grad(),
+                    );
+                    let out =
+                        attention_with(path, q.clone(), k.clone(), v.clone(), m.clone(), s.causal);
+                    let grads = out.sum().backward();
+                    for t in [q, k, v] {
+                        let g = t.grad(&grads).expect("gradient");
+                        let _ = g.slice([0..1, 0..1, 0..1, 0..1]).into_data();
+                    }
+                };
+                for set in sets.iter().take(warmup) {
+                    run(set);
+                }
+                let mut times = Vec::new();
+                for set in &sets[warmup..] {
+                    let _ = device.sync();
+                    let t0 = Instant::now();
+                    run(set);
+                    let _ = device.sync();
+                    times.push(t0.elapsed().as_secs_f64() * 1e3);
+                }
+                times.sort_by(f64::total_cmp);
+                times[times.len() / 2]
+            };
+            let burn = time(AttentionPath::Burn);
+            let ours = time(AttentionPath::Blip3);
+            let mib = |bytes: usize| bytes as f64 / (1024.0 * 1024.0);
+            let scores = s.b * s.h * s.sq * s.sk * 4;
+            println!(
+                "| {} | {dtype:?} | {burn:.2} | {ours:.2} | {:.2} | {:.1} | {:.3} |",
+                s.name,
+                burn / ours,
+                mib(4 * scores),
+                mib(s.b * s.h * s.sq * 8)
+            );
+        }
+    }
 }
 
 /// Decoding's weight products, one token (`M = 1`): Burn's matmul against the blip3 GEMV kernel,

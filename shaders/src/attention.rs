@@ -12,6 +12,7 @@
 //! comes from the `BLIP3_ATTENTION` environment variable (`burn`, `blip3` or `auto`, read once).
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
 use burn::backend::autodiff::grads::Gradients;
@@ -32,6 +33,13 @@ pub const ATTENTION_ENV: &str = "BLIP3_ATTENTION";
 /// Largest head dimension (of queries/keys, and of values) the kernel accepts; larger heads go
 /// to Burn's op. The kernel keeps one query row and one output row per thread in registers.
 pub const MAX_KERNEL_HEAD_DIM: usize = 256;
+
+/// Largest head dimension (of queries/keys, and of values) the backward kernels accept; larger
+/// heads take the composed backward. Their per-element loops are unrolled so that the rows
+/// they keep stay in registers: at 256 that took lavapipe two minutes to compile, and the loop
+/// form gave wrong query gradients there (not understood; docs/kernels.md). Phi-3 (96), SigLIP
+/// (72) and the resampler (96) are well inside.
+pub const MAX_BACKWARD_KERNEL_HEAD_DIM: usize = 128;
 
 /// Fewest query rows (`B·H·Sq`) for which [`AttentionPath::Auto`] picks the kernel. The kernel
 /// gives each query row one thread that walks all keys, so its parallelism is the row count: on
@@ -160,6 +168,61 @@ pub fn flash_attention(
     Tensor::from_dispatch(out)
 }
 
+/// Gradients `[dq, dk, dv]` of attention (the module's contract) given the gradient of its
+/// output, `grad_out` (`[B, H, Sq, Dv]`), in O(Sq + Sk) memory on CubeCL devices (the backward
+/// kernels; docs/kernels.md), by tensor ops elsewhere. This is what the extension's autodiff
+/// backward runs; it is public for tests and benchmarks.
+pub fn attention_backward(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    mask: Option<Tensor<4, Bool>>,
+    grad_out: Tensor<4>,
+    causal: bool,
+) -> [Tensor<4>; 3] {
+    let mask = mask.map(|m| expand_mask(m, &q, &k));
+    if !extension_available(&q.device()) {
+        return composed_attention_backward::<Dispatch>(
+            q.into_dispatch(),
+            k.into_dispatch(),
+            v.into_dispatch(),
+            mask.map(Tensor::into_dispatch),
+            causal,
+            grad_out.into_dispatch(),
+        )
+        .map(Tensor::from_dispatch);
+    }
+    let (q, k, v, grad_out) = (
+        q.into_dispatch(),
+        k.into_dispatch(),
+        v.into_dispatch(),
+        grad_out.into_dispatch(),
+    );
+    let (dq, dk, dv) = match mask {
+        None => {
+            <Dispatch as FlashAttentionBackend>::flash_attention_backward(q, k, v, grad_out, causal)
+        }
+        Some(mask) => <Dispatch as FlashAttentionBackend>::flash_attention_backward_masked(
+            q,
+            k,
+            v,
+            mask.into_dispatch(),
+            grad_out,
+            causal,
+        ),
+    };
+    [dq, dk, dv].map(Tensor::from_dispatch)
+}
+
+/// How many times this process has run the backward kernels (always 0 without CubeCL). Tests
+/// read it to tell the kernels from the composed fallback, which gives the same numbers.
+pub fn backward_kernel_launches() -> usize {
+    BACKWARD_KERNEL_LAUNCHES.load(Ordering::Relaxed)
+}
+
+/// The counter behind [`backward_kernel_launches`], raised by the kernels' launcher.
+pub(crate) static BACKWARD_KERNEL_LAUNCHES: AtomicUsize = AtomicUsize::new(0);
+
 /// Broadcasts a `[B, H|1, Sq, Sk]` mask to `[B, H, Sq, Sk]` (a view, not a copy, on backends
 /// with strided tensors).
 fn expand_mask(mask: Tensor<4, Bool>, q: &Tensor<4>, k: &Tensor<4>) -> Tensor<4, Bool> {
@@ -258,6 +321,30 @@ pub trait FlashAttentionBackend: Backend {
         mask: BoolTensor<Self>,
         causal: bool,
     ) -> FloatTensor<Self>;
+
+    /// Gradients `(dq, dk, dv)` of [`flash_attention`](Self::flash_attention) given the
+    /// gradient of its output (`[B, H, Sq, Dv]`), in the inputs' dtype.
+    #[fusion(meta = |q, k, v, _grad_out, _causal| (q.clone(), k.clone(), v.clone()))]
+    fn flash_attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        grad_out: FloatTensor<Self>,
+        causal: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// Gradients `(dq, dk, dv)` of
+    /// [`flash_attention_masked`](Self::flash_attention_masked) given the gradient of its
+    /// output, in the inputs' dtype.
+    #[fusion(meta = |q, k, v, _mask, _grad_out, _causal| (q.clone(), k.clone(), v.clone()))]
+    fn flash_attention_backward_masked(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        mask: BoolTensor<Self>,
+        grad_out: FloatTensor<Self>,
+        causal: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
 
 #[cfg(feature = "flex")]
@@ -286,6 +373,30 @@ mod flex {
             causal: bool,
         ) -> FloatTensor<Self> {
             Flex::attention(q, k, v, Some(mask), None, options(causal))
+        }
+
+        fn flash_attention_backward(
+            q: FloatTensor<Self>,
+            k: FloatTensor<Self>,
+            v: FloatTensor<Self>,
+            grad_out: FloatTensor<Self>,
+            causal: bool,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+            let [dq, dk, dv] = composed_attention_backward::<Self>(q, k, v, None, causal, grad_out);
+            (dq, dk, dv)
+        }
+
+        fn flash_attention_backward_masked(
+            q: FloatTensor<Self>,
+            k: FloatTensor<Self>,
+            v: FloatTensor<Self>,
+            mask: BoolTensor<Self>,
+            grad_out: FloatTensor<Self>,
+            causal: bool,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+            let [dq, dk, dv] =
+                composed_attention_backward::<Self>(q, k, v, Some(mask), causal, grad_out);
+            (dq, dk, dv)
         }
     }
 
@@ -316,10 +427,38 @@ impl<B: FlashAttentionBackend, C: CheckpointStrategy> FlashAttentionBackend for 
     ) -> FloatTensor<Self> {
         autodiff_attention::<B, C>(q, k, v, Some(mask), causal)
     }
+
+    /// Under autodiff the gradients are composed of differentiable tensor ops (so they can
+    /// themselves be differentiated); the kernels run in the backward of the forward above.
+    fn flash_attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        grad_out: FloatTensor<Self>,
+        causal: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let [dq, dk, dv] = composed_attention_backward::<Self>(q, k, v, None, causal, grad_out);
+        (dq, dk, dv)
+    }
+
+    fn flash_attention_backward_masked(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        mask: BoolTensor<Self>,
+        grad_out: FloatTensor<Self>,
+        causal: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let [dq, dk, dv] =
+            composed_attention_backward::<Self>(q, k, v, Some(mask), causal, grad_out);
+        (dq, dk, dv)
+    }
 }
 
 /// Runs the inner backend's forward and records a backward that recomputes the attention
-/// probabilities from the saved inputs (no `[Sq, Sk]` tensor is kept between the passes).
+/// probabilities from the saved inputs (no `[Sq, Sk]` tensor is kept between the passes): the
+/// inner backend's [`FlashAttentionBackend::flash_attention_backward`] (the backward kernels on
+/// CubeCL devices, [`composed_attention_backward`] on Flex).
 fn autodiff_attention<B: FlashAttentionBackend, C: CheckpointStrategy>(
     q: FloatTensor<Autodiff<B, C>>,
     k: FloatTensor<Autodiff<B, C>>,
@@ -330,13 +469,23 @@ fn autodiff_attention<B: FlashAttentionBackend, C: CheckpointStrategy>(
     #[derive(Debug)]
     struct AttentionBackward;
 
-    impl<B: Backend> Backward<B, 3> for AttentionBackward {
+    impl<B: FlashAttentionBackend> Backward<B, 3> for AttentionBackward {
         type State = SavedAttention<B>;
 
         fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
             let [node_q, node_k, node_v] = ops.parents;
             let grad_out = grads.consume::<B>(&ops.node);
-            let [dq, dk, dv] = attention_backward::<B>(ops.state, grad_out);
+            let SavedAttention {
+                q,
+                k,
+                v,
+                mask,
+                causal,
+            } = ops.state;
+            let (dq, dk, dv) = match mask {
+                None => B::flash_attention_backward(q, k, v, grad_out, causal),
+                Some(mask) => B::flash_attention_backward_masked(q, k, v, mask, grad_out, causal),
+            };
             for (node, grad) in [(node_q, dq), (node_k, dk), (node_v, dv)] {
                 if let Some(node) = node {
                     grads.register::<B>(node.id, grad);
@@ -393,22 +542,21 @@ struct SavedAttention<B: Backend> {
 /// problems are processed in chunks of heads.
 const BACKWARD_CHUNK_SCORES: usize = 1 << 26;
 
-/// Gradients of attention with respect to `q`, `k` and `v`, recomputing the probabilities:
+/// Gradients of attention with respect to `q`, `k` and `v` composed of tensor ops, recomputing
+/// the probabilities (the Flex implementation of the backward, and the CubeCL fallback where the
+/// kernels cannot run):
 /// `P = softmax(S)`, `dV = Pᵀ·dO`, `dP = dO·Vᵀ`, `dS = P ∘ (dP − rowsum(P ∘ dP))`,
 /// `dQ = dS·K·scale`, `dK = dSᵀ·Q·scale`. Half-precision inputs are computed in f32 and the
 /// gradients cast back. Large problems are split over batch and heads so that at most
 /// [`BACKWARD_CHUNK_SCORES`] score elements live at once.
-fn attention_backward<B: Backend>(
-    saved: SavedAttention<B>,
+pub(crate) fn composed_attention_backward<B: Backend>(
+    q: FloatTensor<B>,
+    k: FloatTensor<B>,
+    v: FloatTensor<B>,
+    mask: Option<BoolTensor<B>>,
+    causal: bool,
     grad_out: FloatTensor<B>,
 ) -> [FloatTensor<B>; 3] {
-    let SavedAttention {
-        q,
-        k,
-        v,
-        mask,
-        causal,
-    } = saved;
     let dtype = q.dtype();
     let work_dtype = match dtype {
         DType::F16 | DType::BF16 => Some(FloatDType::F32),

@@ -33,6 +33,7 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
 use crate::attention::{FlashAttentionBackend, MAX_KERNEL_HEAD_DIM};
+use crate::attention_backward_kernel::launch_attention_backward;
 
 /// Output elements each thread folds per round when the row kernel merges partial states.
 const MERGE_CHUNK: usize = 8;
@@ -68,6 +69,27 @@ impl FlashAttentionBackend for CubeBackend {
         causal: bool,
     ) -> FloatTensor<Self> {
         launch_attention(q, k, v, Some(mask), causal)
+    }
+
+    fn flash_attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        grad_out: FloatTensor<Self>,
+        causal: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        launch_attention_backward(q, k, v, None, grad_out, causal)
+    }
+
+    fn flash_attention_backward_masked(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        mask: BoolTensor<Self>,
+        grad_out: FloatTensor<Self>,
+        causal: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        launch_attention_backward(q, k, v, Some(mask), grad_out, causal)
     }
 }
 

@@ -2,8 +2,9 @@
 //!
 //! * [`attention`]: scaled dot-product attention. On CubeCL devices (wgpu, CUDA) it runs a
 //!   flash-style kernel (online softmax, f32 accumulation, key tiles in shared memory); on Flex,
-//!   and wherever the kernel does not apply, Burn's own attention op. Under autodiff the kernel's
-//!   gradient is computed from the saved inputs with ordinary tensor operations.
+//!   and wherever the kernel does not apply, Burn's own attention op. Under autodiff the gradient
+//!   is recomputed from the saved inputs: by two backward kernels in O(S) memory on CubeCL
+//!   devices, by ordinary tensor operations on Flex.
 //! * [`resample`]: Pillow-exact separable image resampling (8-bit fixed point) of a batch of
 //!   images on the device, from coefficient tables computed on the host.
 //! * [`pillow`]: the same resampling on the host (the data crate's image pipeline uses it), bit
@@ -17,6 +18,8 @@
 
 pub mod attention;
 #[cfg(feature = "cube")]
+mod attention_backward_kernel;
+#[cfg(feature = "cube")]
 mod attention_kernel;
 #[cfg(feature = "cube")]
 pub mod device;
@@ -28,7 +31,9 @@ pub mod resample;
 #[cfg(feature = "cube")]
 mod resample_kernel;
 
-pub use attention::{AttentionPath, attention, attention_with, burn_attention, flash_attention};
+pub use attention::{
+    AttentionPath, attention, attention_backward, attention_with, burn_attention, flash_attention,
+};
 
 /// The choice named by the environment variable `var` (parsed by `parse`), or `T::default()` when
 /// it is unset; an unrecognised value is reported (log warning naming the `expected` values) and

@@ -5,7 +5,8 @@
 mod common;
 
 use blip3_shaders::attention::{
-    AttentionPath, MIN_KERNEL_ROWS, attention_with, burn_attention, is_cube_device, kernel_applies,
+    AttentionPath, MAX_BACKWARD_KERNEL_HEAD_DIM, MIN_KERNEL_ROWS, attention_backward,
+    attention_with, backward_kernel_launches, burn_attention, is_cube_device, kernel_applies,
     kernel_supports,
 };
 use burn::prelude::*;
@@ -105,52 +106,106 @@ impl Case {
         Inputs { q, k, v, mask }
     }
 
+    /// Float64 attention probabilities of query row `i` of head `(bi, hi)`, or `None` when the
+    /// row sees no key.
+    fn probabilities(&self, x: &Inputs, bi: usize, hi: usize, i: usize) -> Option<Vec<f64>> {
+        let (h, sq, sk, dh) = (self.h, self.sq, self.sk, self.dh);
+        let scale = 1.0 / (dh as f64).sqrt();
+        let bh = bi * h + hi;
+        let qi = &x.q[(bh * sq + i) * dh..(bh * sq + i + 1) * dh];
+        let mut scores = vec![f64::NEG_INFINITY; sk];
+        for (j, s) in scores.iter_mut().enumerate() {
+            let masked = match &x.mask {
+                Some((m, mh)) => {
+                    let hm = if *mh == 1 { 0 } else { hi };
+                    m[((bi * mh + hm) * sq + i) * sk + j]
+                }
+                None => false,
+            } || (self.causal && j + sq > i + sk);
+            if !masked {
+                let kj = &x.k[(bh * sk + j) * dh..(bh * sk + j + 1) * dh];
+                *s = qi
+                    .iter()
+                    .zip(kj)
+                    .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                    .sum::<f64>()
+                    * scale;
+            }
+        }
+        let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        if max == f64::NEG_INFINITY {
+            return None;
+        }
+        let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+        let total: f64 = weights.iter().sum();
+        Some(weights.into_iter().map(|w| w / total).collect())
+    }
+
     /// Float64 softmax attention on the host with the documented semantics.
     fn reference(&self, x: &Inputs) -> Vec<f32> {
-        let (b, h, sq, sk, dh, dv) = (self.b, self.h, self.sq, self.sk, self.dh, self.dv);
-        let scale = 1.0 / (dh as f64).sqrt();
+        let (b, h, sq, sk, dv) = (self.b, self.h, self.sq, self.sk, self.dv);
         let mut out = vec![0f32; b * h * sq * dv];
         for bi in 0..b {
             for hi in 0..h {
                 let bh = bi * h + hi;
                 for i in 0..sq {
-                    let qi = &x.q[(bh * sq + i) * dh..(bh * sq + i + 1) * dh];
-                    let mut scores = vec![f64::NEG_INFINITY; sk];
-                    for (j, s) in scores.iter_mut().enumerate() {
-                        let masked = match &x.mask {
-                            Some((m, mh)) => {
-                                let hm = if *mh == 1 { 0 } else { hi };
-                                m[((bi * mh + hm) * sq + i) * sk + j]
-                            }
-                            None => false,
-                        } || (self.causal && j + sq > i + sk);
-                        if !masked {
-                            let kj = &x.k[(bh * sk + j) * dh..(bh * sk + j + 1) * dh];
-                            *s = qi
-                                .iter()
-                                .zip(kj)
-                                .map(|(a, b)| f64::from(*a) * f64::from(*b))
-                                .sum::<f64>()
-                                * scale;
-                        }
-                    }
-                    let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                    if max == f64::NEG_INFINITY {
-                        continue; // fully masked row: zeros
-                    }
-                    let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
-                    let total: f64 = weights.iter().sum();
+                    // A fully masked row stays zeros.
+                    let Some(p) = self.probabilities(x, bi, hi, i) else {
+                        continue;
+                    };
                     for d in 0..dv {
-                        let mut acc = 0.0;
-                        for (j, w) in weights.iter().enumerate() {
-                            acc += w * f64::from(x.v[(bh * sk + j) * dv + d]);
-                        }
-                        out[(bh * sq + i) * dv + d] = (acc / total) as f32;
+                        let acc: f64 = (0..sk)
+                            .map(|j| p[j] * f64::from(x.v[(bh * sk + j) * dv + d]))
+                            .sum();
+                        out[(bh * sq + i) * dv + d] = acc as f32;
                     }
                 }
             }
         }
         out
+    }
+
+    /// Float64 gradients `[dq, dk, dv]` on the host given the output gradient `grad_out`
+    /// (`[B, H, Sq, Dv]`): `dV = Pᵀ·dO`, `dS = P ∘ (dO·Vᵀ − δ)` with `δ = rowsum(P ∘ dO·Vᵀ)`,
+    /// `dQ = scale·dS·K`, `dK = scale·dSᵀ·Q`.
+    fn reference_backward(&self, x: &Inputs, grad_out: &[f32]) -> [Vec<f64>; 3] {
+        let (b, h, sq, sk, dh, dv) = (self.b, self.h, self.sq, self.sk, self.dh, self.dv);
+        let scale = 1.0 / (dh as f64).sqrt();
+        let mut dq = vec![0f64; b * h * sq * dh];
+        let mut dk = vec![0f64; b * h * sk * dh];
+        let mut dval = vec![0f64; b * h * sk * dv];
+        for bi in 0..b {
+            for hi in 0..h {
+                let bh = bi * h + hi;
+                for i in 0..sq {
+                    let Some(p) = self.probabilities(x, bi, hi, i) else {
+                        continue;
+                    };
+                    let go = &grad_out[(bh * sq + i) * dv..(bh * sq + i + 1) * dv];
+                    let dp: Vec<f64> = (0..sk)
+                        .map(|j| {
+                            (0..dv)
+                                .map(|d| f64::from(go[d]) * f64::from(x.v[(bh * sk + j) * dv + d]))
+                                .sum()
+                        })
+                        .collect();
+                    let delta: f64 = p.iter().zip(&dp).map(|(p, dp)| p * dp).sum();
+                    for j in 0..sk {
+                        let ds = p[j] * (dp[j] - delta) * scale;
+                        for d in 0..dv {
+                            dval[(bh * sk + j) * dv + d] += p[j] * f64::from(go[d]);
+                        }
+                        for d in 0..dh {
+                            dq[(bh * sq + i) * dh + d] +=
+                                ds * f64::from(x.k[(bh * sk + j) * dh + d]);
+                            dk[(bh * sk + j) * dh + d] +=
+                                ds * f64::from(x.q[(bh * sq + i) * dh + d]);
+                        }
+                    }
+                }
+            }
+        }
+        [dq, dk, dval]
     }
 
     /// Device tensors for the inputs (cast to `dtype`).
@@ -535,6 +590,109 @@ fn gradients_match_finite_differences() {
         }
     }
     assert!(analytic.iter().all(|g| g.iter().any(|v| *v != 0.0)));
+}
+
+/// Backward cases: several cubes and tiles in both directions, partial ones, every mask kind,
+/// fully masked rows, causal with `Sq < Sk` and `Sq > Sk`, `Dv ≠ Dh`, strided inputs, the
+/// largest head the kernels take and one above it (the composed fallback).
+fn backward_cases() -> Vec<Case> {
+    vec![
+        case("bwd multi-tile dh64", 2, 3, 150, 130, 64),
+        Case {
+            causal: true,
+            strided: true,
+            ..case("bwd causal prefill after cache dh96", 1, 2, 70, 100, 96)
+        },
+        Case {
+            causal: true,
+            ..case("bwd causal sq>sk dh32", 1, 2, 80, 50, 32)
+        },
+        Case {
+            mask: MaskKind::SlidingWindow(7),
+            ..case("bwd sliding window dh48", 1, 2, 90, 90, 48)
+        },
+        Case {
+            mask: MaskKind::Random { p: 0.5, full: 5 },
+            dv: 24,
+            ..case("bwd random mask dv24 dh40", 2, 2, 33, 77, 40)
+        },
+        Case {
+            mask: MaskKind::KeyPadding(vec![60, 13]),
+            ..case("bwd resampler key padding dh32", 2, 4, 16, 76, 32)
+        },
+        Case {
+            mask: MaskKind::LeftPadding(vec![0, 9]),
+            ..case("bwd left padding prefill dh24", 2, 1, 40, 40, 24)
+        },
+        Case {
+            mask: MaskKind::LeftPadding(vec![5]),
+            ..case("bwd decode dh64", 1, 2, 1, 65, 64)
+        },
+        Case {
+            dv: 96,
+            ..case("bwd head 128 (kernel limit)", 1, 1, 20, 70, 128)
+        },
+        case("bwd head 256 (composed fallback)", 1, 1, 20, 70, 256),
+    ]
+}
+
+#[test]
+fn backward_matches_reference() {
+    for (device_name, device) in devices() {
+        for (seed, c) in backward_cases().iter().enumerate() {
+            // f16 on a few cases (each dtype compiles its own kernels, slow on lavapipe).
+            let mut dtypes = vec![(DType::F32, 1e-5f64)];
+            if device_name == "wgpu" && seed % 3 == 0 && device.supports_dtype(DType::F16) {
+                dtypes.push((DType::F16, 5e-3));
+            }
+            let x = c.inputs(300 + seed as u64);
+            let go = Rng::new(400 + seed as u64).vec(c.b * c.h * c.sq * c.dv, 1.0);
+            let want = c.reference_backward(&x, &go);
+            for &(dtype, tol) in &dtypes {
+                let (q, k, v, mask) = c.tensors(&x, &device, dtype);
+                let grad_out = Tensor::<4>::from_data(
+                    TensorData::new(go.clone(), [c.b, c.h, c.sq, c.dv]),
+                    &device,
+                )
+                .cast(dtype);
+                let cube = is_cube_device(&device);
+                if cube {
+                    assert!(kernel_supports(&q, &k, &v), "{}: kernel should run", c.name);
+                }
+                let launches = backward_kernel_launches();
+                let got = attention_backward(q, k, v, mask, grad_out, c.causal);
+                let got = got.map(doubles);
+                if cube {
+                    // Heads over the kernels' limit take the composed backward.
+                    let kernel = c.dh.max(c.dv) <= MAX_BACKWARD_KERNEL_HEAD_DIM;
+                    assert_eq!(
+                        backward_kernel_launches() > launches,
+                        kernel,
+                        "{device_name} {}: backward kernels ran: expected {kernel}",
+                        c.name
+                    );
+                }
+                for (name, (g, w)) in ["q", "k", "v"].iter().zip(got.iter().zip(&want)) {
+                    let scale = w.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+                    let err = max_diff64(g, w);
+                    eprintln!(
+                        "{device_name} {dtype:?} {}: d{name} |blip3-ref| {err:.2e} (max |ref| {scale:.1})",
+                        c.name
+                    );
+                    assert!(
+                        err <= tol * scale,
+                        "{device_name} {dtype:?} {}: d{name} differs from the reference by {err}",
+                        c.name
+                    );
+                    assert!(
+                        w.iter().any(|v| *v != 0.0),
+                        "{}: reference d{name} is all zeros",
+                        c.name
+                    );
+                }
+            }
+        }
+    }
 }
 
 #[test]
