@@ -91,6 +91,9 @@ pub const ASSISTANT_TOKEN: &str = "<|assistant|>";
 /// The three special tokens the reference appends, in the order they get their ids.
 pub const MEDIA_TOKENS: [&str; 3] = [IMAGE_TOKEN, IMAGE_PLACEHOLDER_TOKEN, END_OF_CHUNK_TOKEN];
 
+/// Phi-3's base vocabulary (ids below its first special token, `<|endoftext|>` = 32000).
+pub const PHI3_BASE_VOCAB: usize = 32_000;
+
 const TINY_TOKENIZER_JSON: &str = include_str!("../assets/tiny-tokenizer/tokenizer.json");
 const TINY_TOKENIZER_CONFIG: &str = include_str!("../assets/tiny-tokenizer/tokenizer_config.json");
 
@@ -261,6 +264,47 @@ impl Blip3Tokenizer {
             "data/assets/tiny-tokenizer/tokenizer_config.json",
         )?;
         Self::from_json_str(TINY_TOKENIZER_JSON, &config, source)
+    }
+
+    /// The tiny tokenizer with its base vocabulary padded to `base_vocab` ids by tokens that
+    /// encoding never produces (`<unused_N>`: no merge builds them), its special tokens moved up
+    /// by the same amount. With Phi-3's 32,000 ([`PHI3_BASE_VOCAB`]) every special and media id
+    /// and [`initial_len`](Self::initial_len) (32,012) equal Phi-3's, while text tokenizes
+    /// exactly as with [`tiny`](Self::tiny): models built for Phi-3's vocabulary (the `mid` and
+    /// full presets) then train on the synthetic corpus with no download. A `base_vocab` at or
+    /// below the tiny one's gives the tiny tokenizer.
+    pub fn tiny_with_base_vocab(base_vocab: usize) -> Result<Self, DataError> {
+        let source = "data/assets/tiny-tokenizer (padded)";
+        let bad = |msg: &str| tokenizer_error(source, msg.to_string());
+        let mut json: serde_json::Value =
+            serde_json::from_str(TINY_TOKENIZER_JSON).map_err(|e| bad(&e.to_string()))?;
+        let vocab = json
+            .pointer_mut("/model/vocab")
+            .and_then(serde_json::Value::as_object_mut)
+            .ok_or_else(|| bad("no model.vocab object"))?;
+        let tiny_base = vocab.len();
+        let shift = base_vocab.saturating_sub(tiny_base);
+        for id in tiny_base..tiny_base + shift {
+            vocab.insert(format!("<unused_{id}>"), serde_json::Value::from(id));
+        }
+        let added = json
+            .get_mut("added_tokens")
+            .and_then(serde_json::Value::as_array_mut)
+            .ok_or_else(|| bad("no added_tokens array"))?;
+        for token in added {
+            let id = token
+                .get("id")
+                .and_then(serde_json::Value::as_u64)
+                .ok_or_else(|| bad("an added token has no id"))? as usize;
+            if id >= tiny_base {
+                token["id"] = serde_json::Value::from(id + shift);
+            }
+        }
+        let config = TokenizerConfig::from_json_str(
+            TINY_TOKENIZER_CONFIG,
+            "data/assets/tiny-tokenizer/tokenizer_config.json",
+        )?;
+        Self::from_json_str(&json.to_string(), &config, source)
     }
 
     /// Applies the reference's additions to an already parsed tokenizer.

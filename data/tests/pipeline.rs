@@ -283,3 +283,47 @@ fn invalid_configurations_are_refused() {
     };
     assert!(Pipeline::new(tok, bad_image).is_err());
 }
+
+/// The tiny tokenizer padded to Phi-3's vocabulary has Phi-3's special and media ids and
+/// initial length, and tokenizes text exactly as the tiny one (the padding is never produced).
+#[test]
+fn tiny_tokenizer_padded_to_phi3_ids() {
+    use blip3_data::tokenizer::PHI3_BASE_VOCAB;
+    let tiny = Blip3Tokenizer::tiny().unwrap();
+    let padded = Blip3Tokenizer::tiny_with_base_vocab(PHI3_BASE_VOCAB).unwrap();
+    assert_eq!(padded.initial_len(), 32_012);
+    assert_eq!(padded.media_ids(), [32_012, 32_013, 32_014]);
+    for (token, id) in [
+        ("<|endoftext|>", 32_000),
+        ("<|assistant|>", 32_001),
+        ("<|system|>", 32_006),
+        ("<|end|>", 32_007),
+        ("<|user|>", 32_010),
+        ("<pad>", 32_011),
+    ] {
+        assert_eq!(padded.token_to_id(token), Some(id), "{token}");
+    }
+    assert_eq!(padded.bos_id(), tiny.bos_id());
+    let shift = (PHI3_BASE_VOCAB - (tiny.initial_len() - 12)) as u32;
+    let text = "<|user|>\nWhat colour is the large cube?<|end|>\n<|assistant|>\nIt is red.<|end|>\n\
+                <image><|endofchunk|> Zebra quartz jumps!";
+    let a = tiny.encode(text, true).unwrap();
+    let b = padded.encode(text, true).unwrap();
+    assert_eq!(a.len(), b.len());
+    let base = (tiny.initial_len() - 12) as u32;
+    for (x, y) in a.iter().zip(&b) {
+        let want = if *x >= base { x + shift } else { *x };
+        assert_eq!(*y, want, "tiny id {x}");
+    }
+    assert!(
+        b.iter()
+            .all(|&id| id < base || id >= PHI3_BASE_VOCAB as u32)
+    );
+    assert_eq!(
+        padded.decode(&b, false).unwrap(),
+        tiny.decode(&a, false).unwrap()
+    );
+    // No padding: the tiny tokenizer itself.
+    let same = Blip3Tokenizer::tiny_with_base_vocab(0).unwrap();
+    assert_eq!(same.initial_len(), tiny.initial_len());
+}

@@ -43,15 +43,20 @@ pub enum TokenizerSource {
     Dir(PathBuf),
     /// The tiny test tokenizer committed in the data crate.
     Tiny,
+    /// The tiny test tokenizer padded to Phi-3's vocabulary (`tiny-phi3`: same special ids and
+    /// `initial_tokenizer_len` as Phi-3; see `Blip3Tokenizer::tiny_with_base_vocab`), for models
+    /// built for Phi-3's vocabulary trained on synthetic data.
+    TinyPhi3,
 }
 
 impl TokenizerSource {
-    /// Parses a command-line or config value: `tiny`, or a directory. `None` means the model
-    /// directory's own tokenizer.
+    /// Parses a command-line or config value: `tiny`, `tiny-phi3`, or a directory. `None` means
+    /// the model directory's own tokenizer.
     pub fn parse(value: Option<&str>) -> Self {
         match value {
             None => TokenizerSource::ModelDir,
             Some("tiny") => TokenizerSource::Tiny,
+            Some("tiny-phi3") => TokenizerSource::TinyPhi3,
             Some(dir) => TokenizerSource::Dir(PathBuf::from(dir)),
         }
     }
@@ -61,6 +66,7 @@ impl TokenizerSource {
     pub fn open_standalone(&self) -> Result<Blip3Tokenizer, ProcessorError> {
         match self {
             TokenizerSource::Tiny => Ok(Blip3Tokenizer::tiny()?),
+            TokenizerSource::TinyPhi3 => Ok(tiny_phi3()?),
             TokenizerSource::Dir(d) => Ok(Blip3Tokenizer::from_dir(d)?),
             TokenizerSource::ModelDir => Err(ProcessorError::Mismatch(
                 "a model built from a preset has no model directory to take the tokenizer from; \
@@ -171,6 +177,11 @@ pub fn load(
     })
 }
 
+/// The `tiny-phi3` tokenizer.
+fn tiny_phi3() -> Result<Blip3Tokenizer, blip3_data::DataError> {
+    Blip3Tokenizer::tiny_with_base_vocab(blip3_data::tokenizer::PHI3_BASE_VOCAB)
+}
+
 fn open_tokenizer(
     dir: &Path,
     source: &TokenizerSource,
@@ -179,6 +190,7 @@ fn open_tokenizer(
     Ok(match source {
         TokenizerSource::Dir(d) => (Blip3Tokenizer::from_dir(d)?, d.display().to_string()),
         TokenizerSource::Tiny => (Blip3Tokenizer::tiny()?, "tiny".to_string()),
+        TokenizerSource::TinyPhi3 => (tiny_phi3()?, "tiny-phi3".to_string()),
         TokenizerSource::ModelDir if dir.join("tokenizer.json").is_file() => {
             (Blip3Tokenizer::from_dir(dir)?, dir.display().to_string())
         }

@@ -48,7 +48,8 @@ pub struct ModelSection {
     /// A preset (`tiny`, `mid`, `xgenmm-phi3-mini-v1.5`) for a fresh model, or a model directory
     /// (HF layout or a blip3 checkpoint / export).
     pub init: String,
-    /// `tiny` (the built-in tokenizer) or a directory with `tokenizer.json`.
+    /// `tiny` (the built-in tokenizer), `tiny-phi3` (the same padded to Phi-3's vocabulary, for
+    /// the `mid` and full presets on synthetic data) or a directory with `tokenizer.json`.
     pub tokenizer: String,
 }
 
@@ -449,7 +450,7 @@ fn default_seed() -> u64 {
 
 /// Whether a `model.init` / `model.tokenizer` value names a built-in preset rather than a path.
 pub fn is_preset_name(s: &str) -> bool {
-    matches!(s, "tiny" | "mid" | "xgenmm-phi3-mini-v1.5")
+    matches!(s, "tiny" | "tiny-phi3" | "mid" | "xgenmm-phi3-mini-v1.5")
 }
 
 impl TrainConfig {

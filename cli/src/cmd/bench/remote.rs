@@ -25,11 +25,12 @@ pub struct Args {
     /// Worker counts to measure (comma separated).
     #[arg(long, default_value = "1,2,4")]
     pub workers: String,
-    /// Model presets (comma separated): tiny, or mid with `--tokenizer` (mid is built for the
-    /// 32,012-id Phi-3 vocabulary; the synthetic corpus's tiny tokenizer does not fit it).
+    /// Model presets (comma separated): tiny, mid. Mid is built for the 32,012-id Phi-3
+    /// vocabulary, so it reads the synthetic corpus through the `tiny-phi3` tokenizer (the tiny
+    /// one padded to Phi-3's ids) unless `--tokenizer` names a real one.
     #[arg(long, default_value = "tiny")]
     pub configs: String,
-    /// A directory with the Phi-3 `tokenizer.json` (needed by `mid`).
+    /// A directory with the Phi-3 `tokenizer.json`, for `mid` (default: `tiny-phi3`).
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
     /// Samples per device per step.
@@ -187,6 +188,8 @@ pub fn run(args: Args) -> Result<()> {
                 cfg.model.init = preset.to_string();
                 if let Some(t) = &args.tokenizer {
                     cfg.model.tokenizer = std::path::absolute(t)?.display().to_string();
+                } else if preset != "tiny" {
+                    cfg.model.tokenizer = "tiny-phi3".into();
                 }
                 cfg.optim.total_steps = steps;
                 cfg.optim.warmup_steps = cfg.optim.warmup_steps.min(steps);
