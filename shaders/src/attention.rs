@@ -182,15 +182,15 @@ pub fn attention_backward(
 ) -> [Tensor<4>; 3] {
     let mask = mask.map(|m| expand_mask(m, &q, &k));
     if !extension_available(&q.device()) {
-        return composed_attention_backward::<Dispatch>(
+        let (dq, dk, dv) = composed_attention_backward::<Dispatch>(
             q.into_dispatch(),
             k.into_dispatch(),
             v.into_dispatch(),
             mask.map(Tensor::into_dispatch),
             causal,
             grad_out.into_dispatch(),
-        )
-        .map(Tensor::from_dispatch);
+        );
+        return [dq, dk, dv].map(Tensor::from_dispatch);
     }
     let (q, k, v, grad_out) = (
         q.into_dispatch(),
@@ -382,8 +382,7 @@ mod flex {
             grad_out: FloatTensor<Self>,
             causal: bool,
         ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-            let [dq, dk, dv] = composed_attention_backward::<Self>(q, k, v, None, causal, grad_out);
-            (dq, dk, dv)
+            composed_attention_backward::<Self>(q, k, v, None, causal, grad_out)
         }
 
         fn flash_attention_backward_masked(
@@ -394,9 +393,7 @@ mod flex {
             grad_out: FloatTensor<Self>,
             causal: bool,
         ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-            let [dq, dk, dv] =
-                composed_attention_backward::<Self>(q, k, v, Some(mask), causal, grad_out);
-            (dq, dk, dv)
+            composed_attention_backward::<Self>(q, k, v, Some(mask), causal, grad_out)
         }
     }
 
@@ -437,8 +434,7 @@ impl<B: FlashAttentionBackend, C: CheckpointStrategy> FlashAttentionBackend for 
         grad_out: FloatTensor<Self>,
         causal: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let [dq, dk, dv] = composed_attention_backward::<Self>(q, k, v, None, causal, grad_out);
-        (dq, dk, dv)
+        composed_attention_backward::<Self>(q, k, v, None, causal, grad_out)
     }
 
     fn flash_attention_backward_masked(
@@ -449,9 +445,7 @@ impl<B: FlashAttentionBackend, C: CheckpointStrategy> FlashAttentionBackend for 
         grad_out: FloatTensor<Self>,
         causal: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let [dq, dk, dv] =
-            composed_attention_backward::<Self>(q, k, v, Some(mask), causal, grad_out);
-        (dq, dk, dv)
+        composed_attention_backward::<Self>(q, k, v, Some(mask), causal, grad_out)
     }
 }
 
@@ -556,7 +550,7 @@ pub(crate) fn composed_attention_backward<B: Backend>(
     mask: Option<BoolTensor<B>>,
     causal: bool,
     grad_out: FloatTensor<B>,
-) -> [FloatTensor<B>; 3] {
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
     let dtype = q.dtype();
     let work_dtype = match dtype {
         DType::F16 | DType::BF16 => Some(FloatDType::F32),
@@ -610,10 +604,11 @@ pub(crate) fn composed_attention_backward<B: Backend>(
         }
         columns.map(|c| B::float_cat(c, 0))
     };
-    match work_dtype {
+    let [dq, dk, dv] = match work_dtype {
         Some(_) => grads.map(|g| B::float_cast(g, dtype.into())),
         None => grads,
-    }
+    };
+    (dq, dk, dv)
 }
 
 /// One chunk of [`attention_backward`], all tensors materialised.

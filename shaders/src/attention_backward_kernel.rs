@@ -33,8 +33,9 @@ use std::sync::atomic::Ordering;
 use crate::attention::{
     BACKWARD_KERNEL_LAUNCHES, MAX_BACKWARD_KERNEL_HEAD_DIM, composed_attention_backward,
 };
+use crate::tiles::{dot_column, stage_transposed, visible_key_end};
 
-/// Threads a cube runs, one output row each.
+/// Threads a cube runs, one output row each (and the stride of the cooperative staging).
 const THREADS: usize = 64;
 /// Shared memory the kernels allow themselves, at most (CUDA's static shared-memory limit).
 const SHARED_BUDGET: usize = 48 * 1024;
@@ -85,9 +86,7 @@ pub(crate) fn launch_attention_backward(
             (kt, qt)
         }
         _ => {
-            let [dq, dk, dv] =
-                composed_attention_backward::<CubeBackend>(q, k, v, mask, causal, grad_out);
-            return (dq, dk, dv);
+            return composed_attention_backward::<CubeBackend>(q, k, v, mask, causal, grad_out);
         }
     };
 
@@ -195,35 +194,6 @@ fn visible<M: Numeric>(
     seen
 }
 
-/// Copies rows `start..start + rows` of one head of `src` (`width` values a row, the head at
-/// `base`) transposed into `tile[d · (rows + 1) + r]` as f32; rows at or past `end` become
-/// zeros. Each of the cube's threads copies every [`THREADS`]-th element.
-#[cube]
-#[allow(clippy::too_many_arguments)]
-fn stage<F: Float>(
-    src: &Tensor<F>,
-    base: usize,
-    start: usize,
-    end: usize,
-    tile: &mut Shared<[f32]>,
-    #[comptime] width: usize,
-    #[comptime] rows: usize,
-) {
-    let stride = comptime!(rows + 1);
-    let mut i = UNIT_POS as usize;
-    while i < comptime!(rows * width) {
-        let r = i / width;
-        let d = i % width;
-        let row = start + r;
-        let mut x = 0.0f32;
-        if row < end {
-            x = f32::cast_from(src[base + row * src.stride(2) + d * src.stride(3)]);
-        }
-        tile[d * stride + r] = x;
-        i += THREADS;
-    }
-}
-
 /// The query kernel (see the module documentation): `dQ` and the `[lse, δ]` statistics of
 /// [`THREADS`] query rows of one head.
 #[cube(launch_unchecked)]
@@ -251,19 +221,13 @@ fn query_grad_kernel<F: Float, M: Numeric>(
     let bh = CUBE_POS_Y as usize;
     let b = bh / heads;
     let h = bh % heads;
+    let unit = UNIT_POS as usize;
     let block_start = CUBE_POS_X as usize * THREADS;
-    let row = block_start + UNIT_POS as usize;
+    let row = block_start + unit;
     let row_valid = row < sq;
 
     // Keys any row of this cube may see: all, or up to what its last row sees when causal.
-    let mut kv_end = sk;
-    if causal {
-        let reach = min(block_start + THREADS, sq) + sk;
-        kv_end = 0;
-        if reach > sq {
-            kv_end = min(reach - sq, sk);
-        }
-    }
+    let kv_end = visible_key_end(block_start, THREADS, sq, sk, causal);
 
     // The row's query (pre-scaled) and incoming gradient, in registers.
     let q_base = b * q.stride(0) + h * q.stride(1) + row * q.stride(2);
@@ -300,7 +264,7 @@ fn query_grad_kernel<F: Float, M: Numeric>(
     let mut weighted = 0.0f32;
     let mut tile_start = 0usize;
     while tile_start < kv_end {
-        stage::<F>(
+        stage_transposed::<F>(
             k,
             k_base,
             tile_start,
@@ -308,8 +272,11 @@ fn query_grad_kernel<F: Float, M: Numeric>(
             &mut k_tile,
             head_dim,
             tile_keys,
+            kt_stride,
+            unit,
+            THREADS,
         );
-        stage::<F>(
+        stage_transposed::<F>(
             v,
             v_base,
             tile_start,
@@ -317,21 +284,16 @@ fn query_grad_kernel<F: Float, M: Numeric>(
             &mut v_tile,
             val_dim,
             tile_keys,
+            kt_stride,
+            unit,
+            THREADS,
         );
         sync_cube();
         for j in 0..tile_keys {
             let key = tile_start + j;
             if visible::<M>(row, key, sq, sk, mask, mask_row, causal, has_mask) {
-                let mut s = 0.0f32;
-                #[unroll]
-                for d in 0..head_dim {
-                    s += q_row[d] * k_tile[d * kt_stride + j];
-                }
-                let mut dp = 0.0f32;
-                #[unroll]
-                for d in 0..val_dim {
-                    dp += go_row[d] * v_tile[d * kt_stride + j];
-                }
+                let s = dot_column(&q_row, &k_tile, j, kt_stride, head_dim);
+                let dp = dot_column(&go_row, &v_tile, j, kt_stride, val_dim);
                 if s > m {
                     let correction = f32::exp(m - s);
                     l *= correction;
@@ -366,7 +328,7 @@ fn query_grad_kernel<F: Float, M: Numeric>(
     }
     let mut tile_start = 0usize;
     while tile_start < kv_end {
-        stage::<F>(
+        stage_transposed::<F>(
             k,
             k_base,
             tile_start,
@@ -374,8 +336,11 @@ fn query_grad_kernel<F: Float, M: Numeric>(
             &mut k_tile,
             head_dim,
             tile_keys,
+            kt_stride,
+            unit,
+            THREADS,
         );
-        stage::<F>(
+        stage_transposed::<F>(
             v,
             v_base,
             tile_start,
@@ -383,21 +348,16 @@ fn query_grad_kernel<F: Float, M: Numeric>(
             &mut v_tile,
             val_dim,
             tile_keys,
+            kt_stride,
+            unit,
+            THREADS,
         );
         sync_cube();
         for j in 0..tile_keys {
             let key = tile_start + j;
             if visible::<M>(row, key, sq, sk, mask, mask_row, causal, has_mask) {
-                let mut s = 0.0f32;
-                #[unroll]
-                for d in 0..head_dim {
-                    s += q_row[d] * k_tile[d * kt_stride + j];
-                }
-                let mut dp = 0.0f32;
-                #[unroll]
-                for d in 0..val_dim {
-                    dp += go_row[d] * v_tile[d * kt_stride + j];
-                }
+                let s = dot_column(&q_row, &k_tile, j, kt_stride, head_dim);
+                let dp = dot_column(&go_row, &v_tile, j, kt_stride, val_dim);
                 let ds = f32::exp(s - lse) * (dp - delta);
                 #[unroll]
                 for d in 0..head_dim {
@@ -500,7 +460,7 @@ fn key_grad_kernel<F: Float, M: Numeric>(
 
     let mut tile_start = q_start;
     while tile_start < sq {
-        stage::<F>(
+        stage_transposed::<F>(
             q,
             q_base,
             tile_start,
@@ -508,8 +468,11 @@ fn key_grad_kernel<F: Float, M: Numeric>(
             &mut q_tile,
             head_dim,
             tile_queries,
+            t_stride,
+            unit,
+            THREADS,
         );
-        stage::<F>(
+        stage_transposed::<F>(
             grad_out,
             go_base,
             tile_start,
@@ -517,6 +480,9 @@ fn key_grad_kernel<F: Float, M: Numeric>(
             &mut go_tile,
             val_dim,
             tile_queries,
+            t_stride,
+            unit,
+            THREADS,
         );
         let mut i = unit;
         while i < tile_queries {
@@ -538,18 +504,12 @@ fn key_grad_kernel<F: Float, M: Numeric>(
                 let row = tile_start + i;
                 let mask_row = mask_head + row * mask.stride(2);
                 if visible::<M>(row, key, sq, sk, mask, mask_row, causal, has_mask) {
-                    let mut s = 0.0f32;
-                    #[unroll]
-                    for d in 0..head_dim {
-                        s += k_row[d] * q_tile[d * t_stride + i];
-                    }
+                    let s = dot_column(&k_row, &q_tile, i, t_stride, head_dim);
                     let p = f32::exp(s - lse_tile[i]);
-                    let mut dp = 0.0f32;
+                    let dp = dot_column(&v_row, &go_tile, i, t_stride, val_dim);
                     #[unroll]
                     for d in 0..val_dim {
-                        let go = go_tile[d * t_stride + i];
-                        dp += v_row[d] * go;
-                        dv[d] += p * go;
+                        dv[d] += p * go_tile[d * t_stride + i];
                     }
                     let ds = p * (dp - delta_tile[i]);
                     #[unroll]

@@ -18,9 +18,10 @@
 //!   are merged through shared memory at the end (log-sum-exp combination). Many threads a row
 //!   keep a cube busy along a long KV cache.
 //!
-//! (Over 600 lines because the two kernels share one launch plan, the staging helpers and the
-//! masking contract above; each kernel is one `#[cube]` function of tile arithmetic that reads
-//! best whole, next to the plan that sizes its tiles.)
+//! (Over 600 lines because the two kernels share one launch plan and the masking contract above
+//! (the staging helpers are in `tiles`, shared with the backward kernels); each kernel is one
+//! `#[cube]` function of tile arithmetic that reads best whole, next to the plan that sizes its
+//! tiles.)
 
 use burn::backend::Shape;
 use burn::backend::cubecl::dtype_to_storage_type;
@@ -34,6 +35,7 @@ use cubecl::prelude::*;
 
 use crate::attention::{FlashAttentionBackend, MAX_KERNEL_HEAD_DIM};
 use crate::attention_backward_kernel::launch_attention_backward;
+use crate::tiles::{stage_transposed, visible_key_end};
 
 /// Output elements each thread folds per round when the row kernel merges partial states.
 const MERGE_CHUNK: usize = 8;
@@ -296,59 +298,6 @@ fn launch_attention(
         },
     }
     out
-}
-
-/// End of the keys a block of query rows `block_start..block_start + block_rows` can see: all
-/// `sk`, or with `causal` (bottom-right aligned) up to what the block's last row sees.
-#[cube]
-fn visible_key_end(
-    block_start: usize,
-    block_rows: usize,
-    sq: usize,
-    sk: usize,
-    #[comptime] causal: bool,
-) -> usize {
-    let mut end = sk;
-    if causal {
-        let last = min(block_start + block_rows, sq);
-        let reach = last + sk;
-        end = 0;
-        if reach > sq {
-            end = min(reach - sq, sk);
-        }
-    }
-    end
-}
-
-/// Stages keys `tile_start..tile_start + tile_keys` of one head of `src` (`width` values a key,
-/// the head starting at `base`) transposed into `tile[d · stride + j]`, as f32; keys at or past
-/// `end` become zeros. Thread `unit` of `threads` copies every `threads`-th element.
-#[cube]
-#[allow(clippy::too_many_arguments)]
-fn stage_transposed<F: Float>(
-    src: &Tensor<F>,
-    base: usize,
-    tile_start: usize,
-    end: usize,
-    tile: &mut Shared<[f32]>,
-    #[comptime] width: usize,
-    #[comptime] tile_keys: usize,
-    #[comptime] stride: usize,
-    unit: usize,
-    #[comptime] threads: usize,
-) {
-    let mut i = unit;
-    while i < comptime!(tile_keys * width) {
-        let j = i / width;
-        let d = i % width;
-        let key = tile_start + j;
-        let mut x = 0.0f32;
-        if key < end {
-            x = f32::cast_from(src[base + key * src.stride(2) + d * src.stride(3)]);
-        }
-        tile[d * stride + j] = x;
-        i += threads;
-    }
 }
 
 /// The block kernel (see the module documentation). `F` is the tensor float type, `M` the mask

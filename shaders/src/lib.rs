@@ -30,6 +30,8 @@ pub mod pillow;
 pub mod resample;
 #[cfg(feature = "cube")]
 mod resample_kernel;
+#[cfg(feature = "cube")]
+mod tiles;
 
 pub use attention::{
     AttentionPath, attention, attention_backward, attention_with, burn_attention, flash_attention,
