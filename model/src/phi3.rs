@@ -299,6 +299,37 @@ impl Phi3Config {
     }
 }
 
+/// A full-sequence decoder pass taken one layer at a time ([`Phi3ForCausalLM::layer_pass`]):
+/// the attention plan and rotary tables every layer shares, computed once.
+pub struct LayerPass<'a> {
+    lm: &'a Phi3ForCausalLM,
+    plan: AttnPlan,
+    cos: Tensor<4>,
+    sin: Tensor<4>,
+}
+
+impl LayerPass<'_> {
+    /// Number of decoder layers.
+    pub fn num_layers(&self) -> usize {
+        self.lm.model.layers.len()
+    }
+
+    /// The input of layer 0: the embeddings `[B, T, D]` in the weights' dtype.
+    pub fn input(&self, embeds: Tensor<3>) -> Tensor<3> {
+        embeds.cast(self.lm.model.norm.gamma.val().dtype())
+    }
+
+    /// Decoder layer `i` on hidden states `x` (`[B, T, D]`).
+    pub fn layer(&self, i: usize, x: Tensor<3>) -> Tensor<3> {
+        self.lm.model.layers[i].forward(x, &self.cos, &self.sin, &self.plan, None)
+    }
+
+    /// The final norm and output head on the last layer's output: logits `[B, T, V]`.
+    pub fn head(&self, x: Tensor<3>) -> Tensor<3> {
+        self.lm.lm_head.forward(self.lm.model.norm.forward(x))
+    }
+}
+
 /// The attention pattern of one forward call.
 struct AttnPlan {
     mask: Option<Tensor<4, Bool>>,
@@ -432,6 +463,31 @@ impl Phi3ForCausalLM {
             }
         }
         Ok(self.model.norm.forward(x))
+    }
+
+    /// Prepares a full-sequence pass (no cache) over `mask` (`B` rows of `T` booleans) that runs
+    /// the decoder one layer at a time: [`LayerPass::layer`] then [`LayerPass::head`] compute
+    /// what [`forward_embeds`](Self::forward_embeds) does, so a trainer can keep only each
+    /// layer's input and rerun the layer in the backward (per-layer activation checkpointing).
+    pub fn layer_pass(
+        &self,
+        mask: &[Vec<bool>],
+        device: &Device,
+    ) -> Result<LayerPass<'_>, ModelError> {
+        let t = mask.first().map_or(0, Vec::len);
+        if mask.iter().any(|r| r.len() != t) {
+            return Err(ModelError::Input(
+                "attention mask rows must all have the same length".into(),
+            ));
+        }
+        let plan = self.plan(mask, 0, t, device);
+        let (cos, sin) = self.settings.rope.cos_sin(&plan.positions, device);
+        Ok(LayerPass {
+            lm: self,
+            plan,
+            cos,
+            sin,
+        })
     }
 
     /// Embeds token ids `[B, T]`.

@@ -194,6 +194,34 @@ fn visible<M: Numeric>(
     seen
 }
 
+/// Stages keys and values `tile_start..tile_start + tile_keys` of one head (at `k_base`,
+/// `v_base`) transposed into the query kernel's tiles, then waits for the cube.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn stage_keys_values<F: Float>(
+    k: &Tensor<F>,
+    v: &Tensor<F>,
+    k_base: usize,
+    v_base: usize,
+    tile_start: usize,
+    end: usize,
+    k_tile: &mut Shared<[f32]>,
+    v_tile: &mut Shared<[f32]>,
+    #[comptime] head_dim: usize,
+    #[comptime] val_dim: usize,
+    #[comptime] tile_keys: usize,
+) {
+    let unit = UNIT_POS as usize;
+    let stride = comptime!(tile_keys + 1);
+    stage_transposed::<F>(
+        k, k_base, tile_start, end, k_tile, head_dim, tile_keys, stride, unit, THREADS,
+    );
+    stage_transposed::<F>(
+        v, v_base, tile_start, end, v_tile, val_dim, tile_keys, stride, unit, THREADS,
+    );
+    sync_cube();
+}
+
 /// The query kernel (see the module documentation): `dQ` and the `[lse, δ]` statistics of
 /// [`THREADS`] query rows of one head.
 #[cube(launch_unchecked)]
@@ -264,31 +292,19 @@ fn query_grad_kernel<F: Float, M: Numeric>(
     let mut weighted = 0.0f32;
     let mut tile_start = 0usize;
     while tile_start < kv_end {
-        stage_transposed::<F>(
+        stage_keys_values::<F>(
             k,
-            k_base,
-            tile_start,
-            kv_end,
-            &mut k_tile,
-            head_dim,
-            tile_keys,
-            kt_stride,
-            unit,
-            THREADS,
-        );
-        stage_transposed::<F>(
             v,
+            k_base,
             v_base,
             tile_start,
             kv_end,
+            &mut k_tile,
             &mut v_tile,
+            head_dim,
             val_dim,
             tile_keys,
-            kt_stride,
-            unit,
-            THREADS,
         );
-        sync_cube();
         for j in 0..tile_keys {
             let key = tile_start + j;
             if visible::<M>(row, key, sq, sk, mask, mask_row, causal, has_mask) {
@@ -328,31 +344,19 @@ fn query_grad_kernel<F: Float, M: Numeric>(
     }
     let mut tile_start = 0usize;
     while tile_start < kv_end {
-        stage_transposed::<F>(
+        stage_keys_values::<F>(
             k,
-            k_base,
-            tile_start,
-            kv_end,
-            &mut k_tile,
-            head_dim,
-            tile_keys,
-            kt_stride,
-            unit,
-            THREADS,
-        );
-        stage_transposed::<F>(
             v,
+            k_base,
             v_base,
             tile_start,
             kv_end,
+            &mut k_tile,
             &mut v_tile,
+            head_dim,
             val_dim,
             tile_keys,
-            kt_stride,
-            unit,
-            THREADS,
         );
-        sync_cube();
         for j in 0..tile_keys {
             let key = tile_start + j;
             if visible::<M>(row, key, sq, sk, mask, mask_row, causal, has_mask) {

@@ -239,8 +239,12 @@ pub enum Precision {
 pub struct PrecisionSection {
     /// Precision mode.
     pub mode: Precision,
-    /// Recompute activations in the backward pass instead of storing them.
+    /// Recompute activations in the backward pass instead of storing them (Burn's op-level
+    /// checkpointing).
     pub gradient_checkpointing: bool,
+    /// Keep only each decoder layer's input and rerun the layer in the backward (next-token
+    /// stages; not with DPO or LoRA dropout, nor with `gradient_checkpointing`).
+    pub checkpoint_layers: bool,
 }
 
 impl Default for PrecisionSection {
@@ -248,6 +252,7 @@ impl Default for PrecisionSection {
         Self {
             mode: Precision::F32,
             gradient_checkpointing: false,
+            checkpoint_layers: false,
         }
     }
 }
@@ -574,6 +579,26 @@ impl TrainConfig {
                 self.data.num_workers
             ));
         }
+        if self.precision.checkpoint_layers {
+            if self.stage == Stage::Dpo {
+                return Err(
+                    "precision.checkpoint_layers covers the next-token stages, not dpo".into(),
+                );
+            }
+            if self.precision.gradient_checkpointing {
+                return Err(
+                    "precision.checkpoint_layers and gradient_checkpointing exclude each other"
+                        .into(),
+                );
+            }
+            if self.lora.as_ref().is_some_and(|l| l.dropout > 0.0) {
+                return Err(
+                    "precision.checkpoint_layers needs lora.dropout = 0 (the rerun layer \
+                            would draw other dropout masks than the forward)"
+                        .into(),
+                );
+            }
+        }
         if self.checkpoint.every_steps == 0 || self.checkpoint.keep_last == 0 {
             return Err("checkpoint.every_steps and keep_last must be > 0".into());
         }
@@ -671,6 +696,29 @@ mod tests {
         let r: Result<TrainConfig, _> =
             toml::from_str("stage = \"sft\"\n[optim]\nlearning_rate = 1\n");
         assert!(r.is_err());
+    }
+
+    #[test]
+    fn layer_checkpointing_is_refused_where_its_gradients_would_differ() {
+        let mut cfg = TrainConfig::new(Stage::Sft, "x");
+        cfg.precision.checkpoint_layers = true;
+        cfg.validate().unwrap();
+        let mut dpo = cfg.clone();
+        dpo.stage = Stage::Dpo;
+        assert!(dpo.validate().unwrap_err().contains("dpo"));
+        let mut both = cfg.clone();
+        both.precision.gradient_checkpointing = true;
+        assert!(both.validate().unwrap_err().contains("exclude"));
+        let mut lora = cfg.clone();
+        lora.lora = Some(LoraConfig {
+            rank: 4,
+            alpha: 8.0,
+            dropout: 0.05,
+            targets: vec!["qkv_proj".into()],
+        });
+        assert!(lora.validate().unwrap_err().contains("dropout"));
+        lora.lora.as_mut().unwrap().dropout = 0.0;
+        lora.validate().unwrap();
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod launch;
+mod layer_checkpoint;
 pub mod loss;
 pub mod metrics_file;
 pub mod monitor;

@@ -428,6 +428,7 @@ fn stage_model(
         dpo_beta: cfg.dpo.beta,
         dpo_reference: cfg.dpo.reference,
         compute_dtype: (cfg.precision.mode == Precision::Bf16Mixed).then_some(DType::BF16),
+        checkpoint_layers: cfg.precision.checkpoint_layers,
         grad_clip: cfg.optim.grad_clip,
         guard: guard.clone(),
         noised_negatives: (cfg.stage == Stage::Dpo && cfg.dpo.noised_image_negatives).then(|| {

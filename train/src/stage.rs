@@ -22,6 +22,7 @@ use burn::tensor::DType;
 use burn::train::{InferenceStep, Interrupter, TrainOutput, TrainStep};
 
 use crate::config::{DpoReference, Stage};
+use crate::layer_checkpoint::{self, LayerSegments};
 use crate::loss::{causal_lm_loss, dpo_loss, sequence_logprobs};
 use crate::monitor::StepOutput;
 
@@ -156,6 +157,9 @@ pub struct StageSettings {
     pub dpo_reference: DpoReference,
     /// bf16 mixed precision when set.
     pub compute_dtype: Option<DType>,
+    /// Per-decoder-layer activation checkpointing (`crate::layer_checkpoint`; next-token
+    /// stages).
+    pub checkpoint_layers: bool,
     /// Global-norm clipping threshold.
     pub grad_clip: Option<f64>,
     /// Shared run state.
@@ -229,6 +233,21 @@ impl StageModel {
                 Ok((loss, item))
             }
         }
+    }
+
+    /// [`compute`](Self::compute) for the next-token stages with per-decoder-layer activation
+    /// checkpointing: the loss, its statistics and the segments the backward reruns.
+    fn compute_checkpointed(
+        &self,
+        batch: &VlmBatch,
+    ) -> Result<(Tensor<1>, StepOutput, LayerSegments), String> {
+        let policy = self.compute_policy();
+        let out = layer_checkpoint::forward(&policy, &batch.input)?;
+        let labels = out.labels.ok_or("batch has no labels")?;
+        let (loss, tokens) = causal_lm_loss(out.logits, &labels);
+        let segments = out.segments;
+        let item = StepOutput::new(loss.clone().detach(), batch.len(), tokens);
+        Ok((loss, item, segments))
     }
 
     fn compute_dpo(
@@ -388,7 +407,13 @@ impl TrainStep for StageModel {
 
     fn step(&self, batch: VlmBatch) -> TrainOutput<StepOutput> {
         let guard = &self.settings.guard;
-        let (loss, item) = match self.compute(&batch) {
+        let computed = if self.settings.checkpoint_layers && self.settings.stage != Stage::Dpo {
+            self.compute_checkpointed(&batch)
+                .map(|(loss, item, segments)| (loss, item, Some(segments)))
+        } else {
+            self.compute(&batch).map(|(loss, item)| (loss, item, None))
+        };
+        let (loss, item, segments) = match computed {
             Ok(x) => x,
             Err(e) => {
                 guard.stop(format!("training step failed: {e}"));
@@ -411,7 +436,19 @@ impl TrainStep for StageModel {
         }
         let grads = (loss * self.settings.loss_scale).backward();
         let item = item.with_grad_norm(guard.last_grad_norm());
-        TrainOutput::new(self, grads, item)
+        match segments {
+            None => TrainOutput::new(self, grads, item),
+            Some(segments) => match segments.backward(grads, self) {
+                Ok(grads) => TrainOutput { grads, item },
+                Err(e) => {
+                    guard.stop(format!("training step failed: {e}"));
+                    TrainOutput {
+                        grads: GradientsParams::new(),
+                        item: item.skipped(),
+                    }
+                }
+            },
+        }
     }
 
     fn optimize(

@@ -71,6 +71,7 @@ fn settings(stage: Stage, guard: Arc<StepGuard>) -> StageSettings {
         dpo_beta: 0.1,
         dpo_reference: DpoReference::PolicyCopy,
         compute_dtype: None,
+        checkpoint_layers: false,
         grad_clip: None,
         guard,
         noised_negatives: None,
@@ -220,6 +221,88 @@ fn pretraining_step_matches_pytorch() {
     // The frozen ViT received no gradient.
     let vit = &model.policy.vision_encoder.encoder.layers[0].mlp.fc1.weight;
     assert!(out.grads.get::<2>(vit.id).is_none());
+}
+
+/// Per-decoder-layer activation checkpointing: the same loss and, for every parameter, the
+/// same gradient as one backward (and so the PyTorch reference's), with LoRA adapters too.
+#[test]
+fn layer_checkpointing_gives_the_gradients_of_one_backward() {
+    let device = Device::flex().autodiff();
+    let fx = read_fixture();
+    for lora in [false, true] {
+        let policy = if lora {
+            let cfg = LoraConfig {
+                rank: 4,
+                alpha: 8.0,
+                dropout: 0.0,
+                targets: LoraConfig::TARGETS.iter().map(|s| s.to_string()).collect(),
+            };
+            let m = loader::load_xgenmm_dir(&fixture("xgenmm"), &device, LoadOptions::default())
+                .unwrap()
+                .train();
+            set_trainable(m, &FreezeSection::default(), Some(&cfg), &device)
+        } else {
+            load_policy(&device)
+        };
+        let plain = StageModel::new(
+            policy.clone(),
+            None,
+            settings(Stage::Pretrain, Arc::new(StepGuard::new(3))),
+        );
+        let mut layered_settings = settings(Stage::Pretrain, Arc::new(StepGuard::new(3)));
+        layered_settings.checkpoint_layers = true;
+        let layered = StageModel::new(policy, None, layered_settings);
+        let a = TrainStep::step(&plain, pretrain_batch(&fx, &device));
+        let b = TrainStep::step(&layered, pretrain_batch(&fx, &device));
+        // The layers run on the inner backend in the forward: equal up to float rounding.
+        let (la, lb) = (a.item.loss_value(), b.item.loss_value());
+        assert!((la - lb).abs() <= 1e-5, "lora {lora}: loss {la} vs {lb}");
+        if !lora {
+            let want = fx.tensors["loss"].0[0];
+            assert!((b.item.loss_value() as f32 - want).abs() <= 1e-4);
+        }
+        struct Compare<'a> {
+            a: &'a GradientsParams,
+            b: &'a GradientsParams,
+            compared: usize,
+            worst: f32,
+        }
+        impl burn::module::ModuleVisitor for Compare<'_> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                let (x, y) = (self.a.get::<D>(param.id), self.b.get::<D>(param.id));
+                assert_eq!(x.is_some(), y.is_some(), "a gradient on one side only");
+                if let (Some(x), Some(y)) = (x, y) {
+                    let x = x.into_data().try_into_vec_as::<f32>().unwrap();
+                    let y = y.into_data().try_into_vec_as::<f32>().unwrap();
+                    let scale = x.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+                    self.worst = self.worst.max(max_diff(&x, &y) / scale);
+                    self.compared += 1;
+                }
+            }
+        }
+        let mut cmp = Compare {
+            a: &a.grads,
+            b: &b.grads,
+            compared: 0,
+            worst: 0.0,
+        };
+        layered.policy.visit(&mut cmp);
+        eprintln!(
+            "lora {lora}: {} gradients, worst relative difference {:.2e}",
+            cmp.compared, cmp.worst
+        );
+        assert_eq!(cmp.compared, a.grads.len(), "lora {lora}");
+        assert!(
+            cmp.compared > 10,
+            "lora {lora}: only {} gradients",
+            cmp.compared
+        );
+        assert!(
+            cmp.worst <= 1e-5,
+            "lora {lora}: gradients differ by {}",
+            cmp.worst
+        );
+    }
 }
 
 #[test]

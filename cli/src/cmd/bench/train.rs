@@ -47,8 +47,8 @@ pub struct Args {
     #[arg(long)]
     pub no_options: bool,
     /// Measure exactly these options per config instead of the default set (comma separated;
-    /// each is `baseline` or a `+`-joined set of `bf16`, `lora`, `checkpointing`, e.g.
-    /// `baseline,bf16,lora+bf16`).
+    /// each is `baseline` or a `+`-joined set of `bf16`, `lora`, `checkpointing` (Burn's
+    /// op-level), `layers` (per-decoder-layer checkpointing), e.g. `baseline,bf16,lora+bf16`).
     #[arg(long)]
     pub options: Option<String>,
     /// Device of the PyTorch reference (`cpu` or `cuda`; default: `cuda` with `--device cuda`,
@@ -186,6 +186,7 @@ fn measure(config: &str, option: &str, args: &Args) -> Result<Measurement> {
         dpo_beta: 0.1,
         dpo_reference: DpoReference::PolicyCopy,
         compute_dtype: has("bf16").then_some(DType::BF16),
+        checkpoint_layers: has("layers"),
         grad_clip: Some(1.0),
         guard: Arc::new(StepGuard::new(3)),
         noised_negatives: None,
@@ -359,6 +360,17 @@ pub fn run(args: Args) -> Result<()> {
             );
         }
     };
+    if let Some(options) = &args.options {
+        const KNOWN: [&str; 5] = ["baseline", "bf16", "lora", "checkpointing", "layers"];
+        for part in options.split(',').flat_map(|o| o.trim().split('+')) {
+            if !KNOWN.contains(&part) {
+                bail!(
+                    "--options: unknown option {part:?} (one of {})",
+                    KNOWN.join(", ")
+                );
+            }
+        }
+    }
     for config in args.configs.split(',').map(str::trim) {
         if let Some(options) = &args.options {
             for option in options.split(',').map(str::trim) {
@@ -392,9 +404,9 @@ pub fn run(args: Args) -> Result<()> {
         }
         if config == "mid" && !args.no_options {
             let options: &[&str] = if gpu {
-                &["lora", "checkpointing"]
+                &["lora", "checkpointing", "layers"]
             } else {
-                &["lora", "checkpointing", "bf16"]
+                &["lora", "checkpointing", "layers", "bf16"]
             };
             for &option in options {
                 match child(&args, config, option) {
