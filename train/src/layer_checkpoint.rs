@@ -60,7 +60,7 @@ pub(crate) fn forward(policy: &XGenMM, input: &MultimodalInput) -> Result<Forwar
         .layer_pass(&fused.mask, &device)
         .map_err(|e| e.to_string())?;
     // The decoder layers without autodiff: no graph, nothing kept but each layer's input.
-    let inner = policy.clone().valid();
+    let inner = policy.valid();
     let inner_pass = inner
         .lang_model
         .layer_pass(&fused.mask, &device.clone().without_autodiff())

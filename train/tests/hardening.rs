@@ -1,7 +1,8 @@
 //! `blip3 train` against bad input, interruption and misuse (issue 9): bad numbers in the config,
 //! an output directory that holds a run or is in use, a run whose step count is not a multiple of
 //! the checkpoint interval, a killed run's leftovers, a corrupt newest checkpoint and a resume with
-//! changed settings. Each runs the tiny model for a few steps on a small SFT corpus.
+//! changed settings; and a run with per-decoder-layer checkpointing against one without. Each
+//! runs the tiny model for a few steps on a small SFT corpus.
 
 use std::path::Path;
 
@@ -13,6 +14,18 @@ use blip3_train::monitor::LogRow;
 use blip3_train::run::RunState;
 use blip3_train::{RunOptions, TrainError, train};
 use burn::prelude::*;
+
+/// Runs [`train`] while holding a process-wide lock: a run seeds Flex's process-global generator
+/// and then initialises its model, so two runs at once (tests run in parallel) would draw each
+/// other's numbers and start from different weights.
+fn train_serial(
+    cfg: &TrainConfig,
+    options: &RunOptions,
+) -> Result<blip3_train::run::TrainSummary, TrainError> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    train(cfg, options)
+}
 
 const RESUME: RunOptions = RunOptions {
     resume: true,
@@ -134,7 +147,7 @@ fn a_short_last_window_stops_at_total_steps_and_a_killed_run_resumes_exactly() {
     let tmp = dir.path();
     corpus(tmp);
     // 5 steps in windows of 2: the third window has one step.
-    let a = train(&config(tmp, "a", 5, 2), &RunOptions::default()).unwrap();
+    let a = train_serial(&config(tmp, "a", 5, 2), &RunOptions::default()).unwrap();
     assert_eq!(a.steps, 5);
     let ck = tmp.join("a/checkpoints");
     let last: RunState = read_state(&ck, 3).unwrap();
@@ -148,7 +161,7 @@ fn a_short_last_window_stops_at_total_steps_and_a_killed_run_resumes_exactly() {
     killed_copy(&tmp.join("a"), &b, 1);
     let stale = b.join("checkpoints/.model-2.bpk.tmp-999999");
     std::fs::write(&stale, b"half a checkpoint").unwrap();
-    let s = train(&config(tmp, "b", 5, 2), &RESUME).unwrap();
+    let s = train_serial(&config(tmp, "b", 5, 2), &RESUME).unwrap();
     assert_eq!(s.resumed_from, Some(1));
     assert_eq!(s.steps, 5);
     assert!(
@@ -161,12 +174,42 @@ fn a_short_last_window_stops_at_total_steps_and_a_killed_run_resumes_exactly() {
     assert_eq!(worst, 0.0, "resumed weights differ by {worst}");
 }
 
+/// `precision.checkpoint_layers` through the whole run (config, stage settings, burn-train's
+/// loop): the same weights as the run without it.
+#[test]
+fn a_run_with_layer_checkpointing_ends_with_the_same_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path();
+    corpus(tmp);
+    let plain = train_serial(&config(tmp, "plain", 4, 2), &RunOptions::default()).unwrap();
+    let mut cfg = config(tmp, "layers", 4, 2);
+    cfg.precision.checkpoint_layers = true;
+    let layered = train_serial(&cfg, &RunOptions::default()).unwrap();
+    assert_eq!(layered.steps, 4);
+    let worst = max_param_diff(&weights(&plain.final_dir), &weights(&layered.final_dir)).unwrap();
+    eprintln!("largest weight difference {worst:.2e}");
+    assert!(worst <= 1e-5, "weights differ by {worst}");
+    let (a, b) = (
+        train_rows(&tmp.join("plain")),
+        train_rows(&tmp.join("layers")),
+    );
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        let (lx, ly) = (x.metrics["Loss"], y.metrics["Loss"]);
+        assert!(
+            (lx - ly).abs() <= 1e-5,
+            "step {}: loss {lx} vs {ly}",
+            x.step
+        );
+    }
+}
+
 #[test]
 fn resume_falls_back_past_a_corrupt_newest_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let tmp = dir.path();
     corpus(tmp);
-    let a = train(&config(tmp, "a", 4, 1), &RunOptions::default()).unwrap();
+    let a = train_serial(&config(tmp, "a", 4, 1), &RunOptions::default()).unwrap();
     let b = tmp.join("b");
     killed_copy(&tmp.join("a"), &b, 4);
     // The newest model file truncated (a full disk, say), the one before corrupted in place.
@@ -184,7 +227,7 @@ fn resume_falls_back_past_a_corrupt_newest_checkpoint() {
     bytes[mid] ^= 0x55;
     std::fs::write(&o3, bytes).unwrap();
 
-    let s = train(&config(tmp, "b", 4, 1), &RESUME).unwrap();
+    let s = train_serial(&config(tmp, "b", 4, 1), &RESUME).unwrap();
     assert_eq!(s.resumed_from, Some(2));
     let passed: Vec<usize> = s.rejected_checkpoints.iter().map(|r| r.window).collect();
     assert_eq!(passed, vec![4, 3]);
@@ -203,7 +246,7 @@ fn resume_falls_back_past_a_corrupt_newest_checkpoint() {
     for w in 3..=4 {
         std::fs::remove_file(state_path(&b.join("checkpoints"), w)).unwrap();
     }
-    let err = train(&config(tmp, "b", 4, 1), &RESUME).unwrap_err();
+    let err = train_serial(&config(tmp, "b", 4, 1), &RESUME).unwrap_err();
     assert!(matches!(err, TrainError::Checkpoint { .. }), "{err}");
     assert!(err.to_string().contains("scheduler-2.bpk"), "{err}");
 }
@@ -214,25 +257,25 @@ fn resume_with_settings_that_break_exactness_is_refused() {
     let tmp = dir.path();
     corpus(tmp);
     let cfg = config(tmp, "a", 2, 1);
-    train(&cfg, &RunOptions::default()).unwrap();
+    train_serial(&cfg, &RunOptions::default()).unwrap();
     let before = std::fs::read_to_string(tmp.join("a/config.toml")).unwrap();
 
     let mut changed = cfg.clone();
     changed.data.batch_size = 4;
-    let err = train(&changed, &RESUME).unwrap_err().to_string();
+    let err = train_serial(&changed, &RESUME).unwrap_err().to_string();
     assert!(err.contains("data.batch_size (was 2, now 4)"), "{err}");
     assert!(err.contains("state-2.json"), "{err}");
 
     let mut changed = cfg.clone();
     changed.seed = 10;
     changed.optim.grad_accum = 2;
-    let err = train(&changed, &RESUME).unwrap_err().to_string();
+    let err = train_serial(&changed, &RESUME).unwrap_err().to_string();
     assert!(err.contains("seed"), "{err}");
     assert!(err.contains("optim.grad_accum"), "{err}");
 
     let recipe = std::fs::read_to_string(tmp.join("mix.yaml")).unwrap();
     std::fs::write(tmp.join("mix.yaml"), recipe.replace("seed: 5", "seed: 6")).unwrap();
-    let err = train(&cfg, &RESUME).unwrap_err().to_string();
+    let err = train_serial(&cfg, &RESUME).unwrap_err().to_string();
     assert!(err.contains("data.train"), "{err}");
     std::fs::write(tmp.join("mix.yaml"), recipe).unwrap();
 
@@ -246,7 +289,7 @@ fn resume_with_settings_that_break_exactness_is_refused() {
     fine.data.num_workers = 2;
     fine.checkpoint.keep_last = 3;
     fine.monitor.renderer = blip3_train::config::Renderer::Plain;
-    let s = train(&fine, &RESUME).unwrap();
+    let s = train_serial(&fine, &RESUME).unwrap();
     assert_eq!(s.resumed_from, Some(2));
 }
 
@@ -256,11 +299,11 @@ fn an_output_directory_holding_a_run_is_refused_unless_overwritten() {
     let tmp = dir.path();
     corpus(tmp);
     let cfg = config(tmp, "a", 2, 1);
-    train(&cfg, &RunOptions::default()).unwrap();
+    train_serial(&cfg, &RunOptions::default()).unwrap();
     let out = tmp.join("a");
     let before = std::fs::read(out.join("final/model.bpk")).unwrap();
 
-    let err = train(&cfg, &RunOptions::default()).unwrap_err();
+    let err = train_serial(&cfg, &RunOptions::default()).unwrap_err();
     assert!(matches!(err, TrainError::OutDir { .. }), "{err}");
     let msg = err.to_string();
     assert!(msg.contains(&out.display().to_string()), "{msg}");
@@ -274,7 +317,7 @@ fn an_output_directory_holding_a_run_is_refused_unless_overwritten() {
         resume: true,
         overwrite: true,
     };
-    assert!(train(&cfg, &both).is_err());
+    assert!(train_serial(&cfg, &both).is_err());
 
     // --overwrite clears the previous run first: one run's rows and checkpoints afterwards.
     let mut other = cfg.clone();
@@ -311,7 +354,7 @@ fn a_second_run_in_a_locked_output_directory_is_refused() {
         .open(out.join(blip3_train::outdir::LOCK_FILE))
         .unwrap();
     held.try_lock().unwrap();
-    let err = train(&cfg, &RunOptions::default()).unwrap_err();
+    let err = train_serial(&cfg, &RunOptions::default()).unwrap_err();
     assert!(matches!(err, TrainError::OutDir { .. }), "{err}");
     assert!(err.to_string().contains("another `blip3 train`"), "{err}");
     assert!(
@@ -319,5 +362,5 @@ fn a_second_run_in_a_locked_output_directory_is_refused() {
         "the refused run wrote nothing"
     );
     drop(held);
-    train(&cfg, &RunOptions::default()).unwrap();
+    train_serial(&cfg, &RunOptions::default()).unwrap();
 }
