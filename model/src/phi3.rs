@@ -319,7 +319,8 @@ impl LayerPass<'_> {
         embeds.cast(self.lm.model.norm.gamma.val().dtype())
     }
 
-    /// Decoder layer `i` on hidden states `x` (`[B, T, D]`).
+    /// Decoder layer `i` on hidden states `x` (`[B, T, D]`). Panics when `i` is not below
+    /// [`num_layers`](Self::num_layers).
     pub fn layer(&self, i: usize, x: Tensor<3>) -> Tensor<3> {
         self.lm.model.layers[i].forward(x, &self.cos, &self.sin, &self.plan, None)
     }
