@@ -299,36 +299,14 @@ impl Phi3Config {
     }
 }
 
-/// A full-sequence decoder pass taken one layer at a time ([`Phi3ForCausalLM::layer_pass`]):
-/// the attention plan and rotary tables every layer shares, computed once.
-pub struct LayerPass<'a> {
-    lm: &'a Phi3ForCausalLM,
+/// What every decoder layer of one full-sequence pass shares (attention plan and rotary tables),
+/// computed once by [`Phi3ForCausalLM::layer_plan`] for running the decoder a layer at a time.
+/// Built on a device without autodiff, it serves passes with and without autodiff alike (its
+/// tensors are constants to autodiff).
+pub struct LayerPlan {
     plan: AttnPlan,
     cos: Tensor<4>,
     sin: Tensor<4>,
-}
-
-impl LayerPass<'_> {
-    /// Number of decoder layers.
-    pub fn num_layers(&self) -> usize {
-        self.lm.model.layers.len()
-    }
-
-    /// The input of layer 0: the embeddings `[B, T, D]` in the weights' dtype.
-    pub fn input(&self, embeds: Tensor<3>) -> Tensor<3> {
-        embeds.cast(self.lm.model.norm.gamma.val().dtype())
-    }
-
-    /// Decoder layer `i` on hidden states `x` (`[B, T, D]`). Panics when `i` is not below
-    /// [`num_layers`](Self::num_layers).
-    pub fn layer(&self, i: usize, x: Tensor<3>) -> Tensor<3> {
-        self.lm.model.layers[i].forward(x, &self.cos, &self.sin, &self.plan, None)
-    }
-
-    /// The final norm and output head on the last layer's output: logits `[B, T, V]`.
-    pub fn head(&self, x: Tensor<3>) -> Tensor<3> {
-        self.lm.lm_head.forward(self.lm.model.norm.forward(x))
-    }
 }
 
 /// The attention pattern of one forward call.
@@ -466,15 +444,13 @@ impl Phi3ForCausalLM {
         Ok(self.model.norm.forward(x))
     }
 
-    /// Prepares a full-sequence pass (no cache) over `mask` (`B` rows of `T` booleans) that runs
-    /// the decoder one layer at a time: [`LayerPass::layer`] then [`LayerPass::head`] compute
-    /// what [`forward_embeds`](Self::forward_embeds) does, so a trainer can keep only each
-    /// layer's input and rerun the layer in the backward (per-layer activation checkpointing).
-    pub fn layer_pass(
-        &self,
-        mask: &[Vec<bool>],
-        device: &Device,
-    ) -> Result<LayerPass<'_>, ModelError> {
+    /// The plan of a full-sequence pass (no cache) over `mask` (`B` rows of `T` booleans) that
+    /// runs the decoder one layer at a time: [`layer_input`](Self::layer_input), then
+    /// [`run_layer`](Self::run_layer) for every layer, then [`run_head`](Self::run_head)
+    /// compute what [`forward_embeds`](Self::forward_embeds) does, so a trainer can keep only
+    /// each layer's input and rerun the layer in the backward (per-layer activation
+    /// checkpointing).
+    pub fn layer_plan(&self, mask: &[Vec<bool>], device: &Device) -> Result<LayerPlan, ModelError> {
         let t = mask.first().map_or(0, Vec::len);
         if mask.iter().any(|r| r.len() != t) {
             return Err(ModelError::Input(
@@ -483,12 +459,28 @@ impl Phi3ForCausalLM {
         }
         let plan = self.plan(mask, 0, t, device);
         let (cos, sin) = self.settings.rope.cos_sin(&plan.positions, device);
-        Ok(LayerPass {
-            lm: self,
-            plan,
-            cos,
-            sin,
-        })
+        Ok(LayerPlan { plan, cos, sin })
+    }
+
+    /// Number of decoder layers.
+    pub fn num_layers(&self) -> usize {
+        self.model.layers.len()
+    }
+
+    /// The input of layer 0: the embeddings `[B, T, D]` in the weights' dtype.
+    pub fn layer_input(&self, embeds: Tensor<3>) -> Tensor<3> {
+        embeds.cast(self.model.norm.gamma.val().dtype())
+    }
+
+    /// Decoder layer `i` on hidden states `x` (`[B, T, D]`) under `plan`. Panics when `i` is
+    /// not below [`num_layers`](Self::num_layers).
+    pub fn run_layer(&self, i: usize, x: Tensor<3>, plan: &LayerPlan) -> Tensor<3> {
+        self.model.layers[i].forward(x, &plan.cos, &plan.sin, &plan.plan, None)
+    }
+
+    /// The final norm and output head on the last layer's output: logits `[B, T, V]`.
+    pub fn run_head(&self, x: Tensor<3>) -> Tensor<3> {
+        self.lm_head.forward(self.model.norm.forward(x))
     }
 
     /// Embeds token ids `[B, T]`.

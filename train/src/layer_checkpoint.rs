@@ -19,6 +19,7 @@
 //! the forward computed, so the decoder may not draw random numbers: the config refuses this
 //! option with LoRA dropout.
 
+use blip3_model::phi3::LayerPlan;
 use blip3_model::{MultimodalInput, Padding, XGenMM};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
@@ -31,8 +32,8 @@ pub(crate) struct LayerSegments {
     policy: XGenMM,
     /// The fused embeddings, with their autodiff graph into the vision side and the embeddings.
     embeds: Tensor<3>,
-    /// The real positions per row.
-    mask: Vec<Vec<bool>>,
+    /// The layers' shared attention plan and rotary tables (without autodiff).
+    plan: LayerPlan,
     /// Each decoder layer's input (without autodiff); entry 0 is the cast embeddings.
     inputs: Vec<Tensor<3>>,
     /// The last layer's output as a gradient-requiring leaf (the head's input).
@@ -54,32 +55,30 @@ pub(crate) fn forward(policy: &XGenMM, input: &MultimodalInput) -> Result<Forwar
     let fused = policy
         .fuse(input, Padding::Right)
         .map_err(|e| e.to_string())?;
-    let device = fused.embeds.device();
     let lm = &policy.lang_model;
-    let pass = lm
-        .layer_pass(&fused.mask, &device)
+    // One plan, on the device without autodiff: the layers' attention masks and rotary tables
+    // are constants for the autodiff reruns too.
+    let plain = fused.embeds.device().without_autodiff();
+    let plan = lm
+        .layer_plan(&fused.mask, &plain)
         .map_err(|e| e.to_string())?;
     // The decoder layers without autodiff: no graph, nothing kept but each layer's input.
     let inner = policy.valid();
-    let inner_pass = inner
-        .lang_model
-        .layer_pass(&fused.mask, &device.clone().without_autodiff())
-        .map_err(|e| e.to_string())?;
-    let mut x = pass.input(fused.embeds.clone()).inner();
-    let mut inputs = Vec::with_capacity(pass.num_layers());
-    for i in 0..pass.num_layers() {
+    let mut x = lm.layer_input(fused.embeds.clone()).inner();
+    let mut inputs = Vec::with_capacity(lm.num_layers());
+    for i in 0..lm.num_layers() {
         inputs.push(x.clone());
-        x = inner_pass.layer(i, x);
+        x = inner.lang_model.run_layer(i, x, &plan);
     }
     let last = x.autodiff().require_grad();
-    let logits = pass.head(last.clone());
+    let logits = lm.run_head(last.clone());
     Ok(Forward {
         logits,
         labels: fused.labels,
         segments: LayerSegments {
             policy: policy.clone(),
             embeds: fused.embeds,
-            mask: fused.mask,
+            plan,
             inputs,
             last,
         },
@@ -97,23 +96,19 @@ impl LayerSegments {
         let LayerSegments {
             policy,
             embeds,
-            mask,
+            plan,
             inputs,
             last,
         } = self;
+        let lm = &policy.lang_model;
         let missing = |what: &str| format!("layer checkpointing: no gradient reached {what}");
         let mut grad = last
             .grad(&loss_grads)
             .ok_or_else(|| missing("the last hidden states"))?;
         let mut all = GradientsParams::from_grads(loss_grads, module);
-        let device = embeds.device();
-        let pass = policy
-            .lang_model
-            .layer_pass(&mask, &device)
-            .map_err(|e| e.to_string())?;
         for (i, x) in inputs.into_iter().enumerate().rev() {
             let x = x.autodiff().require_grad();
-            let out = pass.layer(i, x.clone());
+            let out = lm.run_layer(i, x.clone(), &plan);
             let grads = (out * grad).sum().backward();
             grad = x
                 .grad(&grads)
@@ -122,7 +117,7 @@ impl LayerSegments {
         }
         // Into the vision side and the embeddings (the layers saw the embeddings cast to the
         // weights' dtype; the cast is part of this graph).
-        let grads = (pass.input(embeds) * grad).sum().backward();
+        let grads = (lm.layer_input(embeds) * grad).sum().backward();
         merge(&mut all, GradientsParams::from_grads(grads, module), module);
         Ok(all)
     }
