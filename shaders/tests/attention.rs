@@ -499,8 +499,13 @@ fn max_diff64(a: &[f64], b: &[f64]) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// Held by the tests that run the backward kernels, so that `backward_kernel_launches` (one
+/// counter per process) counts only the checking test's launches.
+static BACKWARD_KERNELS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn gradients_match_burn_autodiff() {
+    let _serial = BACKWARD_KERNELS.lock().unwrap_or_else(|e| e.into_inner());
     let cases = [
         Case {
             mask: MaskKind::Random { p: 0.4, full: 4 },
@@ -523,7 +528,14 @@ fn gradients_match_burn_autodiff() {
     for (device_name, device) in devices() {
         for (seed, c) in cases.iter().enumerate() {
             let x = c.inputs(100 + seed as u64);
+            let launches = backward_kernel_launches();
             let ours = gradients(AttentionPath::Blip3, c, &x, &device, DType::F32);
+            assert_eq!(
+                backward_kernel_launches() > launches,
+                is_cube_device(&device),
+                "{device_name} {}: the autodiff backward should run the kernels exactly on CubeCL",
+                c.name
+            );
             let burn = gradients(AttentionPath::Burn, c, &x, &device, DType::F32);
             for (name, (a, b)) in ["q", "k", "v"].iter().zip(ours.iter().zip(&burn)) {
                 let err = max_diff64(a, b);
@@ -638,6 +650,7 @@ fn backward_cases() -> Vec<Case> {
 
 #[test]
 fn backward_matches_reference() {
+    let _serial = BACKWARD_KERNELS.lock().unwrap_or_else(|e| e.into_inner());
     for (device_name, device) in devices() {
         for (seed, c) in backward_cases().iter().enumerate() {
             // f16 on a few cases (each dtype compiles its own kernels, slow on lavapipe).
