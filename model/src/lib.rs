@@ -15,6 +15,7 @@ pub mod error;
 pub mod generate;
 pub mod host;
 pub mod layout;
+pub mod linear;
 pub mod loader;
 pub mod lora;
 pub mod params;

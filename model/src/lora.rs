@@ -5,10 +5,11 @@
 //! (Kaiming, like PEFT) and `B` at zero, so attaching an adapter does not change the model.
 //! [`merge`](LoraBranch::merge_into) folds `scale · A·B` into the base weight for export.
 
-use blip3_shaders::matvec::row_matmul;
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
+
+use crate::linear::linear;
 
 /// Where and how to attach adapters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -119,21 +120,4 @@ pub fn adapted(base: &Linear, lora: Option<&LoraBranch>, x: Tensor<3>) -> Tensor
             y + l.forward(x).cast(dtype)
         }
     }
-}
-
-/// `base.forward(x)`; decoding (one token per row, at most `MAX_KERNEL_ROWS` rows) goes through
-/// [`blip3_shaders::matvec::row_matmul`], which splits a single row over the CPU threads on Flex
-/// and can run the GEMV kernel on GPUs (docs/kernels.md).
-fn linear(base: &Linear, x: Tensor<3>) -> Tensor<3> {
-    let [b, t, d] = x.dims();
-    if t != 1 || b > blip3_shaders::matvec::MAX_KERNEL_ROWS {
-        return base.forward(x);
-    }
-    let w = base.weight.val();
-    let n = w.dims()[1];
-    let mut y = row_matmul(x.reshape([b, d]), w);
-    if let Some(bias) = &base.bias {
-        y = y + bias.val().unsqueeze::<2>();
-    }
-    y.reshape([b, 1, n])
 }

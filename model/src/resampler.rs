@@ -15,6 +15,7 @@ use burn::tensor::activation::gelu;
 
 use crate::attention::{merge_heads, scaled_dot_product_attention, split_heads};
 use crate::config::PerceiverConfig;
+use crate::linear::linear;
 
 /// The attention block of one resampler layer.
 #[derive(Module, Debug)]
@@ -115,14 +116,14 @@ impl PerceiverAttention {
     ) -> Tensor<3> {
         let x = self.norm_media.forward(media);
         let l = self.norm_latents.forward(latents);
-        let q = split_heads(self.to_q.forward(l.clone()), self.heads);
-        let kv = self.to_kv.forward(Tensor::cat(vec![x, l], 1));
+        let q = split_heads(linear(&self.to_q, l.clone()), self.heads);
+        let kv = linear(&self.to_kv, Tensor::cat(vec![x, l], 1));
         let [_, _, two_inner] = kv.dims();
         let inner = two_inner / 2;
         let k = split_heads(kv.clone().narrow(2, 0, inner), self.heads);
         let v = split_heads(kv.narrow(2, inner, inner), self.heads);
         let out = scaled_dot_product_attention(q, k, v, key_mask, false);
-        self.to_out.forward(merge_heads(out))
+        linear(&self.to_out, merge_heads(out))
     }
 }
 
@@ -149,11 +150,11 @@ impl PerceiverResampler {
                 .forward(media.clone(), latents.clone(), key_mask.clone())
                 + latents;
             let ff = &layer.ff;
-            latents = ff
-                .fc2
-                .forward(gelu(ff.fc1.forward(ff.norm.forward(latents.clone()))))
-                + latents;
+            latents = linear(
+                &ff.fc2,
+                gelu(linear(&ff.fc1, ff.norm.forward(latents.clone()))),
+            ) + latents;
         }
-        self.projection.forward(self.norm.forward(latents))
+        linear(&self.projection, self.norm.forward(latents))
     }
 }

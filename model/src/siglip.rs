@@ -11,6 +11,7 @@ use burn::tensor::activation::sigmoid;
 
 use crate::attention::{merge_heads, scaled_dot_product_attention, split_heads};
 use crate::config::SiglipVisionConfig;
+use crate::linear::linear;
 
 /// Patch embedding plus learned positions.
 #[derive(Module, Debug)]
@@ -173,11 +174,11 @@ fn bicubic_matrix(input: usize, output: usize, device: &Device) -> Tensor<2> {
 
 impl SiglipAttention {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let q = split_heads(self.q_proj.forward(x.clone()), self.num_heads);
-        let k = split_heads(self.k_proj.forward(x.clone()), self.num_heads);
-        let v = split_heads(self.v_proj.forward(x), self.num_heads);
+        let q = split_heads(linear(&self.q_proj, x.clone()), self.num_heads);
+        let k = split_heads(linear(&self.k_proj, x.clone()), self.num_heads);
+        let v = split_heads(linear(&self.v_proj, x), self.num_heads);
         let out = scaled_dot_product_attention(q, k, v, None, false);
-        self.out_proj.forward(merge_heads(out))
+        linear(&self.out_proj, merge_heads(out))
     }
 }
 
@@ -194,9 +195,10 @@ fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 impl SiglipEncoderLayer {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let h = x.clone() + self.self_attn.forward(self.layer_norm1.forward(x));
-        let m = self.mlp.fc2.forward(gelu_tanh(
-            self.mlp.fc1.forward(self.layer_norm2.forward(h.clone())),
-        ));
+        let m = linear(
+            &self.mlp.fc2,
+            gelu_tanh(linear(&self.mlp.fc1, self.layer_norm2.forward(h.clone()))),
+        );
         h + m
     }
 }

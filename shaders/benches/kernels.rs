@@ -3,7 +3,8 @@
 //! same for a training step's forward and backward (the backward kernels against Burn's
 //! autodiff), and
 //! the decode GEMV kernel against Burn's matmul on Phi-3's weight products (with the bandwidth
-//! each reaches), and the resampling kernel on a batch of views, printing milliseconds per call
+//! each reaches), on CUDA the vendor GEMM (cuBLAS) against Burn's matmul and PyTorch on prefill
+//! products, and the resampling kernel on a batch of views, printing milliseconds per call
 //! and the ratio.
 //!
 //! Run: `cargo bench --workspace --bench kernels`. The device is wgpu by default
@@ -17,6 +18,7 @@
 use std::time::Instant;
 
 use blip3_shaders::attention::{AttentionPath, attention_with};
+use blip3_shaders::gemm::{is_cuda_device, vendor_available, vendor_matmul};
 use blip3_shaders::matvec::gemv;
 use blip3_shaders::pillow::resize_rgb8;
 use blip3_shaders::resample::{ResampleFilter, resize_batch};
@@ -246,6 +248,7 @@ fn main() {
 
     backward_section(&device, &dtypes, reps, full, &filter);
     gemv_section(&device, &dtypes, reps, full, &filter);
+    gemm_section(&device, reps, full, &filter);
 
     // Resampling: a batch of 5 views of a 1000×750 RGB image to 384×384 (Pillow bicubic).
     println!();
@@ -453,7 +456,102 @@ fn gemv_section(device: &Device, dtypes: &[DType], reps: usize, full: bool, filt
     }
 }
 
-/// PyTorch's median time per spec (`K,N,DTYPE,LAYOUT`), from `torch_gemv.py`; empty (with the
+/// Prefill and training products (many rows): Burn's matmul against the vendor GEMM (cuBLAS
+/// through [`vendor_matmul`]) and PyTorch's `x @ w` on the same card, with the TFLOP/s each
+/// reaches (the card's dense peak is the physical limit). CUDA devices only: elsewhere the vendor
+/// path is Burn's matmul itself.
+fn gemm_section(device: &Device, reps: usize, full: bool, filter: &str) {
+    if !"gemm".contains(filter) {
+        return;
+    }
+    if !is_cuda_device(device) {
+        println!("\ngemm section: CUDA devices only (the vendor GEMM is cuBLAS)");
+        return;
+    }
+    if !vendor_available() {
+        println!("\ngemm section: no cuBLAS library found (libcublas.so* on the library path)");
+        return;
+    }
+    // (name, M, K, N): Phi-3 mini on 704 tokens (a 2×2 any-res image and text), and SigLIP's MLP
+    // on five views of 729 patches; the small scale shortens M.
+    let rows = |m: usize| if full { m } else { m / 4 };
+    let shapes = [
+        ("phi-3 qkv_proj", rows(704), 3072, 9216, false),
+        ("phi-3 gate_up_proj", rows(704), 3072, 16384, false),
+        ("phi-3 down_proj", rows(704), 8192, 3072, false),
+        (
+            "phi-3 lm_head (transposed table)",
+            rows(704),
+            3072,
+            32064,
+            true,
+        ),
+        ("siglip fc1", rows(3645), 1152, 4304, false),
+    ];
+    let dtypes = [DType::F32, DType::BF16];
+    let short = |d: DType| if d == DType::BF16 { "bf16" } else { "f32" };
+    let spec = |m: usize, k: usize, n: usize, d: DType, t: bool| {
+        let layout = if t { "transposed" } else { "rows" };
+        format!("{k},{n},{},{layout},{m}", short(d))
+    };
+    let specs: Vec<String> = shapes
+        .iter()
+        .flat_map(|&(_, m, k, n, t)| dtypes.iter().map(move |&d| spec(m, k, n, d, t)))
+        .collect();
+    let torch = torch_gemv_times(&specs, reps.max(5));
+    println!();
+    println!(
+        "| prefill product | M×K×N | dtype | burn ms | cublas ms | torch ms | burn/cublas | \
+         torch/cublas | cublas TFLOP/s | torch TFLOP/s |"
+    );
+    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (name, m, k, n, transposed) in shapes {
+        for dtype in dtypes {
+            let x = Tensor::<2>::random([m, k], Distribution::Normal(0.0, 1.0), device).cast(dtype);
+            let w = if transposed {
+                Tensor::<2>::random([n, k], Distribution::Normal(0.0, 0.02), device)
+                    .cast(dtype)
+                    .transpose()
+            } else {
+                Tensor::<2>::random([k, n], Distribution::Normal(0.0, 0.02), device).cast(dtype)
+            };
+            let time = |f: &dyn Fn() -> Tensor<2>| {
+                for _ in 0..2 {
+                    let _ = f().slice([0..1, 0..1]).into_data();
+                }
+                let mut times = Vec::new();
+                for _ in 0..reps.max(5) {
+                    let _ = device.sync();
+                    let t0 = Instant::now();
+                    let out = f();
+                    let _ = device.sync();
+                    times.push(t0.elapsed().as_secs_f64() * 1e3);
+                    drop(out);
+                }
+                times.sort_by(f64::total_cmp);
+                times[times.len() / 2]
+            };
+            let burn = time(&|| x.clone().matmul(w.clone()));
+            let ours = time(&|| vendor_matmul(x.clone(), w.clone()));
+            let key = spec(m, k, n, dtype, transposed);
+            let theirs = torch.iter().find(|(s, _)| *s == key).map(|(_, ms)| *ms);
+            let tflops = |ms: f64| (2 * m * k * n) as f64 / ms / 1e9;
+            let or_dash = |v: Option<f64>, digits: usize| {
+                v.map_or("-".to_string(), |v| format!("{v:.digits$}"))
+            };
+            println!(
+                "| {name} | {m}×{k}×{n} | {dtype:?} | {burn:.3} | {ours:.3} | {} | {:.2} | {} | {:.1} | {} |",
+                or_dash(theirs, 3),
+                burn / ours,
+                or_dash(theirs.map(|t| t / ours), 2),
+                tflops(ours),
+                or_dash(theirs.map(tflops), 1),
+            );
+        }
+    }
+}
+
+/// PyTorch's median time per spec (`K,N,DTYPE,LAYOUT[,M]`), from `torch_gemv.py`; empty (with the
 /// reason printed) when Python or torch is missing.
 fn torch_gemv_times(specs: &[String], reps: usize) -> Vec<(String, f64)> {
     if specs.is_empty() {
@@ -480,9 +578,8 @@ fn torch_gemv_times(specs: &[String], reps: usize) -> Vec<(String, f64)> {
         Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
             .lines()
             .filter_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                let ms = f.get(4)?.parse::<f64>().ok()?;
-                Some((format!("{},{},{},{}", f[0], f[1], f[2], f[3]), ms))
+                let (spec, ms) = l.split_once(' ')?;
+                Some((spec.to_string(), ms.trim().parse::<f64>().ok()?))
             })
             .collect(),
         Ok(o) => {

@@ -1,8 +1,9 @@
-"""PyTorch's time for decoding's weight products, for the kernels benchmark's GEMV section.
+"""PyTorch's time for the model's weight products, for the kernels benchmark's GEMV (one row)
+and GEMM (prefill/training rows) sections.
 
-Usage: torch_gemv.py DEVICE REPS SPEC...   with SPEC = K,N,DTYPE,LAYOUT (DTYPE f32|f16|bf16,
-LAYOUT rows|transposed). Prints one line per SPEC: `K N DTYPE LAYOUT MS` (median of REPS calls
-after 3 warm-up calls, each call ending in a device sync), or exits non-zero without torch.
+Usage: torch_gemv.py DEVICE REPS SPEC...   with SPEC = K,N,DTYPE,LAYOUT[,M] (DTYPE f32|f16|bf16,
+LAYOUT rows|transposed, M rows, default 1). Prints one line per SPEC: `SPEC MS` (median of REPS
+calls after 3 warm-up calls, each call ending in a device sync), or exits non-zero without torch.
 """
 
 import sys
@@ -23,9 +24,10 @@ def main():
     # Full f32 products, as blip3 computes them (no TF32).
     torch.backends.cuda.matmul.allow_tf32 = False
     for spec in sys.argv[3:]:
-        k, n, dtype, layout = spec.split(",")
+        k, n, dtype, layout, *rows = spec.split(",")
         k, n, dt = int(k), int(n), DTYPES[dtype]
-        x = torch.randn(1, k, device=device, dtype=dt)
+        m = int(rows[0]) if rows else 1
+        x = torch.randn(m, k, device=device, dtype=dt)
         if layout == "transposed":
             w = (torch.randn(n, k, device=device) * 0.02).to(dt).t()
         else:
@@ -42,7 +44,7 @@ def main():
                 sync(device)
                 times.append((time.perf_counter() - t0) * 1e3)
         times.sort()
-        print(k, n, dtype, layout, times[len(times) // 2], flush=True)
+        print(spec, times[len(times) // 2], flush=True)
 
 
 if __name__ == "__main__":

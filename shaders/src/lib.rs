@@ -10,6 +10,8 @@
 //! * [`pillow`]: the same resampling on the host (the data crate's image pipeline uses it), bit
 //!   for bit Pillow's.
 //! * [`device`]: probing whether the wgpu backend works on this machine.
+//! * [`gemm`]: the linear layers' products, by Burn's matmul or by the vendor GEMM (cuBLAS on
+//!   CUDA devices, with an autodiff backward through the same extension).
 //! * [`matvec`]: products of a few rows with a matrix (decoding): split over the CPU threads on
 //!   Flex, a GEMV kernel on CubeCL devices.
 //!
@@ -21,8 +23,11 @@ pub mod attention;
 mod attention_backward_kernel;
 #[cfg(feature = "cube")]
 mod attention_kernel;
+#[cfg(feature = "cuda")]
+mod cublas;
 #[cfg(feature = "cube")]
 pub mod device;
+pub mod gemm;
 pub mod matvec;
 #[cfg(feature = "cube")]
 mod matvec_kernel;

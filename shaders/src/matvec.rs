@@ -94,8 +94,9 @@ pub const MIN_BLOCK_WEIGHTS: usize = 1 << 19;
 
 /// `x · w` for `x: [M, K]`, `w: [K, N]` (any strides, e.g. a transposed view). With `M = 1` on a
 /// Flex device without autodiff and a rayon pool of several threads, the columns are split over
-/// the pool; on CubeCL devices with [`GemvPath::configured`] = `blip3`, [`gemv`]; in every other
-/// case (training, several rows on the CPU, small `w`) it is `x.matmul(w)`. On the CPU the
+/// the pool; on CubeCL devices with [`GemvPath::configured`] = `blip3`, [`gemv`]; more than
+/// [`MAX_KERNEL_ROWS`] rows go through [`crate::gemm::matmul`] (the vendor GEMM where routed);
+/// in every other case (training, several rows on the CPU, small `w`) it is `x.matmul(w)`. On the CPU the
 /// result is the same product either way: each output column is one dot product, computed by the
 /// same kernel, whatever block it falls in.
 pub fn row_matmul(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
@@ -106,7 +107,14 @@ pub fn row_matmul(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
     }
     let blocks = column_blocks(m, k, n, &x.device());
     if blocks < 2 {
-        return x.matmul(w);
+        // More rows than decoding has (prefill, training): the linear layers' product, which
+        // is the vendor GEMM where that is routed (`gemm`); decoding rows stay off it, since
+        // each vendor call waits for the device twice.
+        return if m > MAX_KERNEL_ROWS {
+            crate::gemm::matmul(x, w)
+        } else {
+            x.matmul(w)
+        };
     }
     // Blocks start on 16-column boundaries (64 bytes in f32).
     let width = n.div_ceil(blocks).next_multiple_of(16);
