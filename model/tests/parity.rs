@@ -318,6 +318,31 @@ fn parity_on_wgpu_where_available() {
     }
 }
 
+/// The same parity checks with every linear layer's product sent through the vendor-GEMM
+/// extension (`BLIP3_MATMUL=extension` for this thread: Burn's matmul inside the extension on
+/// flex and wgpu, cuBLAS on CUDA), on flex and every GPU device here: the model's routing
+/// (`model/src/linear.rs`) computes the same layers, and it was taken.
+#[test]
+fn parity_with_products_through_the_matmul_extension() {
+    use blip3_shaders::gemm::{MatmulPath, extension_calls, with_path};
+    let devices = std::iter::once(("flex", Device::flex())).chain(gpu_devices());
+    for (name, device) in devices {
+        let before = extension_calls();
+        with_path(MatmulPath::Extension, || {
+            check_siglip(&device);
+            check_resampler(&device);
+            check_phi3(&device);
+            check_composite(&device);
+        });
+        let calls = extension_calls() - before;
+        eprintln!("parity through the extension on {name}: ok ({calls} products)");
+        assert!(
+            calls > 50,
+            "{name}: only {calls} products went through the extension"
+        );
+    }
+}
+
 /// A software Vulkan adapter (lavapipe/llvmpipe, what CI has) is recognised as one, so the CLI
 /// can warn that `--device wgpu` there is slower than `flex`.
 #[test]

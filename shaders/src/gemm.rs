@@ -9,11 +9,12 @@
 //! more products through the same extension, so training steps use cuBLAS too.
 //!
 //! The path is chosen by [`MatmulPath`], from the `BLIP3_MATMUL` environment variable (`burn`,
-//! the default until cuBLAS is measured on a GPU, or `cublas`).
-
-use std::sync::atomic::{AtomicUsize, Ordering};
+//! the default until cuBLAS is measured on a GPU; `cublas`; or `extension`, the extension on every
+//! device, which tests the model's wiring and the backward on the CPU).
 
 use burn::backend::autodiff::NodeId;
+use std::cell::Cell;
+
 use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
@@ -31,41 +32,48 @@ pub enum MatmulPath {
     /// Burn's matmul everywhere (the default until the vendor GEMM is measured on a GPU).
     #[default]
     Burn,
-    /// The [`VendorMatmulBackend`] extension: cuBLAS on CUDA devices, Burn's matmul elsewhere.
+    /// The [`VendorMatmulBackend`] extension on CUDA devices (cuBLAS); Burn's matmul elsewhere.
     Cublas,
+    /// The extension on every device that implements it: cuBLAS on CUDA, Burn's matmul inside
+    /// the extension (with the extension's own backward) on Flex and wgpu. For testing the
+    /// model's wiring and the backward on machines without CUDA.
+    Extension,
 }
 
 impl MatmulPath {
-    /// Parses `burn` or `cublas` (also `vendor`).
+    /// Parses `burn`, `cublas` (also `vendor`) or `extension`.
     pub fn parse(text: &str) -> Option<MatmulPath> {
         match text.trim().to_ascii_lowercase().as_str() {
             "burn" => Some(MatmulPath::Burn),
             "cublas" | "vendor" => Some(MatmulPath::Cublas),
+            "extension" => Some(MatmulPath::Extension),
             _ => None,
         }
     }
 
-    /// The process's default: [`MATMUL_ENV`] = `burn|cublas` (read once; unset or an unknown
-    /// value, which is logged, means `burn`).
+    /// The process's default: [`MATMUL_ENV`] = `burn|cublas|extension` (read once; unset or an
+    /// unknown value, which is logged, means `burn`).
     pub fn configured() -> MatmulPath {
         static PATH: std::sync::OnceLock<MatmulPath> = std::sync::OnceLock::new();
-        *PATH.get_or_init(|| crate::env_choice(MATMUL_ENV, MatmulPath::parse, "burn, cublas"))
+        *PATH.get_or_init(|| {
+            crate::env_choice(MATMUL_ENV, MatmulPath::parse, "burn, cublas, extension")
+        })
+    }
+
+    /// Whether products on `device` go through the extension on this path.
+    pub fn routes(self, device: &Device) -> bool {
+        match self {
+            MatmulPath::Burn => false,
+            MatmulPath::Cublas => is_cuda_device(device),
+            MatmulPath::Extension => extension_available(device),
+        }
     }
 }
 
-/// Products the vendor library computed in this process (forward and backward). Tests read it
+/// How many products cuBLAS has computed in this process (forward and backward). Tests read it
 /// to check that cuBLAS, not the fallback, ran.
-static VENDOR_CALLS: AtomicUsize = AtomicUsize::new(0);
-
-/// How many products cuBLAS has computed in this process.
 pub fn vendor_calls() -> usize {
-    VENDOR_CALLS.load(Ordering::Relaxed)
-}
-
-/// Counts one product computed by the vendor library.
-#[cfg(feature = "cuda")]
-pub(crate) fn count_vendor_call() {
-    VENDOR_CALLS.fetch_add(1, Ordering::Relaxed);
+    crate::cublas::calls()
 }
 
 /// Whether the vendor GEMM can run in this process: a build with the `cuda` feature and a cuBLAS
@@ -100,9 +108,9 @@ fn product_shape(lhs: &Shape, rhs: &Shape) -> Shape {
     Shape::new([lhs[0], rhs[1]])
 }
 
-/// `lhs · rhs` for `lhs: [M, K]`, `rhs: [K, N]`: through [`VendorMatmulBackend`] when
-/// [`MatmulPath::configured`] is `cublas` and the device is a CUDA device, Burn's matmul
-/// otherwise. `rhs` is cast to `lhs`'s dtype first.
+/// `lhs · rhs` for `lhs: [M, K]`, `rhs: [K, N]`: through [`VendorMatmulBackend`] where
+/// [`vendor_routed`] says so (`cublas` on a CUDA device), Burn's matmul otherwise. `rhs` is cast
+/// to `lhs`'s dtype first.
 pub fn matmul(lhs: Tensor<2>, rhs: Tensor<2>) -> Tensor<2> {
     if vendor_routed(&lhs.device()) {
         return vendor_matmul(lhs, rhs);
@@ -111,10 +119,45 @@ pub fn matmul(lhs: Tensor<2>, rhs: Tensor<2>) -> Tensor<2> {
     lhs.matmul(rhs.cast(dtype))
 }
 
-/// Whether [`matmul`] sends products on `device` to the vendor GEMM: [`MatmulPath::configured`]
-/// is `cublas` and `device` is a CUDA device.
+thread_local! {
+    /// This thread's path while [`with_path`] runs.
+    static PATH_OVERRIDE: Cell<Option<MatmulPath>> = const { Cell::new(None) };
+    /// Products this thread sent through the extension ([`extension_calls`]).
+    static EXTENSION_CALLS: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The path products on this thread take: the one [`with_path`] set, else
+/// [`MatmulPath::configured`].
+pub fn current_path() -> MatmulPath {
+    PATH_OVERRIDE
+        .with(Cell::get)
+        .unwrap_or_else(MatmulPath::configured)
+}
+
+/// Runs `f` with `path` as this thread's matmul path (the routing decision is made on the thread
+/// that builds the model's graph), then restores the previous one. Lets tests and benchmarks
+/// compare paths in one process without touching the environment.
+pub fn with_path<T>(path: MatmulPath, f: impl FnOnce() -> T) -> T {
+    struct Restore(Option<MatmulPath>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            PATH_OVERRIDE.with(|p| p.set(self.0));
+        }
+    }
+    let _restore = Restore(PATH_OVERRIDE.with(|p| p.replace(Some(path))));
+    f()
+}
+
+/// How many products this thread has sent through the extension ([`vendor_matmul`] on a device
+/// that implements it), whatever computed them.
+pub fn extension_calls() -> usize {
+    EXTENSION_CALLS.with(Cell::get)
+}
+
+/// Whether [`matmul`] sends products on `device` through the extension: this thread's
+/// [`current_path`] routes it ([`MatmulPath::routes`]).
 pub fn vendor_routed(device: &Device) -> bool {
-    MatmulPath::configured() == MatmulPath::Cublas && is_cuda_device(device)
+    current_path().routes(device)
 }
 
 /// `lhs · rhs` through [`VendorMatmulBackend`] on any device that implements it (cuBLAS on CUDA,
@@ -126,6 +169,7 @@ pub fn vendor_matmul(lhs: Tensor<2>, rhs: Tensor<2>) -> Tensor<2> {
     if !extension_available(&lhs.device()) {
         return lhs.matmul(rhs);
     }
+    EXTENSION_CALLS.with(|n| n.set(n.get() + 1));
     Tensor::from_dispatch(<Dispatch as VendorMatmulBackend>::vendor_matmul(
         lhs.into_dispatch(),
         rhs.into_dispatch(),
@@ -264,65 +308,5 @@ impl<B: VendorMatmulBackend, C: CheckpointStrategy> VendorMatmulBackend for Auto
                 prep.finish(B::vendor_matmul(lhs.into_primitive(), rhs.into_primitive()))
             }
         }
-    }
-}
-
-/// How cuBLAS reads one row-major operand: its column-major view is the operand's transpose
-/// (`transposed = false`: a row-major matrix with row stride `ld`) or the operand itself
-/// (`transposed = true`: a transposed view, unit row stride, column stride `ld`).
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Operand {
-    /// Pass cuBLAS's transpose flag.
-    pub(crate) transposed: bool,
-    /// The leading dimension.
-    pub(crate) ld: usize,
-}
-
-/// The layout in which a column-major GEMM (cuBLAS) reads the 2-D `shape`/`strides` in place,
-/// if any (only the cuBLAS path uses it).
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-pub(crate) fn operand_layout(shape: &[usize], strides: &[usize]) -> Option<Operand> {
-    let (rows, cols) = (shape[0], shape[1]);
-    if strides[1] == 1 && (rows == 1 || strides[0] >= cols) {
-        let ld = if rows == 1 { cols } else { strides[0] };
-        return Some(Operand {
-            transposed: false,
-            ld: ld.max(1),
-        });
-    }
-    if strides[0] == 1 && (cols == 1 || strides[1] >= rows) {
-        let ld = if cols == 1 { rows } else { strides[1] };
-        return Some(Operand {
-            transposed: true,
-            ld: ld.max(1),
-        });
-    }
-    None
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn layouts_cublas_reads_in_place() {
-        // Row-major [3, 4], and with padded rows.
-        let o = operand_layout(&[3, 4], &[4, 1]).unwrap();
-        assert!(!o.transposed && o.ld == 4);
-        let o = operand_layout(&[3, 4], &[8, 1]).unwrap();
-        assert!(!o.transposed && o.ld == 8);
-        // A transposed view of a row-major [4, 3].
-        let o = operand_layout(&[3, 4], &[1, 3]).unwrap();
-        assert!(o.transposed && o.ld == 3);
-        // Single rows and columns.
-        let o = operand_layout(&[1, 5], &[0, 1]).unwrap();
-        assert!(!o.transposed && o.ld == 5);
-        let o = operand_layout(&[5, 1], &[1, 0]).unwrap();
-        assert!(o.transposed && o.ld == 5);
-        // Overlapping or broadcast rows, and other strides, are not read in place.
-        assert!(operand_layout(&[3, 4], &[2, 1]).is_none());
-        assert!(operand_layout(&[3, 4], &[0, 1]).is_none());
-        assert!(operand_layout(&[3, 4], &[8, 2]).is_none());
     }
 }

@@ -23,7 +23,6 @@ pub mod attention;
 mod attention_backward_kernel;
 #[cfg(feature = "cube")]
 mod attention_kernel;
-#[cfg(feature = "cuda")]
 mod cublas;
 #[cfg(feature = "cube")]
 pub mod device;

@@ -258,7 +258,16 @@ fn the_matmul_path_parses() {
     assert_eq!(MatmulPath::parse(" Burn "), Some(MatmulPath::Burn));
     assert_eq!(MatmulPath::parse("cublas"), Some(MatmulPath::Cublas));
     assert_eq!(MatmulPath::parse("vendor"), Some(MatmulPath::Cublas));
+    assert_eq!(MatmulPath::parse("extension"), Some(MatmulPath::Extension));
     assert_eq!(MatmulPath::parse("auto"), None);
     assert_eq!(MatmulPath::default(), MatmulPath::Burn);
-    assert!(!is_cuda_device(&Device::flex()));
+    let flex = Device::flex();
+    assert!(!is_cuda_device(&flex));
+    assert!(!MatmulPath::Burn.routes(&flex));
+    assert!(
+        !MatmulPath::Cublas.routes(&flex),
+        "cublas routes CUDA devices only"
+    );
+    assert!(MatmulPath::Extension.routes(&flex));
+    assert!(MatmulPath::Extension.routes(&flex.clone().autodiff()));
 }
