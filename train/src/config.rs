@@ -242,8 +242,8 @@ pub struct PrecisionSection {
     /// Recompute activations in the backward pass instead of storing them (Burn's op-level
     /// checkpointing).
     pub gradient_checkpointing: bool,
-    /// Keep only each decoder layer's input and rerun the layer in the backward (next-token
-    /// stages; not with DPO or LoRA dropout, nor with `gradient_checkpointing`).
+    /// Keep only each decoder layer's input and rerun the layer in the backward (every stage;
+    /// not with LoRA dropout, nor with `gradient_checkpointing`).
     pub checkpoint_layers: bool,
 }
 
@@ -580,11 +580,6 @@ impl TrainConfig {
             ));
         }
         if self.precision.checkpoint_layers {
-            if self.stage == Stage::Dpo {
-                return Err(
-                    "precision.checkpoint_layers covers the next-token stages, not dpo".into(),
-                );
-            }
             if self.precision.gradient_checkpointing {
                 return Err(
                     "precision.checkpoint_layers and gradient_checkpointing exclude each other"
@@ -699,13 +694,13 @@ mod tests {
     }
 
     #[test]
-    fn layer_checkpointing_is_refused_where_its_gradients_would_differ() {
+    fn layer_checkpointing_is_refused_where_its_gradients_would_differ_and_taken_for_dpo() {
         let mut cfg = TrainConfig::new(Stage::Sft, "x");
         cfg.precision.checkpoint_layers = true;
         cfg.validate().unwrap();
         let mut dpo = cfg.clone();
         dpo.stage = Stage::Dpo;
-        assert!(dpo.validate().unwrap_err().contains("dpo"));
+        dpo.validate().unwrap();
         let mut both = cfg.clone();
         both.precision.gradient_checkpointing = true;
         assert!(both.validate().unwrap_err().contains("exclude"));

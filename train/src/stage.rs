@@ -224,7 +224,9 @@ impl StageModel {
         let policy = self.compute_policy();
         let samples = batch.len();
         match self.settings.stage {
-            Stage::Dpo => self.compute_dpo(&policy, batch),
+            Stage::Dpo => self
+                .compute_dpo(&policy, batch, false)
+                .map(|(loss, item, _)| (loss, item)),
             _ => {
                 let out = policy.forward(&batch.input).map_err(|e| e.to_string())?;
                 let labels = out.fused.labels.as_ref().ok_or("batch has no labels")?;
@@ -250,11 +252,14 @@ impl StageModel {
         Ok((loss, item, segments))
     }
 
+    /// The DPO loss and its statistics; with `checkpointed`, the policy's forward is the
+    /// per-decoder-layer checkpointed one and its segments come back for the backward.
     fn compute_dpo(
         &self,
         policy: &XGenMM,
         batch: &VlmBatch,
-    ) -> Result<(Tensor<1>, StepOutput), String> {
+        checkpointed: bool,
+    ) -> Result<(Tensor<1>, StepOutput, Option<LayerSegments>), String> {
         let rejected = batch
             .rejected
             .as_ref()
@@ -269,10 +274,16 @@ impl StageModel {
         if let Some(x) = &extra {
             rows = concat_inputs(&rows, x);
         }
-        let out = policy.forward(&rows).map_err(|e| e.to_string())?;
-        let labels = out.fused.labels.as_ref().ok_or("batch has no labels")?;
+        let (logits, labels, segments) = if checkpointed {
+            let out = layer_checkpoint::forward(policy, &rows)?;
+            (out.logits, out.labels, Some(out.segments))
+        } else {
+            let out = policy.forward(&rows).map_err(|e| e.to_string())?;
+            (out.logits, out.fused.labels, None)
+        };
+        let labels = &labels.ok_or("batch has no labels")?;
         let tokens = crate::loss::kept_positions(labels).len();
-        let logps = sequence_logprobs(out.logits, labels);
+        let logps = sequence_logprobs(logits, labels);
         let reference = match (self.settings.dpo_reference, &self.reference) {
             (DpoReference::PolicyCopy, Some(r)) => r.clone(),
             (DpoReference::LoraBase, _) => self.policy.clone().without_lora(),
@@ -308,7 +319,7 @@ impl StageModel {
         let acc = c.iter().zip(&r).filter(|(x, y)| x > y).count() as f64 / b.max(1) as f64;
         let margin = c.iter().zip(&r).map(|(x, y)| (x - y) as f64).sum::<f64>() / b.max(1) as f64;
         let item = StepOutput::new(loss.clone().detach(), b, tokens).with_rewards(acc, margin);
-        Ok((loss, item))
+        Ok((loss, item, segments))
     }
 
     /// The policy's greedy answers to the batch's prompts with noised images, as labelled rows
@@ -407,11 +418,13 @@ impl TrainStep for StageModel {
 
     fn step(&self, batch: VlmBatch) -> TrainOutput<StepOutput> {
         let guard = &self.settings.guard;
-        let computed = if self.settings.checkpoint_layers && self.settings.stage != Stage::Dpo {
-            self.compute_checkpointed(&batch)
-                .map(|(loss, item, segments)| (loss, item, Some(segments)))
-        } else {
-            self.compute(&batch).map(|(loss, item)| (loss, item, None))
+        let layered = self.settings.checkpoint_layers;
+        let computed = match self.settings.stage {
+            Stage::Dpo => self.compute_dpo(&self.compute_policy(), &batch, layered),
+            _ if layered => self
+                .compute_checkpointed(&batch)
+                .map(|(loss, item, segments)| (loss, item, Some(segments))),
+            _ => self.compute(&batch).map(|(loss, item)| (loss, item, None)),
         };
         let (loss, item, segments) = match computed {
             Ok(x) => x,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use blip3_model::loader::{self, LoadOptions};
 use blip3_model::params::{param_dtypes, param_values};
 use blip3_model::{ImageInput, LoraConfig, MultimodalInput, XGenMM};
+use blip3_shaders::gemm::{MatmulPath, extension_calls, with_path};
 use blip3_train::config::{DpoReference, FreezeSection, Stage};
 use blip3_train::optim::{frozen_copy, set_trainable, trainable_params};
 use blip3_train::stage::{
@@ -200,27 +201,43 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn pretraining_step_matches_pytorch() {
-    let device = Device::flex().autodiff();
-    let fx = read_fixture();
-    let policy = load_policy(&device);
-    let model = StageModel::new(
-        policy,
-        None,
-        settings(Stage::Pretrain, Arc::new(StepGuard::new(3))),
-    );
-    let out = TrainStep::step(&model, pretrain_batch(&fx, &device));
-    let loss = out.item.loss_value() as f32;
-    let want = fx.tensors["loss"].0[0];
-    assert!((loss - want).abs() <= 1e-4, "loss {loss} vs {want}");
-    for key in fx.meta["grad_keys"].as_array().unwrap() {
-        let key = key.as_str().unwrap();
-        let ours = grad_of(&model.policy, &out.grads, key);
-        let d = max_diff(&ours, &fx.tensors[&format!("grad.{key}")].0);
-        assert!(d <= 1e-4, "grad {key}: max diff {d}");
+    // Burn's matmul, then every linear layer's product (forward and backward) through the
+    // vendor-GEMM extension, which is Burn's matmul inside the extension on flex.
+    for path in [MatmulPath::Burn, MatmulPath::Extension] {
+        let before = extension_calls();
+        with_path(path, || {
+            let device = Device::flex().autodiff();
+            let fx = read_fixture();
+            let policy = load_policy(&device);
+            let model = StageModel::new(
+                policy,
+                None,
+                settings(Stage::Pretrain, Arc::new(StepGuard::new(3))),
+            );
+            let out = TrainStep::step(&model, pretrain_batch(&fx, &device));
+            let loss = out.item.loss_value() as f32;
+            let want = fx.tensors["loss"].0[0];
+            assert!(
+                (loss - want).abs() <= 1e-4,
+                "{path:?}: loss {loss} vs {want}"
+            );
+            for key in fx.meta["grad_keys"].as_array().unwrap() {
+                let key = key.as_str().unwrap();
+                let ours = grad_of(&model.policy, &out.grads, key);
+                let d = max_diff(&ours, &fx.tensors[&format!("grad.{key}")].0);
+                assert!(d <= 1e-4, "{path:?}: grad {key}: max diff {d}");
+            }
+            // The frozen ViT received no gradient.
+            let vit = &model.policy.vision_encoder.encoder.layers[0].mlp.fc1.weight;
+            assert!(out.grads.get::<2>(vit.id).is_none());
+        });
+        let calls = extension_calls() - before;
+        assert_eq!(
+            calls > 0,
+            path == MatmulPath::Extension,
+            "{path:?}: {calls} extension calls"
+        );
     }
-    // The frozen ViT received no gradient.
-    let vit = &model.policy.vision_encoder.encoder.layers[0].mlp.fc1.weight;
-    assert!(out.grads.get::<2>(vit.id).is_none());
 }
 
 /// Per-decoder-layer activation checkpointing: the same loss and, for every parameter, the
@@ -261,47 +278,94 @@ fn layer_checkpointing_gives_the_gradients_of_one_backward() {
             let want = fx.tensors["loss"].0[0];
             assert!((b.item.loss_value() as f32 - want).abs() <= 1e-4);
         }
-        struct Compare<'a> {
-            a: &'a GradientsParams,
-            b: &'a GradientsParams,
-            compared: usize,
-            worst: f32,
-        }
-        impl burn::module::ModuleVisitor for Compare<'_> {
-            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-                let (x, y) = (self.a.get::<D>(param.id), self.b.get::<D>(param.id));
-                assert_eq!(x.is_some(), y.is_some(), "a gradient on one side only");
-                if let (Some(x), Some(y)) = (x, y) {
-                    let x = x.into_data().try_into_vec_as::<f32>().unwrap();
-                    let y = y.into_data().try_into_vec_as::<f32>().unwrap();
-                    let scale = x.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
-                    self.worst = self.worst.max(max_diff(&x, &y) / scale);
-                    self.compared += 1;
-                }
+        let (compared, worst) = gradient_difference(&layered.policy, &a.grads, &b.grads);
+        eprintln!("lora {lora}: {compared} gradients, worst relative difference {worst:.2e}");
+        assert_eq!(compared, a.grads.len(), "lora {lora}");
+        assert!(compared > 10, "lora {lora}: only {compared} gradients");
+        assert!(worst <= 1e-5, "lora {lora}: gradients differ by {worst}");
+    }
+}
+
+/// How many parameters of `module` have a gradient in both `a` and `b`, and the largest
+/// difference between them relative to the larger gradient's scale. Panics when a parameter
+/// has a gradient on one side only.
+fn gradient_difference<M: Module>(
+    module: &M,
+    a: &GradientsParams,
+    b: &GradientsParams,
+) -> (usize, f32) {
+    struct Compare<'a> {
+        a: &'a GradientsParams,
+        b: &'a GradientsParams,
+        compared: usize,
+        worst: f32,
+    }
+    impl burn::module::ModuleVisitor for Compare<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let (x, y) = (self.a.get::<D>(param.id), self.b.get::<D>(param.id));
+            assert_eq!(x.is_some(), y.is_some(), "a gradient on one side only");
+            if let (Some(x), Some(y)) = (x, y) {
+                let x = x.into_data().try_into_vec_as::<f32>().unwrap();
+                let y = y.into_data().try_into_vec_as::<f32>().unwrap();
+                let scale = x.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+                self.worst = self.worst.max(max_diff(&x, &y) / scale);
+                self.compared += 1;
             }
         }
-        let mut cmp = Compare {
-            a: &a.grads,
-            b: &b.grads,
-            compared: 0,
-            worst: 0.0,
+    }
+    let mut cmp = Compare {
+        a,
+        b,
+        compared: 0,
+        worst: 0.0,
+    };
+    module.visit(&mut cmp);
+    (cmp.compared, cmp.worst)
+}
+
+/// DPO with per-decoder-layer checkpointing: the same loss and gradients as one backward, with
+/// a separate reference model and with LoRA against its own base.
+#[test]
+fn dpo_with_layer_checkpointing_gives_the_gradients_of_one_backward() {
+    let device = Device::flex().autodiff();
+    let fx = read_fixture();
+    for lora in [false, true] {
+        let (policy, reference, kind) = if lora {
+            let cfg = LoraConfig {
+                rank: 4,
+                alpha: 8.0,
+                dropout: 0.0,
+                targets: LoraConfig::TARGETS.iter().map(|s| s.to_string()).collect(),
+            };
+            let m = loader::load_xgenmm_dir(&fixture("xgenmm"), &device, LoadOptions::default())
+                .unwrap()
+                .train();
+            let m = set_trainable(m, &FreezeSection::default(), Some(&cfg), &device);
+            (m, None, DpoReference::LoraBase)
+        } else {
+            let policy = load_policy(&device);
+            let reference = frozen_copy(policy.clone());
+            (policy, Some(reference), DpoReference::PolicyCopy)
         };
-        layered.policy.visit(&mut cmp);
-        eprintln!(
-            "lora {lora}: {} gradients, worst relative difference {:.2e}",
-            cmp.compared, cmp.worst
-        );
-        assert_eq!(cmp.compared, a.grads.len(), "lora {lora}");
+        let make = |layered: bool| {
+            let mut s = settings(Stage::Dpo, Arc::new(StepGuard::new(3)));
+            s.dpo_reference = kind;
+            s.checkpoint_layers = layered;
+            StageModel::new(policy.clone(), reference.clone(), s)
+        };
+        let (plain, layered) = (make(false), make(true));
+        let a = TrainStep::step(&plain, dpo_batch(&fx, &device));
+        let b = TrainStep::step(&layered, dpo_batch(&fx, &device));
+        let (la, lb) = (a.item.loss_value(), b.item.loss_value());
         assert!(
-            cmp.compared > 10,
-            "lora {lora}: only {} gradients",
-            cmp.compared
+            (la - lb).abs() <= 1e-5,
+            "lora {lora}: dpo loss {la} vs {lb}"
         );
-        assert!(
-            cmp.worst <= 1e-5,
-            "lora {lora}: gradients differ by {}",
-            cmp.worst
-        );
+        let (compared, worst) = gradient_difference(&layered.policy, &a.grads, &b.grads);
+        eprintln!("dpo lora {lora}: {compared} gradients, worst relative difference {worst:.2e}");
+        assert_eq!(compared, a.grads.len(), "lora {lora}");
+        assert!(compared > 10, "lora {lora}: only {compared} gradients");
+        assert!(worst <= 1e-5, "lora {lora}: gradients differ by {worst}");
     }
 }
 
