@@ -413,29 +413,8 @@ fn gemv_section(device: &Device, dtypes: &[DType], reps: usize, full: bool, filt
     for (name, k, n) in shapes {
         for &dtype in &dtypes {
             let x = Tensor::<2>::random([1, k], Distribution::Normal(0.0, 1.0), device).cast(dtype);
-            let w = if layout(name) == "transposed" {
-                Tensor::<2>::random([n, k], Distribution::Normal(0.0, 0.02), device)
-                    .cast(dtype)
-                    .transpose()
-            } else {
-                Tensor::<2>::random([k, n], Distribution::Normal(0.0, 0.02), device).cast(dtype)
-            };
-            let time = |f: &dyn Fn() -> Tensor<2>| {
-                for _ in 0..2 {
-                    let _ = f().slice([0..1, 0..1]).into_data();
-                }
-                let mut times = Vec::new();
-                for _ in 0..reps.max(5) {
-                    let _ = device.sync();
-                    let t0 = Instant::now();
-                    let out = f();
-                    let _ = device.sync();
-                    times.push(t0.elapsed().as_secs_f64() * 1e3);
-                    drop(out);
-                }
-                times.sort_by(f64::total_cmp);
-                times[times.len() / 2]
-            };
+            let w = weight(k, n, layout(name) == "transposed", dtype, device);
+            let time = |f: &dyn Fn() -> Tensor<2>| median_product_ms(device, reps, f);
             let burn = time(&|| x.clone().matmul(w.clone()));
             let ours = time(&|| gemv(x.clone(), w.clone()));
             let spec = format!("{k},{n},{},{}", short(dtype), layout(name));
@@ -508,29 +487,8 @@ fn gemm_section(device: &Device, reps: usize, full: bool, filter: &str) {
     for (name, m, k, n, transposed) in shapes {
         for dtype in dtypes {
             let x = Tensor::<2>::random([m, k], Distribution::Normal(0.0, 1.0), device).cast(dtype);
-            let w = if transposed {
-                Tensor::<2>::random([n, k], Distribution::Normal(0.0, 0.02), device)
-                    .cast(dtype)
-                    .transpose()
-            } else {
-                Tensor::<2>::random([k, n], Distribution::Normal(0.0, 0.02), device).cast(dtype)
-            };
-            let time = |f: &dyn Fn() -> Tensor<2>| {
-                for _ in 0..2 {
-                    let _ = f().slice([0..1, 0..1]).into_data();
-                }
-                let mut times = Vec::new();
-                for _ in 0..reps.max(5) {
-                    let _ = device.sync();
-                    let t0 = Instant::now();
-                    let out = f();
-                    let _ = device.sync();
-                    times.push(t0.elapsed().as_secs_f64() * 1e3);
-                    drop(out);
-                }
-                times.sort_by(f64::total_cmp);
-                times[times.len() / 2]
-            };
+            let w = weight(k, n, transposed, dtype, device);
+            let time = |f: &dyn Fn() -> Tensor<2>| median_product_ms(device, reps, f);
             let burn = time(&|| x.clone().matmul(w.clone()));
             let ours = time(&|| vendor_matmul(x.clone(), w.clone()));
             let key = spec(m, k, n, dtype, transposed);
@@ -549,6 +507,38 @@ fn gemm_section(device: &Device, reps: usize, full: bool, filter: &str) {
             );
         }
     }
+}
+
+/// A random `[K, N]` weight in `dtype`, stored as its `[N, K]` transpose when `transposed` (the
+/// LM head's layout).
+fn weight(k: usize, n: usize, transposed: bool, dtype: DType, device: &Device) -> Tensor<2> {
+    let init = Distribution::Normal(0.0, 0.02);
+    if transposed {
+        Tensor::<2>::random([n, k], init, device)
+            .cast(dtype)
+            .transpose()
+    } else {
+        Tensor::<2>::random([k, n], init, device).cast(dtype)
+    }
+}
+
+/// Median milliseconds of `f` over `max(reps, 5)` calls after two warm-up calls, each call
+/// between device syncs.
+fn median_product_ms(device: &Device, reps: usize, f: &dyn Fn() -> Tensor<2>) -> f64 {
+    for _ in 0..2 {
+        let _ = f().slice([0..1, 0..1]).into_data();
+    }
+    let mut times = Vec::new();
+    for _ in 0..reps.max(5) {
+        let _ = device.sync();
+        let t0 = Instant::now();
+        let out = f();
+        let _ = device.sync();
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+        drop(out);
+    }
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
 }
 
 /// PyTorch's median time per spec (`K,N,DTYPE,LAYOUT[,M]`), from `torch_gemv.py`; empty (with the

@@ -79,6 +79,15 @@ fn settings(stage: Stage, guard: Arc<StepGuard>) -> StageSettings {
     }
 }
 
+/// A pretraining stage model of `policy` (no reference, default settings).
+fn pretrain_model(policy: XGenMM) -> StageModel {
+    StageModel::new(
+        policy,
+        None,
+        settings(Stage::Pretrain, Arc::new(StepGuard::new(3))),
+    )
+}
+
 fn load_policy(device: &Device) -> XGenMM {
     let m = loader::load_xgenmm_dir(&fixture("xgenmm"), device, LoadOptions::default()).unwrap();
     let m = m.train();
@@ -209,11 +218,7 @@ fn pretraining_step_matches_pytorch() {
             let device = Device::flex().autodiff();
             let fx = read_fixture();
             let policy = load_policy(&device);
-            let model = StageModel::new(
-                policy,
-                None,
-                settings(Stage::Pretrain, Arc::new(StepGuard::new(3))),
-            );
+            let model = pretrain_model(policy);
             let out = TrainStep::step(&model, pretrain_batch(&fx, &device));
             let loss = out.item.loss_value() as f32;
             let want = fx.tensors["loss"].0[0];
@@ -530,11 +535,7 @@ fn frozen_parts_stay_bit_identical_and_trained_parts_move() {
         .weight
         .val()
         .into_data();
-    let mut model = StageModel::new(
-        policy,
-        None,
-        settings(Stage::Pretrain, Arc::new(StepGuard::new(3))),
-    );
+    let mut model = pretrain_model(policy);
     let mut optim = AdamWConfig::new().with_weight_decay(0.1).init();
     for _ in 0..3 {
         let out = TrainStep::step(&model, pretrain_batch(&fx, &device));
@@ -593,11 +594,7 @@ fn lora_has_the_expected_trainable_count_and_merging_reproduces_the_adapted_forw
     assert_eq!(trainable_params(&policy), expected);
 
     // Train a couple of steps so B is non-zero, then merge.
-    let mut model = StageModel::new(
-        policy,
-        None,
-        settings(Stage::Pretrain, Arc::new(StepGuard::new(3))),
-    );
+    let mut model = pretrain_model(policy);
     let mut optim = AdamWConfig::new().init();
     for _ in 0..2 {
         let out = TrainStep::step(&model, pretrain_batch(&fx, &device));
@@ -644,11 +641,7 @@ fn global_norm_clipping_scales_all_gradients_together() {
     let device = Device::flex().autodiff();
     let fx = read_fixture();
     let policy = load_policy(&device);
-    let model = StageModel::new(
-        policy,
-        None,
-        settings(Stage::Pretrain, Arc::new(StepGuard::new(3))),
-    );
+    let model = pretrain_model(policy);
     let out = TrainStep::step(&model, pretrain_batch(&fx, &device));
     let mut grads = out.grads;
     let norm = global_grad_norm(&model, &grads);
@@ -700,11 +693,7 @@ fn bf16_mixed_precision_keeps_f32_master_gradients() {
         out.item.loss_value()
     );
     // And the gradient is close to the f32 one.
-    let f32_model = StageModel::new(
-        policy,
-        None,
-        settings(Stage::Pretrain, Arc::new(StepGuard::new(3))),
-    );
+    let f32_model = pretrain_model(policy);
     let out32 = TrainStep::step(&f32_model, pretrain_batch(&fx, &device));
     let a = g.into_data().try_into_vec_as::<f32>().unwrap();
     let b = out32
