@@ -88,6 +88,20 @@ fn pretrain_model(policy: XGenMM) -> StageModel {
     )
 }
 
+/// The fixture model with rank-4 LoRA adapters (no dropout) on every target, only they trainable.
+fn lora_policy(device: &Device) -> XGenMM {
+    let cfg = LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        targets: LoraConfig::TARGETS.iter().map(|s| s.to_string()).collect(),
+    };
+    let m = loader::load_xgenmm_dir(&fixture("xgenmm"), device, LoadOptions::default())
+        .unwrap()
+        .train();
+    set_trainable(m, &FreezeSection::default(), Some(&cfg), device)
+}
+
 fn load_policy(device: &Device) -> XGenMM {
     let m = loader::load_xgenmm_dir(&fixture("xgenmm"), device, LoadOptions::default()).unwrap();
     let m = m.train();
@@ -253,16 +267,7 @@ fn layer_checkpointing_gives_the_gradients_of_one_backward() {
     let fx = read_fixture();
     for lora in [false, true] {
         let policy = if lora {
-            let cfg = LoraConfig {
-                rank: 4,
-                alpha: 8.0,
-                dropout: 0.0,
-                targets: LoraConfig::TARGETS.iter().map(|s| s.to_string()).collect(),
-            };
-            let m = loader::load_xgenmm_dir(&fixture("xgenmm"), &device, LoadOptions::default())
-                .unwrap()
-                .train();
-            set_trainable(m, &FreezeSection::default(), Some(&cfg), &device)
+            lora_policy(&device)
         } else {
             load_policy(&device)
         };
@@ -336,17 +341,7 @@ fn dpo_with_layer_checkpointing_gives_the_gradients_of_one_backward() {
     let fx = read_fixture();
     for lora in [false, true] {
         let (policy, reference, kind) = if lora {
-            let cfg = LoraConfig {
-                rank: 4,
-                alpha: 8.0,
-                dropout: 0.0,
-                targets: LoraConfig::TARGETS.iter().map(|s| s.to_string()).collect(),
-            };
-            let m = loader::load_xgenmm_dir(&fixture("xgenmm"), &device, LoadOptions::default())
-                .unwrap()
-                .train();
-            let m = set_trainable(m, &FreezeSection::default(), Some(&cfg), &device);
-            (m, None, DpoReference::LoraBase)
+            (lora_policy(&device), None, DpoReference::LoraBase)
         } else {
             let policy = load_policy(&device);
             let reference = frozen_copy(policy.clone());
