@@ -251,8 +251,9 @@ pub fn is_cube_device(device: &Device) -> bool {
     }
 }
 
-/// Whether the extension is implemented for `device`'s backend.
-fn extension_available(device: &Device) -> bool {
+/// Whether blip3's backend extensions (implemented for CubeCL and Flex) exist for `device`'s
+/// backend; shared by the attention and GEMM extensions.
+pub(crate) fn extension_available(device: &Device) -> bool {
     if is_cube_device(device) {
         return true;
     }

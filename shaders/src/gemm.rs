@@ -23,6 +23,8 @@ use burn::backend::{Autodiff, Backend, Dispatch, backend_extension};
 use burn::prelude::*;
 use burn::tensor::Shape;
 
+use crate::attention::extension_available;
+
 /// The environment variable choosing [`MatmulPath::configured`].
 pub const MATMUL_ENV: &str = "BLIP3_MATMUL";
 
@@ -204,22 +206,6 @@ pub fn is_cuda_device(device: &Device) -> bool {
         let _ = device;
         false
     }
-}
-
-/// Whether the extension is implemented for `device`'s backend (CubeCL or Flex).
-fn extension_available(device: &Device) -> bool {
-    if crate::attention::is_cube_device(device) {
-        return true;
-    }
-    #[cfg(feature = "flex")]
-    {
-        matches!(
-            device.clone().without_autodiff().as_dispatch(),
-            burn::backend::DispatchDevice::Flex(_)
-        )
-    }
-    #[cfg(not(feature = "flex"))]
-    false
 }
 
 #[cfg(feature = "flex")]
