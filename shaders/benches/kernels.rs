@@ -1,5 +1,7 @@
 //! Kernel benchmark: the blip3 attention kernel against Burn's attention op for the shapes the
-//! model produces (SigLIP so400m, the perceiver resampler, Phi-3 mini prefill and decode), the
+//! model produces (SigLIP so400m, the perceiver resampler, Phi-3 mini prefill and decode; in half
+//! precision on devices with MMA instructions also the tensor-core kernel against the scalar
+//! one), the
 //! same for a training step's forward and backward (the backward kernels against Burn's
 //! autodiff), and
 //! the decode GEMV kernel against Burn's matmul on Phi-3's weight products (with the bandwidth
@@ -17,7 +19,9 @@
 
 use std::time::Instant;
 
-use blip3_shaders::attention::{AttentionPath, attention_with};
+use blip3_shaders::attention::{
+    AttentionPath, attention_with, set_tensor_cores, tensor_core_launches,
+};
 use blip3_shaders::gemm::{is_cuda_device, vendor_available, vendor_matmul};
 use blip3_shaders::matvec::gemv;
 use blip3_shaders::pillow::resize_rgb8;
@@ -215,8 +219,11 @@ fn main() {
         if full { "full" } else { "small" }
     );
     println!();
-    println!("| shape | B×H×Sq×Sk×Dh | dtype | burn ms | blip3 ms | burn/blip3 |");
-    println!("|---|---|---|---:|---:|---:|");
+    println!(
+        "| shape | B×H×Sq×Sk×Dh | dtype | burn ms | blip3 ms | burn/blip3 | tensor-core launches | \
+         blip3 scalar ms | scalar/blip3 |"
+    );
+    println!("|---|---|---|---:|---:|---:|---:|---:|---:|");
     let mut dtypes = vec![DType::F32];
     if device.supports_dtype(DType::F16) {
         dtypes.push(DType::F16);
@@ -232,9 +239,21 @@ fn main() {
                 .map(|_| inputs(&s, &device, dtype))
                 .collect();
             let burn = time_path(AttentionPath::Burn, &s, &sets, &device, warmup);
+            let before = tensor_core_launches();
             let ours = time_path(AttentionPath::Blip3, &s, &sets, &device, warmup);
+            let tensor_cores = tensor_core_launches() - before;
+            // Where the tensor-core kernel ran, the scalar kernel on the same inputs beside it.
+            let (scalar, ratio) = if tensor_cores > 0 {
+                set_tensor_cores(Some(false));
+                let scalar = time_path(AttentionPath::Blip3, &s, &sets, &device, warmup);
+                set_tensor_cores(None);
+                (format!("{scalar:.2}"), format!("{:.2}", scalar / ours))
+            } else {
+                ("-".to_string(), "-".to_string())
+            };
             println!(
-                "| {} | {}×{}×{}×{}×{} | {dtype:?} | {burn:.2} | {ours:.2} | {:.2} |",
+                "| {} | {}×{}×{}×{}×{} | {dtype:?} | {burn:.2} | {ours:.2} | {:.2} | {tensor_cores} | \
+                 {scalar} | {ratio} |",
                 s.name,
                 s.b,
                 s.h,

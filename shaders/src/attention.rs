@@ -12,7 +12,7 @@
 //! comes from the `BLIP3_ATTENTION` environment variable (`burn`, `blip3` or `auto`, read once).
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
 use burn::backend::autodiff::grads::Gradients;
@@ -33,6 +33,11 @@ pub const ATTENTION_ENV: &str = "BLIP3_ATTENTION";
 /// Largest head dimension (of queries/keys, and of values) the kernel accepts; larger heads go
 /// to Burn's op. The kernel keeps one query row and one output row per thread in registers.
 pub const MAX_KERNEL_HEAD_DIM: usize = 256;
+
+/// Name of the environment variable that turns the tensor-core forward kernel off (`0` or
+/// `off`; `1`/`on`, the default, leaves it on): half precision then takes the scalar kernels, as
+/// on devices without MMA instructions.
+pub const TENSOR_CORES_ENV: &str = "BLIP3_ATTENTION_TENSOR_CORES";
 
 /// Largest head dimension (of queries/keys, and of values) the backward kernels accept; larger
 /// heads take the composed backward. Their per-element loops are unrolled so that the rows
@@ -222,6 +227,61 @@ pub fn backward_kernel_launches() -> usize {
 
 /// The counter behind [`backward_kernel_launches`], raised by the kernels' launcher.
 pub(crate) static BACKWARD_KERNEL_LAUNCHES: AtomicUsize = AtomicUsize::new(0);
+
+/// How many times this process has run the tensor-core forward kernel (half precision on a
+/// device with MMA instructions; always 0 elsewhere). Tests read it to tell it from the scalar
+/// kernels, which give the same numbers.
+pub fn tensor_core_launches() -> usize {
+    TENSOR_CORE_LAUNCHES.load(Ordering::Relaxed)
+}
+
+/// The counter behind [`tensor_core_launches`], raised by the tensor-core kernel's launcher.
+pub(crate) static TENSOR_CORE_LAUNCHES: AtomicUsize = AtomicUsize::new(0);
+
+/// Turns the tensor-core forward kernel on (`Some(true)`) or off (`Some(false)`) for the whole
+/// process, or back to the [`TENSOR_CORES_ENV`] setting (`None`). Off, half precision takes the
+/// scalar kernels, as on devices without MMA instructions (benchmarks compare the two this way).
+/// The choice is read when a kernel launches, which under fusion is when the result is needed.
+pub fn set_tensor_cores(on: Option<bool>) {
+    let code = match on {
+        None => 0,
+        Some(true) => 1,
+        Some(false) => 2,
+    };
+    TENSOR_CORES.store(code, Ordering::Relaxed);
+}
+
+/// The [`set_tensor_cores`] override: 0 = the environment's setting, 1 = on, 2 = off.
+static TENSOR_CORES: AtomicU8 = AtomicU8::new(0);
+
+/// Whether the tensor-core kernel may run: the [`set_tensor_cores`] override, else
+/// [`TENSOR_CORES_ENV`] (read once; on unless `0` or `off`).
+pub(crate) fn tensor_cores_enabled() -> bool {
+    /// The environment's setting.
+    #[derive(Default, PartialEq)]
+    enum Switch {
+        #[default]
+        On,
+        Off,
+    }
+    static FROM_ENV: OnceLock<bool> = OnceLock::new();
+    match TENSOR_CORES.load(Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => *FROM_ENV.get_or_init(|| {
+            let switch = crate::env_choice(
+                TENSOR_CORES_ENV,
+                |text| match text.trim() {
+                    "1" | "on" => Some(Switch::On),
+                    "0" | "off" => Some(Switch::Off),
+                    _ => None,
+                },
+                "1, on, 0, off",
+            );
+            switch == Switch::On
+        }),
+    }
+}
 
 /// Broadcasts a `[B, H|1, Sq, Sk]` mask to `[B, H, Sq, Sk]` (a view, not a copy, on backends
 /// with strided tensors).

@@ -35,6 +35,7 @@ use cubecl::prelude::*;
 
 use crate::attention::{FlashAttentionBackend, MAX_KERNEL_HEAD_DIM};
 use crate::attention_backward_kernel::launch_attention_backward;
+use crate::attention_mma_kernel;
 use crate::tiles::{stage_transposed, visible_key_end};
 
 /// Output elements each thread folds per round when the row kernel merges partial states.
@@ -225,6 +226,14 @@ fn launch_attention(
         return zeros_client(client, q.device.clone(), out_shape, q.dtype);
     }
     let out = empty_device_dtype(client.clone(), q.device.clone(), out_shape, q.dtype);
+    // Half precision on devices with MMA instructions: the tensor-core kernel.
+    if matches!(plan, Plan::Block { .. })
+        && let Some(mma) = attention_mma_kernel::plan(&q, dv)
+            .filter(|mma| sq.div_ceil(mma.block_rows()) <= hw.max_cube_count.0 as usize)
+    {
+        attention_mma_kernel::launch(mma, q, k, v, mask, out.clone(), causal);
+        return out;
+    }
     let float_type = dtype_to_storage_type(q.dtype);
     let scale = 1.0 / (dh as f32).sqrt();
     let has_mask = mask.is_some();

@@ -23,6 +23,8 @@ pub mod attention;
 mod attention_backward_kernel;
 #[cfg(feature = "cube")]
 mod attention_kernel;
+#[cfg(feature = "cube")]
+mod attention_mma_kernel;
 mod cublas;
 #[cfg(feature = "cube")]
 pub mod device;

@@ -1,5 +1,6 @@
 //! Tile helpers shared by the CubeCL attention kernels (forward and backward): which keys a block
-//! of causal queries can see, staging rows of a head into shared memory transposed, and the dot
+//! of causal queries can see, staging rows of a head into shared memory (transposed as f32 for
+//! the scalar kernels, row by row in the input dtype for the tensor-core kernel), and the dot
 //! product of a register row with one staged column.
 
 use cubecl::prelude::*;
@@ -73,4 +74,36 @@ pub(crate) fn dot_column(
         sum += row[d] * tile[d * stride + col];
     }
     sum
+}
+
+/// Stages rows `start..start + rows` of one head of `src` (`width` values a row, the head
+/// starting at `base`) into `tile[r · stride + d]` in the tensor's own dtype, for MMA fragments:
+/// columns `width..stride` and rows at or past `end` become zeros. Thread `unit` of `threads`
+/// copies every `threads`-th element.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn stage_rows<F: Float>(
+    src: &Tensor<F>,
+    base: usize,
+    start: usize,
+    end: usize,
+    tile: &mut Shared<[F]>,
+    #[comptime] width: usize,
+    #[comptime] stride: usize,
+    #[comptime] rows: usize,
+    unit: usize,
+    #[comptime] threads: usize,
+) {
+    let mut i = unit;
+    while i < comptime!(rows * stride) {
+        let r = i / stride;
+        let d = i % stride;
+        let row = start + r;
+        let mut x = F::from_int(0);
+        if row < end && d < width {
+            x = src[base + row * src.stride(2) + d * src.stride(3)];
+        }
+        tile[i] = x;
+        i += threads;
+    }
 }

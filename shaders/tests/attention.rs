@@ -7,11 +7,11 @@ mod common;
 use blip3_shaders::attention::{
     AttentionPath, MAX_BACKWARD_KERNEL_HEAD_DIM, MIN_KERNEL_ROWS, attention_backward,
     attention_with, backward_kernel_launches, burn_attention, is_cube_device, kernel_applies,
-    kernel_supports,
+    kernel_supports, tensor_core_launches,
 };
 use burn::prelude::*;
 use burn::tensor::DType;
-use common::{Rng, devices, doubles, floats, max_abs_diff, wgpu_device};
+use common::{Rng, devices, doubles, floats, gpu_devices, max_abs_diff, wgpu_device};
 
 /// Which mask a case uses (host-side description; `true` = masked out).
 #[derive(Clone, Debug)]
@@ -252,21 +252,29 @@ impl Case {
 
 /// Runs every case on every device in f32 (and f16 on wgpu): blip3 path vs the float64
 /// reference and vs Burn's op.
+/// Held by the tests that run half precision on GPU devices, so that the tensor-core launch
+/// counter read by [`tensor_core_kernel_matches_reference`] only counts that test's launches.
+static HALF_PRECISION: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn check_cases(cases: &[Case]) {
+    let _serial = HALF_PRECISION.lock().unwrap_or_else(|e| e.into_inner());
     for (device_name, device) in devices() {
         let mut dtypes = vec![(DType::F32, 2e-5f32)];
-        if device_name == "wgpu" && device.supports_dtype(DType::F16) {
+        if device_name != "flex" && device.supports_dtype(DType::F16) {
             dtypes.push((DType::F16, 2e-2));
+        }
+        if device_name != "flex" && device.supports_dtype(DType::BF16) {
+            dtypes.push((DType::BF16, 6e-2));
         }
         for (seed, case) in cases.iter().enumerate() {
             let x = case.inputs(seed as u64 + 1);
             let want = case.reference(&x);
             for &(dtype, tol) in &dtypes {
                 let (q, k, v, mask) = case.tensors(&x, &device, dtype);
-                if device_name == "wgpu" {
+                if device_name != "flex" {
                     assert!(
                         kernel_supports(&q, &k, &v),
-                        "{}: the kernel should run these tensors on wgpu",
+                        "{}: the kernel should run these tensors on {device_name}",
                         case.name
                     );
                 }
@@ -655,7 +663,7 @@ fn backward_matches_reference() {
         for (seed, c) in backward_cases().iter().enumerate() {
             // f16 on a few cases (each dtype compiles its own kernels, slow on lavapipe).
             let mut dtypes = vec![(DType::F32, 1e-5f64)];
-            if device_name == "wgpu" && seed % 3 == 0 && device.supports_dtype(DType::F16) {
+            if device_name != "flex" && seed % 3 == 0 && device.supports_dtype(DType::F16) {
                 dtypes.push((DType::F16, 5e-3));
             }
             let x = c.inputs(300 + seed as u64);
@@ -741,4 +749,83 @@ fn auto_path_routes_by_device() {
     assert_eq!(AttentionPath::parse("blip3"), Some(AttentionPath::Blip3));
     assert_eq!(AttentionPath::parse("auto"), Some(AttentionPath::Auto));
     assert_eq!(AttentionPath::parse("flash"), None);
+}
+
+/// The tensor-core kernel (half precision on devices with MMA instructions: CUDA, Vulkan with
+/// cooperative matrices, lavapipe from Mesa 26 on) against the float64 reference, on the model's
+/// shapes and masks. On devices without MMA the scalar kernel runs the same cases (the counter
+/// says which); `BLIP3_REQUIRE_TENSOR_CORES=1` makes its absence a failure, for machines known
+/// to have it.
+#[test]
+fn tensor_core_kernel_matches_reference() {
+    let cases = [
+        Case {
+            strided: true,
+            ..case("siglip dh72", 2, 3, 130, 130, 72)
+        },
+        Case {
+            mask: MaskKind::KeyPadding(vec![81, 5]),
+            ..case("resampler dh96", 2, 3, 64, 145, 96)
+        },
+        Case {
+            mask: MaskKind::LeftPadding(vec![70]),
+            causal: true,
+            ..case("prefill 300 dh96", 1, 2, 300, 300, 96)
+        },
+        Case {
+            causal: true,
+            ..case("chunked prefill sq<sk dh64", 1, 2, 40, 97, 64)
+        },
+        Case {
+            mask: MaskKind::Random { p: 0.5, full: 3 },
+            dv: 40,
+            ..case("random mask, full rows, dv40", 2, 2, 33, 23, 16)
+        },
+    ];
+    let _serial = HALF_PRECISION.lock().unwrap_or_else(|e| e.into_inner());
+    let mut ran = false;
+    for (device_name, device) in gpu_devices() {
+        for (dtype, tol) in [(DType::F16, 2e-2f32), (DType::BF16, 6e-2)] {
+            if !device.supports_dtype(dtype) {
+                continue;
+            }
+            let before = tensor_core_launches();
+            for (seed, c) in cases.iter().enumerate() {
+                let x = c.inputs(seed as u64 + 11);
+                let want = c.reference(&x);
+                let (q, k, v, mask) = c.tensors(&x, &device, dtype);
+                let ours = floats(attention_with(
+                    AttentionPath::Blip3,
+                    q,
+                    k,
+                    v,
+                    mask,
+                    c.causal,
+                ));
+                let err = max_abs_diff(&ours, &want);
+                eprintln!("{device_name} {dtype:?} {}: |blip3-ref| {err:.2e}", c.name);
+                assert!(
+                    err <= tol,
+                    "{device_name} {dtype:?} {}: blip3 vs reference {err}",
+                    c.name
+                );
+            }
+            let launches = tensor_core_launches() - before;
+            eprintln!("{device_name} {dtype:?}: {launches} tensor-core kernel launches");
+            if launches > 0 {
+                assert_eq!(
+                    launches,
+                    cases.len(),
+                    "every case has more than 8 query rows"
+                );
+                ran = true;
+            }
+        }
+    }
+    if std::env::var_os("BLIP3_REQUIRE_TENSOR_CORES").is_some() {
+        assert!(
+            ran,
+            "BLIP3_REQUIRE_TENSOR_CORES is set but the kernel never ran"
+        );
+    }
 }
