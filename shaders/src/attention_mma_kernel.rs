@@ -70,7 +70,7 @@ impl MmaPlan {
         let rows = self.planes * self.tm;
         half * (rows * self.dh_pad + self.tile_keys * (self.dh_pad + self.dv_pad))
             + (4 + half) * rows * self.tile_keys
-            + 4 * rows * (self.dv_pad + 3)
+            + 4 * rows * (self.dv_pad + 2)
     }
 
     /// Query rows one cube covers.
@@ -95,39 +95,59 @@ pub(crate) fn plan(q: &CubeTensor, dv: usize) -> Option<MmaPlan> {
     }
     let half = dtype_to_elem_type(q.dtype);
     let f32_type = ElemType::Float(FloatKind::F32);
-    let mut shapes: Vec<(u32, u32, u32)> = props
+    let shapes: Vec<(usize, usize, usize)> = props
         .features
         .matmul
         .cmma
         .iter()
         .filter(|c| c.a_type == half && c.b_type == half && c.cd_type == f32_type)
-        .map(|c| (c.m, c.n, c.k))
+        .map(|c| (c.m as usize, c.n as usize, c.k as usize))
         .collect();
-    // The 16×16×16 shape where offered (every NVIDIA tensor core has it), else the smallest.
-    shapes.sort_by_key(|&(m, n, k)| ((m, n, k) != (16, 16, 16), m * n * k));
-    let &(tm, tn, tk) = shapes.first()?;
-    let (tm, tn, tk) = (tm as usize, tn as usize, tk as usize);
-    let plane_dim = hw.plane_size_max as usize;
-    // Keys a tile: a multiple of both `tn` (score blocks) and `tk` (output steps).
-    let step = tn / gcd(tn, tk) * tk;
-    let budget = hw.max_shared_memory_size.min(SHARED_BUDGET);
-    let half_bytes = q.dtype.size();
-    [(4, 2), (4, 1), (2, 2), (2, 1), (1, 1)]
-        .into_iter()
-        .map(|(planes, tiles)| MmaPlan {
-            tm,
-            tn,
-            tk,
-            plane_dim,
-            planes,
-            tile_keys: tiles * step,
-            dh_pad: dh.div_ceil(tk) * tk,
-            dv_pad: dv.div_ceil(tn) * tn,
-        })
-        .find(|p| {
-            p.shared_bytes(half_bytes) <= budget
-                && p.planes * p.plane_dim <= hw.max_units_per_cube as usize
-        })
+    MmaPlan::choose(
+        &shapes,
+        hw.plane_size_max as usize,
+        hw.max_units_per_cube as usize,
+        hw.max_shared_memory_size,
+        q.dtype.size(),
+        dh,
+        dv,
+    )
+}
+
+impl MmaPlan {
+    /// The plan for heads `dh`/`dv` of `half_bytes`-wide elements, given the device's MMA shapes
+    /// `(m, n, k)` for that type with f32 accumulation, its plane size, threads a cube and shared
+    /// memory: the 16×16×16 MMA where offered (every NVIDIA tensor core has it), else the
+    /// smallest; then the most planes and the longest key tile that fit.
+    fn choose(
+        shapes: &[(usize, usize, usize)],
+        plane_dim: usize,
+        max_units: usize,
+        max_shared: usize,
+        half_bytes: usize,
+        dh: usize,
+        dv: usize,
+    ) -> Option<MmaPlan> {
+        let &(tm, tn, tk) = shapes
+            .iter()
+            .min_by_key(|&&(m, n, k)| ((m, n, k) != (16, 16, 16), m * n * k))?;
+        // Keys a tile: a multiple of both `tn` (score blocks) and `tk` (output steps).
+        let step = tn / gcd(tn, tk) * tk;
+        let budget = max_shared.min(SHARED_BUDGET);
+        [(4, 2), (4, 1), (2, 2), (2, 1), (1, 1)]
+            .into_iter()
+            .map(|(planes, tiles)| MmaPlan {
+                tm,
+                tn,
+                tk,
+                plane_dim,
+                planes,
+                tile_keys: tiles * step,
+                dh_pad: dh.div_ceil(tk) * tk,
+                dv_pad: dv.div_ceil(tn) * tn,
+            })
+            .find(|p| p.shared_bytes(half_bytes) <= budget && p.planes * p.plane_dim <= max_units)
+    }
 }
 
 /// Greatest common divisor (of MMA sizes, all positive).
@@ -433,5 +453,41 @@ fn mma_attention_kernel<F: Float, M: Numeric>(
             out[at] = F::cast_from(o_s[r * dv_pad + c] * inv);
         }
         i += threads;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MmaPlan;
+
+    #[test]
+    fn plans_fit_the_shared_memory_of_cuda_and_lavapipe() {
+        // CUDA (warps of 32, 48 KiB): Phi-3's heads take 2 planes of 16 rows and 32-key tiles.
+        let cuda = [(16, 16, 16), (32, 8, 16), (8, 32, 16)];
+        let p = MmaPlan::choose(&cuda, 32, 1024, 49152, 2, 96, 96).expect("a plan");
+        assert_eq!(
+            (p.tm, p.tn, p.tk, p.planes, p.tile_keys),
+            (16, 16, 16, 2, 32)
+        );
+        assert_eq!((p.dh_pad, p.dv_pad, p.block_rows()), (96, 96, 32));
+        assert_eq!(p.shared_bytes(2), 37120);
+        // SigLIP's 72 is padded to the MMA depth.
+        let p = MmaPlan::choose(&cuda, 32, 1024, 49152, 2, 72, 72).expect("a plan");
+        assert_eq!((p.dh_pad, p.dv_pad), (80, 80));
+        // lavapipe (subgroups of 8, 32 KiB, 8×8×8 only): 4 planes of 8 rows, 16-key tiles.
+        let p = MmaPlan::choose(&[(8, 8, 8)], 8, 1024, 32768, 2, 96, 96).expect("a plan");
+        assert_eq!(
+            (p.tm, p.planes, p.tile_keys, p.block_rows()),
+            (8, 4, 16, 32)
+        );
+        assert!(p.shared_bytes(2) <= 32768);
+        // Unequal MMA sides: key tiles are multiples of both n and k.
+        let p = MmaPlan::choose(&[(16, 8, 16)], 32, 1024, 49152, 2, 64, 40).expect("a plan");
+        assert_eq!(p.tile_keys % 16, 0);
+        assert_eq!(p.dv_pad, 40);
+        // Nothing fits, no MMA, or too few threads a cube: no plan.
+        assert_eq!(MmaPlan::choose(&cuda, 32, 1024, 4096, 2, 256, 256), None);
+        assert_eq!(MmaPlan::choose(&[], 32, 1024, 49152, 2, 96, 96), None);
+        assert_eq!(MmaPlan::choose(&cuda, 32, 16, 49152, 2, 96, 96), None);
     }
 }
