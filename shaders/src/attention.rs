@@ -1,6 +1,7 @@
 //! Scaled dot-product attention: the public entry point, the choice between Burn's attention op
 //! and the blip3 kernel, and the [`FlashAttentionBackend`] extension with its Flex, Fusion and
-//! Autodiff implementations (the CubeCL one lives in `attention_kernel`).
+//! Autodiff implementations (the CubeCL one lives in `attention_kernel`, its tensor-core variant in
+//! `attention_mma_kernel`).
 //!
 //! Contract, shared by both paths: `q` is `[B, H, Sq, Dh]`, `k` is `[B, H, Sk, Dh]`, `v` is
 //! `[B, H, Sk, Dv]`; scores are `q·kᵀ · Dh^-0.5`; `mask` is `[B, H|1, Sq, Sk]` with true = masked

@@ -18,6 +18,9 @@
 //!   are merged through shared memory at the end (log-sum-exp combination). Many threads a row
 //!   keep a cube busy along a long KV cache.
 //!
+//! Half precision with more than 8 query rows goes to the tensor-core kernel instead
+//! (`attention_mma_kernel`) on devices with MMA instructions.
+//!
 //! (Over 600 lines because the two kernels share one launch plan and the masking contract above
 //! (the staging helpers are in `tiles`, shared with the backward kernels); each kernel is one
 //! `#[cube]` function of tile arithmetic that reads best whole, next to the plan that sizes its

@@ -1,7 +1,8 @@
 //! blip3-shaders: custom CubeCL kernels for blip3, packaged as Burn backend extensions.
 //!
 //! * [`attention`]: scaled dot-product attention. On CubeCL devices (wgpu, CUDA) it runs a
-//!   flash-style kernel (online softmax, f32 accumulation, key tiles in shared memory); on Flex,
+//!   flash-style kernel (online softmax, f32 accumulation, key tiles in shared memory; in half
+//!   precision on devices with cooperative-matrix instructions, both products on them); on Flex,
 //!   and wherever the kernel does not apply, Burn's own attention op. Under autodiff the gradient
 //!   is recomputed from the saved inputs: by two backward kernels in O(S) memory on CubeCL
 //!   devices, by ordinary tensor operations on Flex.

@@ -753,9 +753,9 @@ fn auto_path_routes_by_device() {
 
 /// The tensor-core kernel (half precision on devices with MMA instructions: CUDA, Vulkan with
 /// cooperative matrices, lavapipe from Mesa 26 on) against the float64 reference, on the model's
-/// shapes and masks. On devices without MMA the scalar kernel runs the same cases (the counter
-/// says which); `BLIP3_REQUIRE_TENSOR_CORES=1` makes its absence a failure, for machines known
-/// to have it.
+/// shapes and masks, alone and as the forward of a training step (gradients through autodiff).
+/// On devices without MMA the scalar kernel runs the same cases (the counter says which);
+/// `BLIP3_REQUIRE_TENSOR_CORES=1` makes its absence a failure, for machines known to have it.
 #[test]
 fn tensor_core_kernel_matches_reference() {
     let cases = [
@@ -785,7 +785,8 @@ fn tensor_core_kernel_matches_reference() {
     let _serial = HALF_PRECISION.lock().unwrap_or_else(|e| e.into_inner());
     let mut ran = false;
     for (device_name, device) in gpu_devices() {
-        for (dtype, tol) in [(DType::F16, 2e-2f32), (DType::BF16, 6e-2)] {
+        // Tolerances: outputs (absolute), gradients (relative to the largest reference gradient).
+        for (dtype, tol, grad_tol) in [(DType::F16, 2e-2f32, 5e-3f64), (DType::BF16, 6e-2, 4e-2)] {
             if !device.supports_dtype(dtype) {
                 continue;
             }
@@ -809,14 +810,31 @@ fn tensor_core_kernel_matches_reference() {
                     "{device_name} {dtype:?} {}: blip3 vs reference {err}",
                     c.name
                 );
+                // Training: the same forward under autodiff, then the backward kernels.
+                let got = gradients(AttentionPath::Blip3, c, &x, &device, dtype);
+                let w = Rng::new(99).vec(c.b * c.h * c.sq * c.dv, 1.0);
+                let want = c.reference_backward(&x, &w);
+                for (name, (g, w)) in ["q", "k", "v"].iter().zip(got.iter().zip(&want)) {
+                    let scale = w.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+                    let err = max_diff64(g, w);
+                    eprintln!(
+                        "{device_name} {dtype:?} {}: d{name} |blip3-ref| {err:.2e} (max |ref| {scale:.1})",
+                        c.name
+                    );
+                    assert!(
+                        err <= grad_tol * scale,
+                        "{device_name} {dtype:?} {}: d{name} differs from the reference by {err}",
+                        c.name
+                    );
+                }
             }
             let launches = tensor_core_launches() - before;
             eprintln!("{device_name} {dtype:?}: {launches} tensor-core kernel launches");
             if launches > 0 {
                 assert_eq!(
                     launches,
-                    cases.len(),
-                    "every case has more than 8 query rows"
+                    2 * cases.len(),
+                    "every case has more than 8 query rows: one launch outside autodiff, one in it"
                 );
                 ran = true;
             }
