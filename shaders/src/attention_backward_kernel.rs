@@ -22,7 +22,6 @@
 //! backward of `attention` (tensor ops, chunked).
 
 use burn::backend::Shape;
-use burn::backend::cubecl::dtype_to_storage_type;
 use burn::tensor::DType;
 use burn_cubecl::CubeBackend;
 use burn_cubecl::ops::numeric::{empty_device_dtype, zeros_client};
@@ -33,7 +32,7 @@ use std::sync::atomic::Ordering;
 use crate::attention::{
     BACKWARD_KERNEL_LAUNCHES, MAX_BACKWARD_KERNEL_HEAD_DIM, composed_attention_backward,
 };
-use crate::tiles::{dot_column, stage_transposed, visible_key_end};
+use crate::tiles::{LaunchArgs, dot_column, stage_transposed, visible, visible_key_end};
 
 /// Threads a cube runs, one output row each (and the stride of the cooperative staging).
 const THREADS: usize = 64;
@@ -108,18 +107,12 @@ pub(crate) fn launch_attention_backward(
     let grad_v = empty(v_shape, q.dtype);
     let stats = empty(Shape::new([b, h, sq, 2]), DType::F32);
 
-    let float_type = dtype_to_storage_type(q.dtype);
-    let scale = 1.0 / (dh as f32).sqrt();
-    let has_mask = mask.is_some();
-    // Without a mask the kernels never read their mask argument; `q` stands in for it.
-    let (mask, mask_type) = match mask {
-        Some(mask) => {
-            let ty = dtype_to_storage_type(mask.dtype);
-            (mask, ty)
-        }
-        None => (q.clone(), float_type),
-    };
-    let types = [float_type, mask_type];
+    let LaunchArgs {
+        scale,
+        mask,
+        has_mask,
+        types,
+    } = LaunchArgs::new(&q, mask);
     let bh = (b * h) as u32;
     BACKWARD_KERNEL_LAUNCHES.fetch_add(1, Ordering::Relaxed);
     // SAFETY: every global access is guarded by the row/key bounds the kernels compute from the
@@ -168,30 +161,6 @@ pub(crate) fn launch_attention_backward(
         );
     }
     (grad_q, grad_k, grad_v)
-}
-
-/// Whether query `row` sees `key`: within bounds, causally visible (bottom-right aligned) and
-/// not masked (`mask_row` is the offset of the row's mask entries; any non-zero = masked).
-#[cube]
-#[allow(clippy::too_many_arguments)]
-fn visible<M: Numeric>(
-    row: usize,
-    key: usize,
-    sq: usize,
-    sk: usize,
-    mask: &Tensor<M>,
-    mask_row: usize,
-    #[comptime] causal: bool,
-    #[comptime] has_mask: bool,
-) -> bool {
-    let mut seen = row < sq && key < sk;
-    if causal {
-        seen = seen && key + sq <= row + sk;
-    }
-    if has_mask && seen {
-        seen = mask[mask_row + key * mask.stride(3)] == M::from_int(0);
-    }
-    seen
 }
 
 /// Stages keys and values `tile_start..tile_start + tile_keys` of one head (at `k_base`,

@@ -27,7 +27,6 @@
 //! tiles.)
 
 use burn::backend::Shape;
-use burn::backend::cubecl::dtype_to_storage_type;
 use burn::backend::ops::{AttentionModuleOptions, ModuleOps};
 use burn::backend::tensor::{BoolTensor, FloatTensor};
 use burn::tensor::DType;
@@ -39,7 +38,7 @@ use cubecl::prelude::*;
 use crate::attention::{FlashAttentionBackend, MAX_KERNEL_HEAD_DIM};
 use crate::attention_backward_kernel::launch_attention_backward;
 use crate::attention_mma_kernel;
-use crate::tiles::{stage_transposed, visible_key_end};
+use crate::tiles::{LaunchArgs, stage_transposed, visible_key_end};
 
 /// Output elements each thread folds per round when the row kernel merges partial states.
 const MERGE_CHUNK: usize = 8;
@@ -237,17 +236,7 @@ fn launch_attention(
         attention_mma_kernel::launch(mma, q, k, v, mask, out.clone(), causal);
         return out;
     }
-    let float_type = dtype_to_storage_type(q.dtype);
-    let scale = 1.0 / (dh as f32).sqrt();
-    let has_mask = mask.is_some();
-    // Without a mask the kernels never read their mask argument; `q` stands in for it.
-    let (mask_arg, mask_type) = match mask {
-        Some(mask) => {
-            let ty = dtype_to_storage_type(mask.dtype);
-            (mask.into_tensor_arg(), ty)
-        }
-        None => (q.clone().into_tensor_arg(), float_type),
-    };
+    let args = LaunchArgs::new(&q, mask);
     let cube_count = CubeCount::Static(sq.div_ceil(plan.block_rows()) as u32, (b * h) as u32, 1);
     let (q, k, v, o) = (
         q.into_tensor_arg(),
@@ -255,7 +244,13 @@ fn launch_attention(
         v.into_tensor_arg(),
         out.clone().into_tensor_arg(),
     );
-    let types = [float_type, mask_type];
+    let LaunchArgs {
+        scale,
+        mask,
+        has_mask,
+        types,
+    } = args;
+    let mask = mask.into_tensor_arg();
     // SAFETY: every global access is guarded by the row/key bounds the kernels compute from the
     // tensors' own shapes, and shared-memory indices stay within the sizes declared in the
     // kernels (tests cover partial blocks and tiles).
@@ -271,7 +266,7 @@ fn launch_attention(
                 q,
                 k,
                 v,
-                mask_arg,
+                mask,
                 o,
                 scale,
                 dh,
@@ -295,7 +290,7 @@ fn launch_attention(
                 q,
                 k,
                 v,
-                mask_arg,
+                mask,
                 o,
                 scale,
                 dh,

@@ -23,7 +23,6 @@
 //! visible key is written as zeros.
 
 use burn::backend::cubecl::dtype_to_elem_type;
-use burn::backend::cubecl::dtype_to_storage_type;
 use burn::tensor::DType;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::ir::{ElemType, FloatKind};
@@ -31,7 +30,7 @@ use cubecl::prelude::*;
 use std::sync::atomic::Ordering;
 
 use crate::attention::{TENSOR_CORE_LAUNCHES, tensor_cores_enabled};
-use crate::tiles::{stage_rows, visible_key_end};
+use crate::tiles::{LaunchArgs, stage_rows, visible, visible_key_end};
 
 /// Shared memory the kernel allows itself, at most (CUDA's static shared-memory limit).
 const SHARED_BUDGET: usize = 48 * 1024;
@@ -170,17 +169,7 @@ pub(crate) fn launch(
     let [b, h, sq, dh] = q.meta.shape().dims::<4>();
     let [_, _, _, dv] = v.meta.shape().dims::<4>();
     let client = q.client.clone();
-    let float_type = dtype_to_storage_type(q.dtype);
-    let scale = 1.0 / (dh as f32).sqrt();
-    let has_mask = mask.is_some();
-    // Without a mask the kernel never reads its mask argument; `q` stands in for it.
-    let (mask_arg, mask_type) = match mask {
-        Some(mask) => {
-            let ty = dtype_to_storage_type(mask.dtype);
-            (mask.into_tensor_arg(), ty)
-        }
-        None => (q.clone().into_tensor_arg(), float_type),
-    };
+    let args = LaunchArgs::new(&q, mask);
     let cube_count = CubeCount::Static(sq.div_ceil(plan.block_rows()) as u32, (b * h) as u32, 1);
     TENSOR_CORE_LAUNCHES.fetch_add(1, Ordering::Relaxed);
     // SAFETY: every global access is guarded by the row/key bounds the kernel computes from the
@@ -194,9 +183,9 @@ pub(crate) fn launch(
             q.into_tensor_arg(),
             k.into_tensor_arg(),
             v.into_tensor_arg(),
-            mask_arg,
+            args.mask.into_tensor_arg(),
             out.into_tensor_arg(),
-            scale,
+            args.scale,
             dh,
             dv,
             plan.dh_pad,
@@ -208,8 +197,8 @@ pub(crate) fn launch(
             plan.planes,
             plan.tile_keys,
             causal,
-            has_mask,
-            [float_type, mask_type],
+            args.has_mask,
+            args.types,
         )
     }
 }
@@ -350,19 +339,13 @@ fn mma_attention_kernel<F: Float, M: Numeric>(
         while r < block_rows {
             let row = block_start + r;
             let s_row = r * tile_keys;
+            let mask_row = mask_base + row * mask.stride(2);
             let mut tile_max = f32::new(NO_MAX);
             for j in 0..tile_keys {
+                // Keys from `kv_end` on are causally hidden from every row of the block.
                 let key = tile_start + j;
-                let mut visible = row < sq && key < kv_end;
-                if causal {
-                    visible = visible && key + sq <= row + sk;
-                }
-                if has_mask && visible {
-                    visible = mask[mask_base + row * mask.stride(2) + key * mask.stride(3)]
-                        == M::from_int(0);
-                }
                 let mut score = f32::new(NO_MAX);
-                if visible {
+                if visible::<M>(row, key, sq, sk, mask, mask_row, causal, has_mask) {
                     score = s_s[s_row + j] * scale;
                 }
                 s_s[s_row + j] = score;

@@ -1,9 +1,41 @@
 //! Tile helpers shared by the CubeCL attention kernels (forward and backward): which keys a block
 //! of causal queries can see, staging rows of a head into shared memory (transposed as f32 for
-//! the scalar kernels, row by row in the input dtype for the tensor-core kernel), and the dot
-//! product of a register row with one staged column.
+//! the scalar kernels, row by row in the input dtype for the tensor-core kernel), the dot
+//! product of a register row with one staged column, and the arguments every launch shares.
 
+use burn::backend::cubecl::dtype_to_storage_type;
+use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
+
+/// What every attention kernel launch takes besides its tensors: the score scale `Dh^-0.5`, the
+/// mask argument (without a mask the kernels never read it, and `q` stands in for it), whether
+/// there is a mask, and the kernels' two defined types `[float of q, mask storage]`.
+pub(crate) struct LaunchArgs {
+    /// `1 / sqrt(Dh)`.
+    pub scale: f32,
+    /// The mask, or `q` standing in for it.
+    pub mask: CubeTensor,
+    /// Whether `mask` is a real mask.
+    pub has_mask: bool,
+    /// `[float type of q, storage type of the mask]`.
+    pub types: [ElemType; 2],
+}
+
+impl LaunchArgs {
+    /// The arguments for `q` (`[B, H, Sq, Dh]`) and an optional mask.
+    pub(crate) fn new(q: &CubeTensor, mask: Option<CubeTensor>) -> LaunchArgs {
+        let dh = q.meta.shape().dims::<4>()[3];
+        let float_type = dtype_to_storage_type(q.dtype);
+        let has_mask = mask.is_some();
+        let mask = mask.unwrap_or_else(|| q.clone());
+        LaunchArgs {
+            scale: 1.0 / (dh as f32).sqrt(),
+            types: [float_type, dtype_to_storage_type(mask.dtype)],
+            mask,
+            has_mask,
+        }
+    }
+}
 
 /// End of the keys a block of query rows `block_start..block_start + block_rows` can see: all
 /// `sk`, or with `causal` (bottom-right aligned) up to what the block's last row sees.
@@ -25,6 +57,30 @@ pub(crate) fn visible_key_end(
         }
     }
     end
+}
+
+/// Whether query `row` sees `key`: within bounds, causally visible (bottom-right aligned) and
+/// not masked (`mask_row` is the offset of the row's mask entries; any non-zero = masked).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn visible<M: Numeric>(
+    row: usize,
+    key: usize,
+    sq: usize,
+    sk: usize,
+    mask: &Tensor<M>,
+    mask_row: usize,
+    #[comptime] causal: bool,
+    #[comptime] has_mask: bool,
+) -> bool {
+    let mut seen = row < sq && key < sk;
+    if causal {
+        seen = seen && key + sq <= row + sk;
+    }
+    if has_mask && seen {
+        seen = mask[mask_row + key * mask.stride(3)] == M::from_int(0);
+    }
+    seen
 }
 
 /// Stages keys `tile_start..tile_start + tile_keys` of one head of `src` (`width` values a key,

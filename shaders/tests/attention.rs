@@ -507,6 +507,24 @@ fn max_diff64(a: &[f64], b: &[f64]) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// Asserts that gradients `got` (of q, k, v) are within `tol` of the largest reference gradient
+/// of `want`, and that the reference is not all zeros (which would make the check vacuous).
+fn check_gradients(label: &str, got: &[Vec<f64>; 3], want: &[Vec<f64>; 3], tol: f64) {
+    for (name, (g, w)) in ["q", "k", "v"].iter().zip(got.iter().zip(want)) {
+        let scale = w.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+        let err = max_diff64(g, w);
+        eprintln!("{label}: d{name} |blip3-ref| {err:.2e} (max |ref| {scale:.1})");
+        assert!(
+            err <= tol * scale,
+            "{label}: d{name} differs from the reference by {err}"
+        );
+        assert!(
+            w.iter().any(|v| *v != 0.0),
+            "{label}: reference d{name} is all zeros"
+        );
+    }
+}
+
 /// Held by the tests that run the backward kernels, so that `backward_kernel_launches` (one
 /// counter per process) counts only the checking test's launches.
 static BACKWARD_KERNELS: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -693,24 +711,12 @@ fn backward_matches_reference() {
                         c.name
                     );
                 }
-                for (name, (g, w)) in ["q", "k", "v"].iter().zip(got.iter().zip(&want)) {
-                    let scale = w.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-                    let err = max_diff64(g, w);
-                    eprintln!(
-                        "{device_name} {dtype:?} {}: d{name} |blip3-ref| {err:.2e} (max |ref| {scale:.1})",
-                        c.name
-                    );
-                    assert!(
-                        err <= tol * scale,
-                        "{device_name} {dtype:?} {}: d{name} differs from the reference by {err}",
-                        c.name
-                    );
-                    assert!(
-                        w.iter().any(|v| *v != 0.0),
-                        "{}: reference d{name} is all zeros",
-                        c.name
-                    );
-                }
+                check_gradients(
+                    &format!("{device_name} {dtype:?} {}", c.name),
+                    &got,
+                    &want,
+                    tol,
+                );
             }
         }
     }
@@ -814,19 +820,12 @@ fn tensor_core_kernel_matches_reference() {
                 let got = gradients(AttentionPath::Blip3, c, &x, &device, dtype);
                 let w = Rng::new(99).vec(c.b * c.h * c.sq * c.dv, 1.0);
                 let want = c.reference_backward(&x, &w);
-                for (name, (g, w)) in ["q", "k", "v"].iter().zip(got.iter().zip(&want)) {
-                    let scale = w.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-                    let err = max_diff64(g, w);
-                    eprintln!(
-                        "{device_name} {dtype:?} {}: d{name} |blip3-ref| {err:.2e} (max |ref| {scale:.1})",
-                        c.name
-                    );
-                    assert!(
-                        err <= grad_tol * scale,
-                        "{device_name} {dtype:?} {}: d{name} differs from the reference by {err}",
-                        c.name
-                    );
-                }
+                check_gradients(
+                    &format!("{device_name} {dtype:?} {}", c.name),
+                    &got,
+                    &want,
+                    grad_tol,
+                );
             }
             let launches = tensor_core_launches() - before;
             eprintln!("{device_name} {dtype:?}: {launches} tensor-core kernel launches");
