@@ -239,6 +239,15 @@ pub fn tensor_core_launches() -> usize {
 /// The counter behind [`tensor_core_launches`], raised by the tensor-core kernel's launcher.
 pub(crate) static TENSOR_CORE_LAUNCHES: AtomicUsize = AtomicUsize::new(0);
 
+/// How many times this process has run the tensor-core key kernel of the backward (`dK`, `dV`
+/// in half precision on a device with MMA instructions; always 0 elsewhere).
+pub fn tensor_core_backward_launches() -> usize {
+    TENSOR_CORE_BACKWARD_LAUNCHES.load(Ordering::Relaxed)
+}
+
+/// The counter behind [`tensor_core_backward_launches`].
+pub(crate) static TENSOR_CORE_BACKWARD_LAUNCHES: AtomicUsize = AtomicUsize::new(0);
+
 /// Turns the tensor-core forward kernel on (`Some(true)`) or off (`Some(false)`) for the whole
 /// process, or back to the [`TENSOR_CORES_ENV`] setting (`None`). Off, half precision takes the
 /// scalar kernels, as on devices without MMA instructions (benchmarks compare the two this way).

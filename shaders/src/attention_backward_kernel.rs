@@ -32,6 +32,7 @@ use std::sync::atomic::Ordering;
 use crate::attention::{
     BACKWARD_KERNEL_LAUNCHES, MAX_BACKWARD_KERNEL_HEAD_DIM, composed_attention_backward,
 };
+use crate::attention_mma_backward_kernel;
 use crate::tiles::{LaunchArgs, dot_column, stage_transposed, visible, visible_key_end};
 
 /// Threads a cube runs, one output row each (and the stride of the cooperative staging).
@@ -139,6 +140,26 @@ pub(crate) fn launch_attention_backward(
             has_mask,
             types,
         );
+    }
+    // Half precision on devices with MMA instructions: the tensor-core key kernel.
+    if let Some(plan) = attention_mma_backward_kernel::plan(&q, dv) {
+        let mask = has_mask.then_some(mask);
+        attention_mma_backward_kernel::launch(
+            plan,
+            q,
+            k,
+            v,
+            mask,
+            grad_out,
+            stats,
+            grad_k.clone(),
+            grad_v.clone(),
+            causal,
+        );
+        return (grad_q, grad_k, grad_v);
+    }
+    // SAFETY: as above.
+    unsafe {
         key_grad_kernel::launch_unchecked(
             &client,
             CubeCount::Static(sk.div_ceil(THREADS) as u32, bh, 1),

@@ -25,6 +25,8 @@ mod attention_backward_kernel;
 #[cfg(feature = "cube")]
 mod attention_kernel;
 #[cfg(feature = "cube")]
+mod attention_mma_backward_kernel;
+#[cfg(feature = "cube")]
 mod attention_mma_kernel;
 mod cublas;
 #[cfg(feature = "cube")]

@@ -7,7 +7,7 @@ mod common;
 use blip3_shaders::attention::{
     AttentionPath, MAX_BACKWARD_KERNEL_HEAD_DIM, MIN_KERNEL_ROWS, attention_backward,
     attention_with, backward_kernel_launches, burn_attention, is_cube_device, kernel_applies,
-    kernel_supports, tensor_core_launches,
+    kernel_supports, tensor_core_backward_launches, tensor_core_launches,
 };
 use burn::prelude::*;
 use burn::tensor::DType;
@@ -797,6 +797,7 @@ fn tensor_core_kernel_matches_reference() {
                 continue;
             }
             let before = tensor_core_launches();
+            let before_backward = tensor_core_backward_launches();
             for (seed, c) in cases.iter().enumerate() {
                 let x = c.inputs(seed as u64 + 11);
                 let want = c.reference(&x);
@@ -828,8 +829,18 @@ fn tensor_core_kernel_matches_reference() {
                 );
             }
             let launches = tensor_core_launches() - before;
-            eprintln!("{device_name} {dtype:?}: {launches} tensor-core kernel launches");
+            let backward = tensor_core_backward_launches() - before_backward;
+            eprintln!(
+                "{device_name} {dtype:?}: {launches} tensor-core kernel launches, {backward} of \
+                 the backward's tensor-core key kernel"
+            );
+            assert_eq!(
+                backward > 0,
+                launches > 0,
+                "the backward takes tensor cores exactly where the forward does"
+            );
             if launches > 0 {
+                assert_eq!(backward, cases.len(), "one backward a case");
                 assert_eq!(
                     launches,
                     2 * cases.len(),

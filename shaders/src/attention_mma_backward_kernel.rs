@@ -1,0 +1,585 @@
+//! The tensor-core key kernel of the attention backward: `dK` and `dV` with the four products of
+//! a key block on the device's cooperative-matrix (MMA) instructions, for f16 and bf16 inputs on
+//! devices that have an MMA of that type with f32 accumulation (as for the forward's
+//! `attention_mma_kernel`). It reads the per-row statistics `(lse_i, δ_i)` that the scalar query
+//! kernel writes (`attention_backward_kernel`), and replaces the scalar key kernel there.
+//!
+//! A cube is `planes` planes; plane `p` owns keys `tm·p..tm·p + tm` of the cube's block, whose K
+//! and V rows are staged once. Per tile of queries (their Q and dO rows, lse and δ staged):
+//!
+//! 1. each plane computes `Sᵀ = K·Qᵀ` for its keys with MMAs (f32, to shared memory);
+//! 2. every thread turns its share of the block into `Pᵀ = exp(scale·Sᵀ − lse)` where the pair is
+//!    visible (the masking contract of `attention`), 0 elsewhere, in the input dtype;
+//! 3. each plane computes `dPᵀ = V·dOᵀ` into the same f32 buffer;
+//! 4. every thread forms `dSᵀ = Pᵀ ∘ (dPᵀ − δ)` in the input dtype;
+//! 5. each plane adds `Pᵀ·dO` to its `dV` rows and `dSᵀ·Q` to its `dK` rows (f32 accumulators in
+//!    shared memory, loaded into MMA accumulators and stored back).
+//!
+//! At the end `dK` is scaled by `Dh^-0.5` and both are written in the input dtype. Causal cubes
+//! start at the first query their first key is visible to.
+
+use burn::backend::cubecl::dtype_to_elem_type;
+use burn::tensor::DType;
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::ir::{ElemType, FloatKind};
+use cubecl::prelude::*;
+use std::sync::atomic::Ordering;
+
+use crate::attention::{TENSOR_CORE_BACKWARD_LAUNCHES, tensor_cores_enabled};
+use crate::tiles::{LaunchArgs, stage_rows, visible};
+
+/// Shared memory the kernel allows itself, at most (CUDA's static shared-memory limit).
+const SHARED_BUDGET: usize = 48 * 1024;
+/// Alignment of the shared buffers MMA fragments load from and store to (`wmma` needs 256 bits).
+const FRAGMENT_ALIGN: usize = 32;
+/// `lse` of a row that sees no key: `exp(s − NO_LSE)` is 0 for every real score.
+const NO_LSE: f32 = 3.0e38;
+
+/// Sizes of one launch: the MMA shape, the cube's planes and query tile, the padded head widths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct KeyPlan {
+    /// MMA rows (keys a plane owns).
+    tm: usize,
+    /// MMA columns.
+    tn: usize,
+    /// MMA depth.
+    tk: usize,
+    /// Threads a plane runs on this device.
+    plane_dim: usize,
+    /// Planes a cube runs.
+    planes: usize,
+    /// Queries a tile (a multiple of `tn` and `tk`).
+    tile_q: usize,
+    /// `Dh` rounded up to a multiple of `tn` and `tk` (it is a product's depth and width).
+    dh_pad: usize,
+    /// `Dv` rounded up likewise.
+    dv_pad: usize,
+}
+
+impl KeyPlan {
+    /// Shared memory one launch declares, in bytes (`half` = bytes of the input dtype).
+    fn shared_bytes(&self, half: usize) -> usize {
+        let keys = self.block_keys();
+        let width = self.dh_pad + self.dv_pad;
+        half * (keys + self.tile_q) * width
+            + 8 * self.tile_q
+            + (4 + 2 * half) * keys * self.tile_q
+            + 4 * keys * width
+    }
+
+    /// Keys one cube covers.
+    fn block_keys(&self) -> usize {
+        self.planes * self.tm
+    }
+
+    /// The plan for heads `dh`/`dv` of `half_bytes`-wide elements, given the device's MMA shapes
+    /// `(m, n, k)` for that type with f32 accumulation, its plane size, threads a cube and shared
+    /// memory: the 16×16×16 MMA where offered, else the smallest; then the most planes and the
+    /// longest query tile that fit.
+    fn choose(
+        shapes: &[(usize, usize, usize)],
+        plane_dim: usize,
+        max_units: usize,
+        max_shared: usize,
+        half_bytes: usize,
+        dh: usize,
+        dv: usize,
+    ) -> Option<KeyPlan> {
+        let &(tm, tn, tk) = shapes
+            .iter()
+            .min_by_key(|&&(m, n, k)| ((m, n, k) != (16, 16, 16), m * n * k))?;
+        let step = tn / gcd(tn, tk) * tk;
+        let budget = max_shared.min(SHARED_BUDGET);
+        [(4, 2), (4, 1), (2, 2), (2, 1), (1, 2), (1, 1)]
+            .into_iter()
+            .map(|(planes, tiles)| KeyPlan {
+                tm,
+                tn,
+                tk,
+                plane_dim,
+                planes,
+                tile_q: tiles * step,
+                dh_pad: dh.div_ceil(step) * step,
+                dv_pad: dv.div_ceil(step) * step,
+            })
+            .find(|p| p.shared_bytes(half_bytes) <= budget && p.planes * p.plane_dim <= max_units)
+    }
+}
+
+/// Greatest common divisor (of MMA sizes, all positive).
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// The launch plan for the key gradients of `q` (`[B, H, Sq, Dh]`) with values of head size
+/// `dv`, or `None` where the kernel does not run (the same conditions as the forward's
+/// tensor-core kernel: switch, dtype, the device's MMA and plane size, shared memory).
+pub(crate) fn plan(q: &CubeTensor, dv: usize) -> Option<KeyPlan> {
+    if !tensor_cores_enabled() || !matches!(q.dtype, DType::F16 | DType::BF16) {
+        return None;
+    }
+    let dh = q.meta.shape().dims::<4>()[3];
+    let props = q.client.properties();
+    let hw = &props.hardware;
+    if hw.plane_size_min != hw.plane_size_max || hw.plane_size_max == 0 {
+        return None;
+    }
+    let half = dtype_to_elem_type(q.dtype);
+    let f32_type = ElemType::Float(FloatKind::F32);
+    let shapes: Vec<(usize, usize, usize)> = props
+        .features
+        .matmul
+        .cmma
+        .iter()
+        .filter(|c| c.a_type == half && c.b_type == half && c.cd_type == f32_type)
+        .map(|c| (c.m as usize, c.n as usize, c.k as usize))
+        .collect();
+    let plan = KeyPlan::choose(
+        &shapes,
+        hw.plane_size_max as usize,
+        hw.max_units_per_cube as usize,
+        hw.max_shared_memory_size,
+        q.dtype.size(),
+        dh,
+        dv,
+    )?;
+    let [b, h, _, _] = q.meta.shape().dims::<4>();
+    (b * h <= hw.max_cube_count.1 as usize).then_some(plan)
+}
+
+/// Launches the kernel with `plan` (from [`plan`]): `grad_k` and `grad_v` (fresh tensors of the
+/// shapes of `k` and `v`) from the inputs, the output gradient and the query kernel's `stats`
+/// (`[B, H, Sq, 2]` f32: `lse`, `δ`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn launch(
+    plan: KeyPlan,
+    q: CubeTensor,
+    k: CubeTensor,
+    v: CubeTensor,
+    mask: Option<CubeTensor>,
+    grad_out: CubeTensor,
+    stats: CubeTensor,
+    grad_k: CubeTensor,
+    grad_v: CubeTensor,
+    causal: bool,
+) {
+    let [b, h, _, dh] = q.meta.shape().dims::<4>();
+    let [_, _, sk, dv] = v.meta.shape().dims::<4>();
+    let client = q.client.clone();
+    let args = LaunchArgs::new(&q, mask);
+    let cube_count = CubeCount::Static(sk.div_ceil(plan.block_keys()) as u32, (b * h) as u32, 1);
+    TENSOR_CORE_BACKWARD_LAUNCHES.fetch_add(1, Ordering::Relaxed);
+    // SAFETY: every global access is guarded by the row/key bounds the kernel computes from the
+    // tensors' own shapes (`stats` and the gradients are fresh contiguous tensors of the shapes
+    // indexed); shared indices stay within the declared sizes (fragments read and write whole
+    // blocks inside the padded buffers).
+    unsafe {
+        mma_key_grad_kernel::launch_unchecked(
+            &client,
+            cube_count,
+            CubeDim::new_2d(plan.plane_dim as u32, plan.planes as u32),
+            q.into_tensor_arg(),
+            k.into_tensor_arg(),
+            v.into_tensor_arg(),
+            args.mask.into_tensor_arg(),
+            grad_out.into_tensor_arg(),
+            stats.into_tensor_arg(),
+            grad_k.into_tensor_arg(),
+            grad_v.into_tensor_arg(),
+            args.scale,
+            dh,
+            dv,
+            plan.dh_pad,
+            plan.dv_pad,
+            plan.tm,
+            plan.tn,
+            plan.tk,
+            plan.plane_dim,
+            plan.planes,
+            plan.tile_q,
+            causal,
+            args.has_mask,
+            args.types,
+        )
+    }
+}
+
+/// `acc = a · bᵀ` for one plane: `a` is `tm` rows of width `depth` at `a_at` (row-major), `b` is
+/// `tn` rows of the same width at `b_at` (read column-major, i.e. transposed); the result goes to
+/// `out` at `out_at` with row stride `out_stride`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn product_transposed<F: Float>(
+    a: &Shared<[F]>,
+    a_at: usize,
+    b: &Shared<[F]>,
+    b_at: usize,
+    out: &mut Shared<[f32]>,
+    out_at: usize,
+    #[comptime] depth: usize,
+    #[comptime] out_stride: usize,
+    #[comptime] tm: usize,
+    #[comptime] tn: usize,
+    #[comptime] tk: usize,
+) {
+    let acc = cmma::Matrix::<f32>::from_value(
+        cmma::MatrixIdent::Accumulator,
+        tm,
+        tn,
+        tk,
+        cmma::MatrixLayout::Undefined,
+        0.0f32,
+    );
+    #[unroll]
+    for d in 0..comptime!(depth / tk) {
+        let am = cmma::Matrix::<F>::from_slice(
+            cmma::MatrixIdent::A,
+            tm,
+            tn,
+            tk,
+            cmma::MatrixLayout::RowMajor,
+            &a[a_at + d * tk..a.len()],
+            depth as u32,
+        );
+        let bm = cmma::Matrix::<F>::from_slice(
+            cmma::MatrixIdent::B,
+            tm,
+            tn,
+            tk,
+            cmma::MatrixLayout::ColMajor,
+            &b[b_at + d * tk..b.len()],
+            depth as u32,
+        );
+        cmma::execute(&am, &bm, &acc, &acc);
+    }
+    let end = out.len();
+    cmma::store(
+        &mut out[out_at..end],
+        &acc,
+        out_stride as u32,
+        cmma::MatrixLayout::RowMajor,
+    );
+}
+
+/// `acc[rows, :] += a · b` for one plane: `a` is `tm` rows of width `inner` at `a_at`
+/// (row-major), `b` is `inner` rows of width `width` (row-major); `acc` holds the plane's rows of
+/// width `width` in f32, read into MMA accumulators and written back.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn accumulate_product<F: Float>(
+    a: &Shared<[F]>,
+    a_at: usize,
+    b: &Shared<[F]>,
+    acc: &mut Shared<[f32]>,
+    acc_at: usize,
+    #[comptime] inner: usize,
+    #[comptime] width: usize,
+    #[comptime] tm: usize,
+    #[comptime] tn: usize,
+    #[comptime] tk: usize,
+) {
+    #[unroll]
+    for c in 0..comptime!(width / tn) {
+        let out = cmma::Matrix::<f32>::from_slice(
+            cmma::MatrixIdent::Accumulator,
+            tm,
+            tn,
+            tk,
+            cmma::MatrixLayout::RowMajor,
+            &acc[acc_at + c * tn..acc.len()],
+            width as u32,
+        );
+        #[unroll]
+        for j in 0..comptime!(inner / tk) {
+            let am = cmma::Matrix::<F>::from_slice(
+                cmma::MatrixIdent::A,
+                tm,
+                tn,
+                tk,
+                cmma::MatrixLayout::RowMajor,
+                &a[a_at + j * tk..a.len()],
+                inner as u32,
+            );
+            let bm = cmma::Matrix::<F>::from_slice(
+                cmma::MatrixIdent::B,
+                tm,
+                tn,
+                tk,
+                cmma::MatrixLayout::RowMajor,
+                &b[j * tk * width + c * tn..b.len()],
+                width as u32,
+            );
+            cmma::execute(&am, &bm, &out, &out);
+        }
+        let end = acc.len();
+        cmma::store(
+            &mut acc[acc_at + c * tn..end],
+            &out,
+            width as u32,
+            cmma::MatrixLayout::RowMajor,
+        );
+    }
+}
+
+/// The kernel (see the module documentation). `F` is the tensor float type (f16 or bf16), `M`
+/// the mask storage type (any non-zero value = masked).
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn mma_key_grad_kernel<F: Float, M: Numeric>(
+    q: &Tensor<F>,
+    k: &Tensor<F>,
+    v: &Tensor<F>,
+    mask: &Tensor<M>,
+    grad_out: &Tensor<F>,
+    stats: &Tensor<f32>,
+    grad_k: &mut Tensor<F>,
+    grad_v: &mut Tensor<F>,
+    scale: f32,
+    #[comptime] head_dim: usize,
+    #[comptime] val_dim: usize,
+    #[comptime] dh_pad: usize,
+    #[comptime] dv_pad: usize,
+    #[comptime] tm: usize,
+    #[comptime] tn: usize,
+    #[comptime] tk: usize,
+    #[comptime] plane_dim: usize,
+    #[comptime] planes: usize,
+    #[comptime] tile_q: usize,
+    #[comptime] causal: bool,
+    #[comptime] has_mask: bool,
+    #[define(F, M)] _dtypes: [ElemType; 2],
+) {
+    let threads = comptime!(plane_dim * planes);
+    let block_keys = comptime!(planes * tm);
+    let unit = UNIT_POS as usize;
+    let row0 = UNIT_POS_Y as usize * tm;
+    let heads = q.shape(1);
+    let sq = q.shape(2);
+    let sk = k.shape(2);
+    let bh = CUBE_POS_Y as usize;
+    let b = bh / heads;
+    let h = bh % heads;
+    let block_start = CUBE_POS_X as usize * block_keys;
+
+    let mut k_s = Shared::<[F]>::new_aligned_slice(comptime!(block_keys * dh_pad), FRAGMENT_ALIGN);
+    let mut v_s = Shared::<[F]>::new_aligned_slice(comptime!(block_keys * dv_pad), FRAGMENT_ALIGN);
+    let mut q_s = Shared::<[F]>::new_aligned_slice(comptime!(tile_q * dh_pad), FRAGMENT_ALIGN);
+    let mut go_s = Shared::<[F]>::new_aligned_slice(comptime!(tile_q * dv_pad), FRAGMENT_ALIGN);
+    let mut lse_s = Shared::<[f32]>::new_slice(tile_q);
+    let mut delta_s = Shared::<[f32]>::new_slice(tile_q);
+    // Sᵀ, then dPᵀ.
+    let mut t_s =
+        Shared::<[f32]>::new_aligned_slice(comptime!(block_keys * tile_q), FRAGMENT_ALIGN);
+    let mut p_s = Shared::<[F]>::new_aligned_slice(comptime!(block_keys * tile_q), FRAGMENT_ALIGN);
+    let mut ds_s = Shared::<[F]>::new_aligned_slice(comptime!(block_keys * tile_q), FRAGMENT_ALIGN);
+    let mut dk_s =
+        Shared::<[f32]>::new_aligned_slice(comptime!(block_keys * dh_pad), FRAGMENT_ALIGN);
+    let mut dv_s =
+        Shared::<[f32]>::new_aligned_slice(comptime!(block_keys * dv_pad), FRAGMENT_ALIGN);
+
+    let k_base = b * k.stride(0) + h * k.stride(1);
+    let v_base = b * v.stride(0) + h * v.stride(1);
+    stage_rows::<F>(
+        k,
+        k_base,
+        block_start,
+        sk,
+        &mut k_s,
+        head_dim,
+        dh_pad,
+        block_keys,
+        unit,
+        threads,
+    );
+    stage_rows::<F>(
+        v,
+        v_base,
+        block_start,
+        sk,
+        &mut v_s,
+        val_dim,
+        dv_pad,
+        block_keys,
+        unit,
+        threads,
+    );
+    let mut i = unit;
+    while i < comptime!(block_keys * dh_pad) {
+        dk_s[i] = 0.0f32;
+        i += threads;
+    }
+    let mut i = unit;
+    while i < comptime!(block_keys * dv_pad) {
+        dv_s[i] = 0.0f32;
+        i += threads;
+    }
+
+    // Causal: query i sees key j when i ≥ j + Sq − Sk; start at the first query that sees this
+    // cube's first key.
+    let mut q_start = 0usize;
+    if causal && block_start + sq > sk {
+        q_start = min(block_start + sq - sk, sq);
+    }
+    let q_base = b * q.stride(0) + h * q.stride(1);
+    let go_base = b * grad_out.stride(0) + h * grad_out.stride(1);
+    let mask_head = b * mask.stride(0) + h * mask.stride(1);
+
+    let mut tile_start = q_start;
+    while tile_start < sq {
+        stage_rows::<F>(
+            q, q_base, tile_start, sq, &mut q_s, head_dim, dh_pad, tile_q, unit, threads,
+        );
+        stage_rows::<F>(
+            grad_out, go_base, tile_start, sq, &mut go_s, val_dim, dv_pad, tile_q, unit, threads,
+        );
+        let mut i = unit;
+        while i < tile_q {
+            let row = tile_start + i;
+            let mut lse = f32::new(NO_LSE);
+            let mut delta = 0.0f32;
+            if row < sq {
+                let at = (bh * sq + row) * 2;
+                lse = stats[at];
+                delta = stats[at + 1];
+            }
+            lse_s[i] = lse;
+            delta_s[i] = delta;
+            i += threads;
+        }
+        sync_cube();
+
+        // Sᵀ = K·Qᵀ for this plane's keys.
+        #[unroll]
+        for n in 0..comptime!(tile_q / tn) {
+            product_transposed::<F>(
+                &k_s,
+                row0 * dh_pad,
+                &q_s,
+                n * tn * dh_pad,
+                &mut t_s,
+                row0 * tile_q + n * tn,
+                dh_pad,
+                tile_q,
+                tm,
+                tn,
+                tk,
+            );
+        }
+        sync_cube();
+        // Pᵀ where the pair is visible, 0 elsewhere.
+        let mut i = unit;
+        while i < comptime!(block_keys * tile_q) {
+            let key = block_start + i / tile_q;
+            let c = i % tile_q;
+            let row = tile_start + c;
+            let mask_row = mask_head + row * mask.stride(2);
+            let mut p = 0.0f32;
+            if visible::<M>(row, key, sq, sk, mask, mask_row, causal, has_mask) {
+                p = f32::exp(t_s[i] * scale - lse_s[c]);
+            }
+            p_s[i] = F::cast_from(p);
+            i += threads;
+        }
+        sync_cube();
+        // dPᵀ = V·dOᵀ for this plane's keys.
+        #[unroll]
+        for n in 0..comptime!(tile_q / tn) {
+            product_transposed::<F>(
+                &v_s,
+                row0 * dv_pad,
+                &go_s,
+                n * tn * dv_pad,
+                &mut t_s,
+                row0 * tile_q + n * tn,
+                dv_pad,
+                tile_q,
+                tm,
+                tn,
+                tk,
+            );
+        }
+        sync_cube();
+        // dSᵀ = Pᵀ ∘ (dPᵀ − δ).
+        let mut i = unit;
+        while i < comptime!(block_keys * tile_q) {
+            let c = i % tile_q;
+            ds_s[i] = F::cast_from(f32::cast_from(p_s[i]) * (t_s[i] - delta_s[c]));
+            i += threads;
+        }
+        sync_cube();
+        // dV += Pᵀ·dO, dK += dSᵀ·Q for this plane's keys.
+        accumulate_product::<F>(
+            &p_s,
+            row0 * tile_q,
+            &go_s,
+            &mut dv_s,
+            row0 * dv_pad,
+            tile_q,
+            dv_pad,
+            tm,
+            tn,
+            tk,
+        );
+        accumulate_product::<F>(
+            &ds_s,
+            row0 * tile_q,
+            &q_s,
+            &mut dk_s,
+            row0 * dh_pad,
+            tile_q,
+            dh_pad,
+            tm,
+            tn,
+            tk,
+        );
+        sync_cube();
+        tile_start += tile_q;
+    }
+
+    let dk_base = b * grad_k.stride(0) + h * grad_k.stride(1);
+    let dk_row = grad_k.stride(2);
+    let dk_col = grad_k.stride(3);
+    let mut i = unit;
+    while i < comptime!(block_keys * head_dim) {
+        let key = block_start + i / head_dim;
+        let d = i % head_dim;
+        if key < sk {
+            let at = dk_base + key * dk_row + d * dk_col;
+            grad_k[at] = F::cast_from(dk_s[(i / head_dim) * dh_pad + d] * scale);
+        }
+        i += threads;
+    }
+    let dv_base = b * grad_v.stride(0) + h * grad_v.stride(1);
+    let dv_row = grad_v.stride(2);
+    let dv_col = grad_v.stride(3);
+    let mut i = unit;
+    while i < comptime!(block_keys * val_dim) {
+        let key = block_start + i / val_dim;
+        let d = i % val_dim;
+        if key < sk {
+            let at = dv_base + key * dv_row + d * dv_col;
+            grad_v[at] = F::cast_from(dv_s[(i / val_dim) * dv_pad + d]);
+        }
+        i += threads;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KeyPlan;
+
+    #[test]
+    fn key_plans_fit_the_shared_memory_of_cuda_and_lavapipe() {
+        let cuda = [(16, 16, 16), (32, 8, 16), (8, 32, 16)];
+        let p = KeyPlan::choose(&cuda, 32, 1024, 49152, 2, 96, 96).expect("a plan");
+        assert_eq!((p.tm, p.planes, p.tile_q, p.block_keys()), (16, 2, 16, 32));
+        assert!(p.shared_bytes(2) <= 49152);
+        let p = KeyPlan::choose(&cuda, 32, 1024, 49152, 2, 72, 40).expect("a plan");
+        assert_eq!((p.dh_pad, p.dv_pad), (80, 48));
+        let p = KeyPlan::choose(&[(8, 8, 8)], 8, 1024, 32768, 2, 96, 96).expect("a plan");
+        assert_eq!((p.tm, p.planes, p.tile_q), (8, 2, 16));
+        assert!(p.shared_bytes(2) <= 32768);
+        assert_eq!(KeyPlan::choose(&[], 32, 1024, 49152, 2, 96, 96), None);
+        assert_eq!(KeyPlan::choose(&cuda, 32, 1024, 4096, 2, 128, 128), None);
+    }
+}
