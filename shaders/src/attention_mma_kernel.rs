@@ -30,7 +30,9 @@ use cubecl::prelude::*;
 use std::sync::atomic::Ordering;
 
 use crate::attention::{TENSOR_CORE_LAUNCHES, tensor_cores_enabled};
-use crate::tiles::{LaunchArgs, stage_rows, visible, visible_key_end};
+use crate::tiles::{
+    LaunchArgs, accumulate_product, product_transposed, stage_rows, visible, visible_key_end,
+};
 
 /// Shared memory the kernel allows itself, at most (CUDA's static shared-memory limit).
 const SHARED_BUDGET: usize = 48 * 1024;
@@ -291,44 +293,21 @@ fn mma_attention_kernel<F: Float, M: Numeric>(
         );
         sync_cube();
 
-        // S = Q·Kᵀ for this plane's rows: B is Kᵀ, i.e. the staged key rows read column-major.
+        // S = Q·Kᵀ for this plane's rows.
         #[unroll]
-        for jn in 0..comptime!(tile_keys / tn) {
-            let acc = cmma::Matrix::<f32>::from_value(
-                cmma::MatrixIdent::Accumulator,
+        for n in 0..comptime!(tile_keys / tn) {
+            product_transposed::<F>(
+                &q_s,
+                row0 * dh_pad,
+                &k_s,
+                n * tn * dh_pad,
+                &mut s_s,
+                row0 * tile_keys + n * tn,
+                dh_pad,
+                tile_keys,
                 tm,
                 tn,
                 tk,
-                cmma::MatrixLayout::Undefined,
-                0.0f32,
-            );
-            #[unroll]
-            for d in 0..comptime!(dh_pad / tk) {
-                let a = cmma::Matrix::<F>::from_slice(
-                    cmma::MatrixIdent::A,
-                    tm,
-                    tn,
-                    tk,
-                    cmma::MatrixLayout::RowMajor,
-                    &q_s[row0 * dh_pad + d * tk..comptime!(block_rows * dh_pad)],
-                    dh_pad as u32,
-                );
-                let kt = cmma::Matrix::<F>::from_slice(
-                    cmma::MatrixIdent::B,
-                    tm,
-                    tn,
-                    tk,
-                    cmma::MatrixLayout::ColMajor,
-                    &k_s[jn * tn * dh_pad + d * tk..comptime!(tile_keys * dh_pad)],
-                    dh_pad as u32,
-                );
-                cmma::execute(&a, &kt, &acc, &acc);
-            }
-            cmma::store(
-                &mut s_s[row0 * tile_keys + jn * tn..comptime!(block_rows * tile_keys)],
-                &acc,
-                tile_keys as u32,
-                cmma::MatrixLayout::RowMajor,
             );
         }
         sync_cube();
@@ -373,47 +352,19 @@ fn mma_attention_kernel<F: Float, M: Numeric>(
         }
         sync_cube();
 
-        // O += P·V for this plane's rows, one block of value columns at a time.
-        #[unroll]
-        for c in 0..comptime!(dv_pad / tn) {
-            let acc = cmma::Matrix::<f32>::from_slice(
-                cmma::MatrixIdent::Accumulator,
-                tm,
-                tn,
-                tk,
-                cmma::MatrixLayout::RowMajor,
-                &o_s[row0 * dv_pad + c * tn..comptime!(block_rows * dv_pad)],
-                dv_pad as u32,
-            );
-            #[unroll]
-            for jk in 0..comptime!(tile_keys / tk) {
-                let p = cmma::Matrix::<F>::from_slice(
-                    cmma::MatrixIdent::A,
-                    tm,
-                    tn,
-                    tk,
-                    cmma::MatrixLayout::RowMajor,
-                    &p_s[row0 * tile_keys + jk * tk..comptime!(block_rows * tile_keys)],
-                    tile_keys as u32,
-                );
-                let vb = cmma::Matrix::<F>::from_slice(
-                    cmma::MatrixIdent::B,
-                    tm,
-                    tn,
-                    tk,
-                    cmma::MatrixLayout::RowMajor,
-                    &v_s[jk * tk * dv_pad + c * tn..comptime!(tile_keys * dv_pad)],
-                    dv_pad as u32,
-                );
-                cmma::execute(&p, &vb, &acc, &acc);
-            }
-            cmma::store(
-                &mut o_s[row0 * dv_pad + c * tn..comptime!(block_rows * dv_pad)],
-                &acc,
-                dv_pad as u32,
-                cmma::MatrixLayout::RowMajor,
-            );
-        }
+        // O += P·V for this plane's rows.
+        accumulate_product::<F>(
+            &p_s,
+            row0 * tile_keys,
+            &v_s,
+            &mut o_s,
+            row0 * dv_pad,
+            tile_keys,
+            dv_pad,
+            tm,
+            tn,
+            tk,
+        );
         sync_cube();
         tile_start += tile_keys;
     }

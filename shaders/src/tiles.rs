@@ -1,7 +1,8 @@
 //! Tile helpers shared by the CubeCL attention kernels (forward and backward): which keys a block
 //! of causal queries can see, staging rows of a head into shared memory (transposed as f32 for
-//! the scalar kernels, row by row in the input dtype for the tensor-core kernel), the dot
-//! product of a register row with one staged column, and the arguments every launch shares.
+//! the scalar kernels, row by row in the input dtype for the tensor-core kernels), the dot
+//! product of a register row with one staged column, the arguments every launch shares, and the
+//! two MMA products of the tensor-core kernels (`a·bᵀ` into a block, `acc += a·b`).
 
 use burn::backend::cubecl::dtype_to_storage_type;
 use burn_cubecl::tensor::CubeTensor;
@@ -161,5 +162,122 @@ pub(crate) fn stage_rows<F: Float>(
         }
         tile[i] = x;
         i += threads;
+    }
+}
+
+/// `acc = a · bᵀ` for one plane: `a` is `tm` rows of width `depth` at `a_at` (row-major), `b` is
+/// `tn` rows of the same width at `b_at` (read column-major, i.e. transposed); the result goes to
+/// `out` at `out_at` with row stride `out_stride`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn product_transposed<F: Float>(
+    a: &Shared<[F]>,
+    a_at: usize,
+    b: &Shared<[F]>,
+    b_at: usize,
+    out: &mut Shared<[f32]>,
+    out_at: usize,
+    #[comptime] depth: usize,
+    #[comptime] out_stride: usize,
+    #[comptime] tm: usize,
+    #[comptime] tn: usize,
+    #[comptime] tk: usize,
+) {
+    let acc = cmma::Matrix::<f32>::from_value(
+        cmma::MatrixIdent::Accumulator,
+        tm,
+        tn,
+        tk,
+        cmma::MatrixLayout::Undefined,
+        0.0f32,
+    );
+    #[unroll]
+    for d in 0..comptime!(depth / tk) {
+        let am = cmma::Matrix::<F>::from_slice(
+            cmma::MatrixIdent::A,
+            tm,
+            tn,
+            tk,
+            cmma::MatrixLayout::RowMajor,
+            &a[a_at + d * tk..a.len()],
+            depth as u32,
+        );
+        let bm = cmma::Matrix::<F>::from_slice(
+            cmma::MatrixIdent::B,
+            tm,
+            tn,
+            tk,
+            cmma::MatrixLayout::ColMajor,
+            &b[b_at + d * tk..b.len()],
+            depth as u32,
+        );
+        cmma::execute(&am, &bm, &acc, &acc);
+    }
+    let end = out.len();
+    cmma::store(
+        &mut out[out_at..end],
+        &acc,
+        out_stride as u32,
+        cmma::MatrixLayout::RowMajor,
+    );
+}
+
+/// `acc[rows, :] += a · b` for one plane: `a` is `tm` rows of width `inner` at `a_at`
+/// (row-major), `b` is `inner` rows of width `width` (row-major); `acc` holds the plane's rows of
+/// width `width` in f32, read into MMA accumulators and written back.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn accumulate_product<F: Float>(
+    a: &Shared<[F]>,
+    a_at: usize,
+    b: &Shared<[F]>,
+    acc: &mut Shared<[f32]>,
+    acc_at: usize,
+    #[comptime] inner: usize,
+    #[comptime] width: usize,
+    #[comptime] tm: usize,
+    #[comptime] tn: usize,
+    #[comptime] tk: usize,
+) {
+    #[unroll]
+    for c in 0..comptime!(width / tn) {
+        let out = cmma::Matrix::<f32>::from_slice(
+            cmma::MatrixIdent::Accumulator,
+            tm,
+            tn,
+            tk,
+            cmma::MatrixLayout::RowMajor,
+            &acc[acc_at + c * tn..acc.len()],
+            width as u32,
+        );
+        #[unroll]
+        for j in 0..comptime!(inner / tk) {
+            let am = cmma::Matrix::<F>::from_slice(
+                cmma::MatrixIdent::A,
+                tm,
+                tn,
+                tk,
+                cmma::MatrixLayout::RowMajor,
+                &a[a_at + j * tk..a.len()],
+                inner as u32,
+            );
+            let bm = cmma::Matrix::<F>::from_slice(
+                cmma::MatrixIdent::B,
+                tm,
+                tn,
+                tk,
+                cmma::MatrixLayout::RowMajor,
+                &b[j * tk * width + c * tn..b.len()],
+                width as u32,
+            );
+            cmma::execute(&am, &bm, &out, &out);
+        }
+        let end = acc.len();
+        cmma::store(
+            &mut acc[acc_at + c * tn..end],
+            &out,
+            width as u32,
+            cmma::MatrixLayout::RowMajor,
+        );
     }
 }
