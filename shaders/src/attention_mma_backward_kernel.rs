@@ -18,15 +18,15 @@
 //! At the end `dK` is scaled by `Dh^-0.5` and both are written in the input dtype. Causal cubes
 //! start at the first query their first key is visible to.
 
-use burn::backend::cubecl::dtype_to_elem_type;
-use burn::tensor::DType;
 use burn_cubecl::tensor::CubeTensor;
-use cubecl::ir::{ElemType, FloatKind};
 use cubecl::prelude::*;
 use std::sync::atomic::Ordering;
 
-use crate::attention::{TENSOR_CORE_BACKWARD_LAUNCHES, tensor_cores_enabled};
-use crate::tiles::{LaunchArgs, accumulate_product, product_transposed, stage_rows, visible};
+use crate::attention::TENSOR_CORE_BACKWARD_LAUNCHES;
+use crate::attention_mma_kernel::{gcd, mma_device};
+use crate::tiles::{
+    LaunchArgs, accumulate_product, product_transposed, stage_rows, store_rows, visible,
+};
 
 /// Shared memory the kernel allows itself, at most (CUDA's static shared-memory limit).
 const SHARED_BUDGET: usize = 48 * 1024;
@@ -106,45 +106,23 @@ impl KeyPlan {
     }
 }
 
-/// Greatest common divisor (of MMA sizes, all positive).
-fn gcd(a: usize, b: usize) -> usize {
-    if b == 0 { a } else { gcd(b, a % b) }
-}
-
 /// The launch plan for the key gradients of `q` (`[B, H, Sq, Dh]`) with values of head size
 /// `dv`, or `None` where the kernel does not run (the same conditions as the forward's
 /// tensor-core kernel: switch, dtype, the device's MMA and plane size, shared memory).
 pub(crate) fn plan(q: &CubeTensor, dv: usize) -> Option<KeyPlan> {
-    if !tensor_cores_enabled() || !matches!(q.dtype, DType::F16 | DType::BF16) {
-        return None;
-    }
-    let dh = q.meta.shape().dims::<4>()[3];
-    let props = q.client.properties();
-    let hw = &props.hardware;
-    if hw.plane_size_min != hw.plane_size_max || hw.plane_size_max == 0 {
-        return None;
-    }
-    let half = dtype_to_elem_type(q.dtype);
-    let f32_type = ElemType::Float(FloatKind::F32);
-    let shapes: Vec<(usize, usize, usize)> = props
-        .features
-        .matmul
-        .cmma
-        .iter()
-        .filter(|c| c.a_type == half && c.b_type == half && c.cd_type == f32_type)
-        .map(|c| (c.m as usize, c.n as usize, c.k as usize))
-        .collect();
+    let dev = mma_device(q)?;
+    let [b, h, _, dh] = q.meta.shape().dims::<4>();
     let plan = KeyPlan::choose(
-        &shapes,
-        hw.plane_size_max as usize,
-        hw.max_units_per_cube as usize,
-        hw.max_shared_memory_size,
+        &dev.shapes,
+        dev.plane_dim,
+        dev.max_units,
+        dev.max_shared,
         q.dtype.size(),
         dh,
         dv,
     )?;
-    let [b, h, _, _] = q.meta.shape().dims::<4>();
-    (b * h <= hw.max_cube_count.1 as usize).then_some(plan)
+    let max_y = q.client.properties().hardware.max_cube_count.1 as usize;
+    (b * h <= max_y).then_some(plan)
 }
 
 /// Launches the kernel with `plan` (from [`plan`]): `grad_k` and `grad_v` (fresh tensors of the
@@ -420,31 +398,33 @@ fn mma_key_grad_kernel<F: Float, M: Numeric>(
     }
 
     let dk_base = b * grad_k.stride(0) + h * grad_k.stride(1);
-    let dk_row = grad_k.stride(2);
-    let dk_col = grad_k.stride(3);
-    let mut i = unit;
-    while i < comptime!(block_keys * head_dim) {
-        let key = block_start + i / head_dim;
-        let d = i % head_dim;
-        if key < sk {
-            let at = dk_base + key * dk_row + d * dk_col;
-            grad_k[at] = F::cast_from(dk_s[(i / head_dim) * dh_pad + d] * scale);
-        }
-        i += threads;
-    }
+    store_rows::<F>(
+        &dk_s,
+        grad_k,
+        dk_base,
+        block_start,
+        sk,
+        scale,
+        head_dim,
+        dh_pad,
+        block_keys,
+        unit,
+        threads,
+    );
     let dv_base = b * grad_v.stride(0) + h * grad_v.stride(1);
-    let dv_row = grad_v.stride(2);
-    let dv_col = grad_v.stride(3);
-    let mut i = unit;
-    while i < comptime!(block_keys * val_dim) {
-        let key = block_start + i / val_dim;
-        let d = i % val_dim;
-        if key < sk {
-            let at = dv_base + key * dv_row + d * dv_col;
-            grad_v[at] = F::cast_from(dv_s[(i / val_dim) * dv_pad + d]);
-        }
-        i += threads;
-    }
+    store_rows::<F>(
+        &dv_s,
+        grad_v,
+        dv_base,
+        block_start,
+        sk,
+        1.0f32,
+        val_dim,
+        dv_pad,
+        block_keys,
+        unit,
+        threads,
+    );
 }
 
 #[cfg(test)]

@@ -80,15 +80,26 @@ impl MmaPlan {
     }
 }
 
-/// The launch plan for `q` (`[B, H, Sq, Dh]`) against values of head size `dv`, or `None` where
-/// the kernel does not run: the switch is off (`set_tensor_cores`, `BLIP3_ATTENTION_TENSOR_CORES`),
-/// the dtype is not f16/bf16, the device has no MMA for it with f32 accumulation, its plane size
-/// is not fixed, or nothing fits the shared memory.
-pub(crate) fn plan(q: &CubeTensor, dv: usize) -> Option<MmaPlan> {
+/// What the tensor-core kernels' plans are chosen from: the device's MMA shapes `(m, n, k)` for
+/// the inputs' dtype with f32 accumulation, its plane size, threads a cube and shared memory.
+pub(crate) struct MmaDevice {
+    /// MMA shapes for the dtype with f32 accumulation.
+    pub shapes: Vec<(usize, usize, usize)>,
+    /// Threads a plane (fixed on this device).
+    pub plane_dim: usize,
+    /// Threads a cube, at most.
+    pub max_units: usize,
+    /// Shared memory a cube, in bytes.
+    pub max_shared: usize,
+}
+
+/// The device facts for `q`'s tensor-core kernels, or `None` where they do not run: the switch
+/// is off (`set_tensor_cores`, `BLIP3_ATTENTION_TENSOR_CORES`), the dtype is not f16/bf16, or the
+/// device's plane size is not fixed.
+pub(crate) fn mma_device(q: &CubeTensor) -> Option<MmaDevice> {
     if !tensor_cores_enabled() || !matches!(q.dtype, DType::F16 | DType::BF16) {
         return None;
     }
-    let [_, _, _, dh] = q.meta.shape().dims::<4>();
     let props = q.client.properties();
     let hw = &props.hardware;
     if hw.plane_size_min != hw.plane_size_max || hw.plane_size_max == 0 {
@@ -96,7 +107,7 @@ pub(crate) fn plan(q: &CubeTensor, dv: usize) -> Option<MmaPlan> {
     }
     let half = dtype_to_elem_type(q.dtype);
     let f32_type = ElemType::Float(FloatKind::F32);
-    let shapes: Vec<(usize, usize, usize)> = props
+    let shapes = props
         .features
         .matmul
         .cmma
@@ -104,11 +115,25 @@ pub(crate) fn plan(q: &CubeTensor, dv: usize) -> Option<MmaPlan> {
         .filter(|c| c.a_type == half && c.b_type == half && c.cd_type == f32_type)
         .map(|c| (c.m as usize, c.n as usize, c.k as usize))
         .collect();
+    Some(MmaDevice {
+        shapes,
+        plane_dim: hw.plane_size_max as usize,
+        max_units: hw.max_units_per_cube as usize,
+        max_shared: hw.max_shared_memory_size,
+    })
+}
+
+/// The launch plan for `q` (`[B, H, Sq, Dh]`) against values of head size `dv`, or `None` where
+/// the kernel does not run ([`mma_device`]; no MMA for the dtype, or nothing fits the shared
+/// memory).
+pub(crate) fn plan(q: &CubeTensor, dv: usize) -> Option<MmaPlan> {
+    let dev = mma_device(q)?;
+    let dh = q.meta.shape().dims::<4>()[3];
     MmaPlan::choose(
-        &shapes,
-        hw.plane_size_max as usize,
-        hw.max_units_per_cube as usize,
-        hw.max_shared_memory_size,
+        &dev.shapes,
+        dev.plane_dim,
+        dev.max_units,
+        dev.max_shared,
         q.dtype.size(),
         dh,
         dv,
@@ -152,7 +177,7 @@ impl MmaPlan {
 }
 
 /// Greatest common divisor (of MMA sizes, all positive).
-fn gcd(a: usize, b: usize) -> usize {
+pub(crate) fn gcd(a: usize, b: usize) -> usize {
     if b == 0 { a } else { gcd(b, a % b) }
 }
 

@@ -281,3 +281,35 @@ pub(crate) fn accumulate_product<F: Float>(
         );
     }
 }
+
+/// Writes rows `start..start + rows` (those before `end`) of one head of `dst` (`width` values a
+/// row, the head starting at `base`) from `src[r · stride + d] · factor`, in `dst`'s dtype.
+/// Thread `unit` of `threads` writes every `threads`-th element.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn store_rows<F: Float>(
+    src: &Shared<[f32]>,
+    dst: &mut Tensor<F>,
+    base: usize,
+    start: usize,
+    end: usize,
+    factor: f32,
+    #[comptime] width: usize,
+    #[comptime] stride: usize,
+    #[comptime] rows: usize,
+    unit: usize,
+    #[comptime] threads: usize,
+) {
+    let row_step = dst.stride(2);
+    let col_step = dst.stride(3);
+    let mut i = unit;
+    while i < comptime!(rows * width) {
+        let r = i / width;
+        let d = i % width;
+        let row = start + r;
+        if row < end {
+            dst[base + row * row_step + d * col_step] = F::cast_from(src[r * stride + d] * factor);
+        }
+        i += threads;
+    }
+}
