@@ -239,8 +239,9 @@ pub fn tensor_core_launches() -> usize {
 /// The counter behind [`tensor_core_launches`], raised by the tensor-core kernel's launcher.
 pub(crate) static TENSOR_CORE_LAUNCHES: AtomicUsize = AtomicUsize::new(0);
 
-/// How many times this process has run the tensor-core key kernel of the backward (`dK`, `dV`
-/// in half precision on a device with MMA instructions; always 0 elsewhere).
+/// How many times this process has run the tensor-core kernels of the backward (the query
+/// kernel and the key kernel count one each; half precision on a device with MMA instructions,
+/// always 0 elsewhere).
 pub fn tensor_core_backward_launches() -> usize {
     TENSOR_CORE_BACKWARD_LAUNCHES.load(Ordering::Relaxed)
 }

@@ -32,7 +32,7 @@ use std::sync::atomic::Ordering;
 use crate::attention::{
     BACKWARD_KERNEL_LAUNCHES, MAX_BACKWARD_KERNEL_HEAD_DIM, composed_attention_backward,
 };
-use crate::attention_mma_backward_kernel;
+use crate::attention_mma_backward_kernel::{self, Side};
 use crate::tiles::{LaunchArgs, dot_column, stage_transposed, visible, visible_key_end};
 
 /// Threads a cube runs, one output row each (and the stride of the cooperative staging).
@@ -108,6 +108,37 @@ pub(crate) fn launch_attention_backward(
     let grad_v = empty(v_shape, q.dtype);
     let stats = empty(Shape::new([b, h, sq, 2]), DType::F32);
 
+    BACKWARD_KERNEL_LAUNCHES.fetch_add(1, Ordering::Relaxed);
+    // Half precision on devices with MMA instructions: the tensor-core kernels.
+    if let (Some(queries), Some(keys)) = (
+        attention_mma_backward_kernel::plan(Side::Queries, &q, dv),
+        attention_mma_backward_kernel::plan(Side::Keys, &q, dv),
+    ) {
+        attention_mma_backward_kernel::launch_queries(
+            queries,
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            mask.clone(),
+            grad_out.clone(),
+            grad_q.clone(),
+            stats.clone(),
+            causal,
+        );
+        attention_mma_backward_kernel::launch_keys(
+            keys,
+            q,
+            k,
+            v,
+            mask,
+            grad_out,
+            stats,
+            grad_k.clone(),
+            grad_v.clone(),
+            causal,
+        );
+        return (grad_q, grad_k, grad_v);
+    }
     let LaunchArgs {
         scale,
         mask,
@@ -115,7 +146,6 @@ pub(crate) fn launch_attention_backward(
         types,
     } = LaunchArgs::new(&q, mask);
     let bh = (b * h) as u32;
-    BACKWARD_KERNEL_LAUNCHES.fetch_add(1, Ordering::Relaxed);
     // SAFETY: every global access is guarded by the row/key bounds the kernels compute from the
     // tensors' own shapes (the gradients and `stats` are fresh contiguous tensors of the shapes
     // indexed), and shared-memory indices stay within the sizes declared in the kernels (tests
@@ -140,26 +170,6 @@ pub(crate) fn launch_attention_backward(
             has_mask,
             types,
         );
-    }
-    // Half precision on devices with MMA instructions: the tensor-core key kernel.
-    if let Some(plan) = attention_mma_backward_kernel::plan(&q, dv) {
-        let mask = has_mask.then_some(mask);
-        attention_mma_backward_kernel::launch(
-            plan,
-            q,
-            k,
-            v,
-            mask,
-            grad_out,
-            stats,
-            grad_k.clone(),
-            grad_v.clone(),
-            causal,
-        );
-        return (grad_q, grad_k, grad_v);
-    }
-    // SAFETY: as above.
-    unsafe {
         key_grad_kernel::launch_unchecked(
             &client,
             CubeCount::Static(sk.div_ceil(THREADS) as u32, bh, 1),
