@@ -1,22 +1,23 @@
-//! The tensor-core key kernel of the attention backward: `dK` and `dV` with the four products of
-//! a key block on the device's cooperative-matrix (MMA) instructions, for f16 and bf16 inputs on
-//! devices that have an MMA of that type with f32 accumulation (as for the forward's
-//! `attention_mma_kernel`). It reads the per-row statistics `(lse_i, δ_i)` that the scalar query
-//! kernel writes (`attention_backward_kernel`), and replaces the scalar key kernel there.
+//! The tensor-core kernels of the attention backward, for f16 and bf16 inputs on devices that
+//! have an MMA of that type with f32 accumulation (the conditions of the forward's
+//! `attention_mma_kernel`). They compute what the scalar backward kernels
+//! (`attention_backward_kernel`) compute, in the same two launches and through the same
+//! `[B, H, Sq, 2]` buffer of per-row statistics `(lse_i, δ_i)`, with the products on MMAs:
 //!
-//! A cube is `planes` planes; plane `p` owns keys `tm·p..tm·p + tm` of the cube's block, whose K
-//! and V rows are staged once. Per tile of queries (their Q and dO rows, lse and δ staged):
+//! * **query kernel** — a plane owns `tm` queries, whose Q and dO rows are staged once. A first
+//!   walk over the key tiles computes `S = Q·Kᵀ` and `dP = dO·Vᵀ` with MMAs, and one thread per
+//!   row keeps the online maximum, normaliser and `Σ_j e^(s_j − m) dP_j`, giving
+//!   `lse_i = m + ln l` and `δ_i = Σ_j P_ij dP_ij` (`= dO_i·O_i`, without O); they are written for
+//!   the key kernel. A second walk recomputes both products, forms `dS = P ∘ (dP − δ)` in the
+//!   input dtype and adds `dS·K` to the plane's f32 `dQ` rows.
+//! * **key kernel** — a plane owns `tm` keys, whose K and V rows are staged once. Per tile of
+//!   queries (Q, dO, lse and δ staged): `Sᵀ = K·Qᵀ` with MMAs; `Pᵀ = exp(scale·Sᵀ − lse)` where the
+//!   pair is visible (the masking contract of `attention`), 0 elsewhere, in the input dtype;
+//!   `dPᵀ = V·dOᵀ` into the same f32 buffer; `dSᵀ = Pᵀ ∘ (dPᵀ − δ)`; then `Pᵀ·dO` and `dSᵀ·Q` are
+//!   added to the plane's f32 `dV` and `dK` rows. Causal cubes start at the first query their
+//!   first key is visible to.
 //!
-//! 1. each plane computes `Sᵀ = K·Qᵀ` for its keys with MMAs (f32, to shared memory);
-//! 2. every thread turns its share of the block into `Pᵀ = exp(scale·Sᵀ − lse)` where the pair is
-//!    visible (the masking contract of `attention`), 0 elsewhere, in the input dtype;
-//! 3. each plane computes `dPᵀ = V·dOᵀ` into the same f32 buffer;
-//! 4. every thread forms `dSᵀ = Pᵀ ∘ (dPᵀ − δ)` in the input dtype;
-//! 5. each plane adds `Pᵀ·dO` to its `dV` rows and `dSᵀ·Q` to its `dK` rows (f32 accumulators in
-//!    shared memory, loaded into MMA accumulators and stored back).
-//!
-//! At the end `dK` is scaled by `Dh^-0.5` and both are written in the input dtype. Causal cubes
-//! start at the first query their first key is visible to.
+//! `dQ` and `dK` are scaled by `Dh^-0.5` at the end; all three are written in the input dtype.
 
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
