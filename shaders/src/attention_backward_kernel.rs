@@ -33,6 +33,7 @@ use crate::attention::{
     BACKWARD_KERNEL_LAUNCHES, MAX_BACKWARD_KERNEL_HEAD_DIM, composed_attention_backward,
 };
 use crate::attention_mma_backward_kernel::{self, Side};
+use crate::attention_mma_query_kernel;
 use crate::tiles::{LaunchArgs, dot_column, stage_transposed, visible, visible_key_end};
 
 /// Threads a cube runs, one output row each (and the stride of the cooperative staging).
@@ -114,7 +115,7 @@ pub(crate) fn launch_attention_backward(
         attention_mma_backward_kernel::plan(Side::Queries, &q, dv),
         attention_mma_backward_kernel::plan(Side::Keys, &q, dv),
     ) {
-        attention_mma_backward_kernel::launch_queries(
+        attention_mma_query_kernel::launch_queries(
             queries,
             q.clone(),
             k.clone(),

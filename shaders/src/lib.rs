@@ -28,6 +28,8 @@ mod attention_kernel;
 mod attention_mma_backward_kernel;
 #[cfg(feature = "cube")]
 mod attention_mma_kernel;
+#[cfg(feature = "cube")]
+mod attention_mma_query_kernel;
 mod cublas;
 #[cfg(feature = "cube")]
 pub mod device;
