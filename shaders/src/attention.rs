@@ -35,9 +35,9 @@ pub const ATTENTION_ENV: &str = "BLIP3_ATTENTION";
 /// to Burn's op. The kernel keeps one query row and one output row per thread in registers.
 pub const MAX_KERNEL_HEAD_DIM: usize = 256;
 
-/// Name of the environment variable that turns the tensor-core forward kernel off (`0` or
-/// `off`; `1`/`on`, the default, leaves it on): half precision then takes the scalar kernels, as
-/// on devices without MMA instructions.
+/// Name of the environment variable that turns the tensor-core kernels (forward and backward)
+/// off (`0` or `off`; `1`/`on`, the default, leaves them on): half precision then takes the
+/// scalar kernels, as on devices without MMA instructions.
 pub const TENSOR_CORES_ENV: &str = "BLIP3_ATTENTION_TENSOR_CORES";
 
 /// Largest head dimension (of queries/keys, and of values) the backward kernels accept; larger
@@ -249,8 +249,8 @@ pub fn tensor_core_backward_launches() -> usize {
 /// The counter behind [`tensor_core_backward_launches`].
 pub(crate) static TENSOR_CORE_BACKWARD_LAUNCHES: AtomicUsize = AtomicUsize::new(0);
 
-/// Turns the tensor-core forward kernel on (`Some(true)`) or off (`Some(false)`) for the whole
-/// process, or back to the [`TENSOR_CORES_ENV`] setting (`None`). Off, half precision takes the
+/// Turns the tensor-core kernels (forward and backward) on (`Some(true)`) or off (`Some(false)`)
+/// for the whole process, or back to the [`TENSOR_CORES_ENV`] setting (`None`). Off, half precision takes the
 /// scalar kernels, as on devices without MMA instructions (benchmarks compare the two this way).
 /// The choice is read when a kernel launches, which under fusion is when the result is needed.
 pub fn set_tensor_cores(on: Option<bool>) {
@@ -265,7 +265,7 @@ pub fn set_tensor_cores(on: Option<bool>) {
 /// The [`set_tensor_cores`] override: 0 = the environment's setting, 1 = on, 2 = off.
 static TENSOR_CORES: AtomicU8 = AtomicU8::new(0);
 
-/// Whether the tensor-core kernel may run: the [`set_tensor_cores`] override, else
+/// Whether the tensor-core kernels may run: the [`set_tensor_cores`] override, else
 /// [`TENSOR_CORES_ENV`] (read once; on unless `0` or `off`).
 pub(crate) fn tensor_cores_enabled() -> bool {
     /// The environment's setting.
