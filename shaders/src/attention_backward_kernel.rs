@@ -32,8 +32,9 @@ use std::sync::atomic::Ordering;
 use crate::attention::{
     BACKWARD_KERNEL_LAUNCHES, MAX_BACKWARD_KERNEL_HEAD_DIM, composed_attention_backward,
 };
-use crate::attention_mma_backward_kernel::{self, Side};
+use crate::attention_mma_backward_kernel;
 use crate::attention_mma_query_kernel;
+use crate::mma_plan::{self, Side};
 use crate::tiles::{LaunchArgs, dot_column, stage_transposed, visible, visible_key_end};
 
 /// Threads a cube runs, one output row each (and the stride of the cooperative staging).
@@ -112,8 +113,8 @@ pub(crate) fn launch_attention_backward(
     BACKWARD_KERNEL_LAUNCHES.fetch_add(1, Ordering::Relaxed);
     // Half precision on devices with MMA instructions: the tensor-core kernels.
     if let (Some(queries), Some(keys)) = (
-        attention_mma_backward_kernel::plan(Side::Queries, &q, dv),
-        attention_mma_backward_kernel::plan(Side::Keys, &q, dv),
+        mma_plan::plan(Side::Queries, &q, dv),
+        mma_plan::plan(Side::Keys, &q, dv),
     ) {
         attention_mma_query_kernel::launch_queries(
             queries,

@@ -38,6 +38,7 @@ use cubecl::prelude::*;
 use crate::attention::{FlashAttentionBackend, MAX_KERNEL_HEAD_DIM};
 use crate::attention_backward_kernel::launch_attention_backward;
 use crate::attention_mma_kernel;
+use crate::mma_plan::{self, Side};
 use crate::tiles::{LaunchArgs, stage_transposed, visible_key_end};
 
 /// Output elements each thread folds per round when the row kernel merges partial states.
@@ -230,7 +231,7 @@ fn launch_attention(
     let out = empty_device_dtype(client.clone(), q.device.clone(), out_shape, q.dtype);
     // Half precision on devices with MMA instructions: the tensor-core kernel.
     if matches!(plan, Plan::Block { .. })
-        && let Some(mma) = attention_mma_kernel::plan(&q, dv)
+        && let Some(mma) = mma_plan::plan(Side::Forward, &q, dv)
             .filter(|mma| sq.div_ceil(mma.block_rows()) <= hw.max_cube_count.0 as usize)
     {
         attention_mma_kernel::launch(mma, q, k, v, mask, out.clone(), causal);

@@ -25,135 +25,19 @@ use cubecl::prelude::*;
 use std::sync::atomic::Ordering;
 
 use crate::attention::TENSOR_CORE_BACKWARD_LAUNCHES;
-use crate::attention_mma_kernel::{gcd, mma_device};
+use crate::mma_plan::{FRAGMENT_ALIGN, TilePlan};
 use crate::tiles::{
     LaunchArgs, accumulate_product, product_transposed, stage_rows, store_rows, visible,
 };
 
-/// Shared memory the kernel allows itself, at most (CUDA's static shared-memory limit).
-const SHARED_BUDGET: usize = 48 * 1024;
-/// Alignment of the shared buffers MMA fragments load from and store to (`wmma` needs 256 bits).
-pub(crate) const FRAGMENT_ALIGN: usize = 32;
 /// `lse` of a row that sees no key: `exp(s − NO_LSE)` is 0 for every real score.
 pub(crate) const NO_LSE: f32 = 3.0e38;
 /// Running maximum before any key is seen (finite: no infinity or NaN on any backend).
 pub(crate) const NO_MAX: f32 = -3.0e38;
 
-/// Which of the two backward kernels a plan sizes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Side {
-    /// The key kernel: a plane owns keys, tiles are queries.
-    Keys,
-    /// The query kernel: a plane owns queries, tiles are keys.
-    Queries,
-}
-
-/// Sizes of one launch: the MMA shape, the cube's planes and tile, the padded head widths.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct TilePlan {
-    /// MMA rows (rows a plane owns: keys or queries).
-    pub(crate) tm: usize,
-    /// MMA columns.
-    pub(crate) tn: usize,
-    /// MMA depth.
-    pub(crate) tk: usize,
-    /// Threads a plane runs on this device.
-    pub(crate) plane_dim: usize,
-    /// Planes a cube runs.
-    pub(crate) planes: usize,
-    /// Rows of the other side a tile (a multiple of `tn` and `tk`).
-    pub(crate) tile: usize,
-    /// `Dh` rounded up to a multiple of `tn` and `tk` (it is a product's depth and width).
-    pub(crate) dh_pad: usize,
-    /// `Dv` rounded up likewise.
-    pub(crate) dv_pad: usize,
-}
-
-impl TilePlan {
-    /// Shared memory one launch of `side`'s kernel declares, in bytes (`half` = bytes of the
-    /// input dtype).
-    fn shared_bytes(&self, side: Side, half: usize) -> usize {
-        let rows = self.block_rows();
-        let width = self.dh_pad + self.dv_pad;
-        let staged = half * (rows + self.tile) * width;
-        match side {
-            // Sᵀ/dPᵀ (f32), Pᵀ and dSᵀ (half); dK, dV (f32); lse, δ of the tile.
-            Side::Keys => {
-                staged + (4 + 2 * half) * rows * self.tile + 4 * rows * width + 8 * self.tile
-            }
-            // S and dP (f32), dS (half); dQ (f32); four statistics a row.
-            Side::Queries => {
-                staged + (8 + half) * rows * self.tile + 4 * rows * self.dh_pad + 16 * rows
-            }
-        }
-    }
-
-    /// Rows (keys or queries) one cube covers.
-    pub(crate) fn block_rows(&self) -> usize {
-        self.planes * self.tm
-    }
-
-    /// The plan of `side`'s kernel for heads `dh`/`dv` of `half_bytes`-wide elements, given the
-    /// device's MMA shapes `(m, n, k)` for that type with f32 accumulation, its plane size,
-    /// threads a cube and shared memory: the 16×16×16 MMA where offered, else the smallest; then
-    /// the most planes and the longest tile that fit.
-    #[allow(clippy::too_many_arguments)]
-    fn choose(
-        side: Side,
-        shapes: &[(usize, usize, usize)],
-        plane_dim: usize,
-        max_units: usize,
-        max_shared: usize,
-        half_bytes: usize,
-        dh: usize,
-        dv: usize,
-    ) -> Option<TilePlan> {
-        let &(tm, tn, tk) = shapes
-            .iter()
-            .min_by_key(|&&(m, n, k)| ((m, n, k) != (16, 16, 16), m * n * k))?;
-        let step = tn / gcd(tn, tk) * tk;
-        let budget = max_shared.min(SHARED_BUDGET);
-        [(4, 2), (4, 1), (2, 2), (2, 1), (1, 2), (1, 1)]
-            .into_iter()
-            .map(|(planes, tiles)| TilePlan {
-                tm,
-                tn,
-                tk,
-                plane_dim,
-                planes,
-                tile: tiles * step,
-                dh_pad: dh.div_ceil(step) * step,
-                dv_pad: dv.div_ceil(step) * step,
-            })
-            .find(|p| {
-                p.shared_bytes(side, half_bytes) <= budget && p.planes * p.plane_dim <= max_units
-            })
-    }
-}
-
-/// The launch plan of `side`'s kernel for `q` (`[B, H, Sq, Dh]`) with values of head size `dv`,
-/// or `None` where it does not run (the same conditions as the forward's tensor-core kernel:
-/// switch, dtype, the device's MMA and plane size, shared memory).
-pub(crate) fn plan(side: Side, q: &CubeTensor, dv: usize) -> Option<TilePlan> {
-    let dev = mma_device(q)?;
-    let [b, h, _, dh] = q.meta.shape().dims::<4>();
-    let plan = TilePlan::choose(
-        side,
-        &dev.shapes,
-        dev.plane_dim,
-        dev.max_units,
-        dev.max_shared,
-        q.dtype.size(),
-        dh,
-        dv,
-    )?;
-    let max_y = q.client.properties().hardware.max_cube_count.1 as usize;
-    (b * h <= max_y).then_some(plan)
-}
-
-/// Launches the key kernel with `plan` (from [`plan`] for [`Side::Keys`]): `grad_k` and `grad_v`
-/// (fresh tensors of the shapes of `k` and `v`) from the inputs, the output gradient and the
-/// query kernel's `stats` (`[B, H, Sq, 2]` f32: `lse`, `δ`).
+/// Launches the key kernel with `plan` (from `mma_plan::plan` for `Side::Keys`): `grad_k` and
+/// `grad_v` (fresh tensors of the shapes of `k` and `v`) from the inputs, the output gradient
+/// and the query kernel's `stats` (`[B, H, Sq, 2]` f32: `lse`, `δ`).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn launch_keys(
     plan: TilePlan,
@@ -451,41 +335,4 @@ fn mma_key_grad_kernel<F: Float, M: Numeric>(
         unit,
         threads,
     );
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{Side, TilePlan};
-
-    #[test]
-    fn plans_fit_the_shared_memory_of_cuda_and_lavapipe() {
-        let cuda = [(16, 16, 16), (32, 8, 16), (8, 32, 16)];
-        let choose = |side, shapes: &[(usize, usize, usize)], plane, shared, dh, dv| {
-            TilePlan::choose(side, shapes, plane, 1024, shared, 2, dh, dv).expect("a plan")
-        };
-        let p = choose(Side::Keys, &cuda, 32, 49152, 96, 96);
-        assert_eq!((p.tm, p.planes, p.tile, p.block_rows()), (16, 2, 16, 32));
-        assert!(p.shared_bytes(Side::Keys, 2) <= 49152);
-        let p = choose(Side::Queries, &cuda, 32, 49152, 96, 96);
-        assert_eq!((p.tm, p.planes, p.tile, p.block_rows()), (16, 2, 32, 32));
-        assert!(p.shared_bytes(Side::Queries, 2) <= 49152);
-        let p = choose(Side::Keys, &cuda, 32, 49152, 72, 40);
-        assert_eq!((p.dh_pad, p.dv_pad), (80, 48));
-        let p = choose(Side::Keys, &[(8, 8, 8)], 8, 32768, 96, 96);
-        assert_eq!((p.tm, p.planes, p.tile), (8, 2, 16));
-        let p = choose(Side::Queries, &[(8, 8, 8)], 8, 32768, 96, 96);
-        assert_eq!((p.tm, p.planes, p.tile), (8, 4, 8));
-        for side in [Side::Keys, Side::Queries] {
-            let p = choose(side, &[(8, 8, 8)], 8, 32768, 96, 96);
-            assert!(p.shared_bytes(side, 2) <= 32768);
-            assert_eq!(
-                TilePlan::choose(side, &[], 32, 1024, 49152, 2, 96, 96),
-                None
-            );
-            assert_eq!(
-                TilePlan::choose(side, &cuda, 32, 1024, 4096, 2, 128, 128),
-                None
-            );
-        }
-    }
 }

@@ -22,170 +22,28 @@
 //! row by row in place); at the end each row is divided by its normaliser, and a row without any
 //! visible key is written as zeros.
 
-use burn::backend::cubecl::dtype_to_elem_type;
-use burn::tensor::DType;
 use burn_cubecl::tensor::CubeTensor;
-use cubecl::ir::{ElemType, FloatKind};
 use cubecl::prelude::*;
 use std::sync::atomic::Ordering;
 
-use crate::attention::{TENSOR_CORE_LAUNCHES, tensor_cores_enabled};
+use crate::attention::TENSOR_CORE_LAUNCHES;
+use crate::mma_plan::{FRAGMENT_ALIGN, TilePlan};
 use crate::tiles::{
     LaunchArgs, accumulate_product, product_transposed, stage_rows, visible, visible_key_end,
 };
 
-/// Shared memory the kernel allows itself, at most (CUDA's static shared-memory limit).
-const SHARED_BUDGET: usize = 48 * 1024;
-/// Alignment of the shared buffers MMA fragments load from and store to (`wmma` needs 256 bits).
-const FRAGMENT_ALIGN: usize = 32;
 /// Running maximum before any key is seen, and the score of a masked key (finite: no infinity or
 /// NaN appears on any backend).
 const NO_MAX: f32 = -3.0e38;
 /// Scores above this are real; [`NO_MAX`] marks masked ones.
 const MASKED_BELOW: f32 = -1.0e38;
 
-/// Sizes of one launch: the MMA shape, the cube's planes and key tile, the padded head widths.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct MmaPlan {
-    /// MMA rows (query rows a plane owns).
-    tm: usize,
-    /// MMA columns (keys of one score block; value columns of one output block).
-    tn: usize,
-    /// MMA depth (head dimensions of one score step; keys of one output step).
-    tk: usize,
-    /// Threads a plane runs on this device.
-    plane_dim: usize,
-    /// Planes a cube runs.
-    planes: usize,
-    /// Keys a tile (a multiple of `tn` and `tk`).
-    tile_keys: usize,
-    /// `Dh` rounded up to a multiple of `tk`.
-    dh_pad: usize,
-    /// `Dv` rounded up to a multiple of `tn`.
-    dv_pad: usize,
-}
-
-impl MmaPlan {
-    /// Shared memory one launch declares, in bytes (`half` = bytes of the input dtype).
-    fn shared_bytes(&self, half: usize) -> usize {
-        let rows = self.planes * self.tm;
-        half * (rows * self.dh_pad + self.tile_keys * (self.dh_pad + self.dv_pad))
-            + (4 + half) * rows * self.tile_keys
-            + 4 * rows * (self.dv_pad + 2)
-    }
-
-    /// Query rows one cube covers.
-    pub(crate) fn block_rows(&self) -> usize {
-        self.planes * self.tm
-    }
-}
-
-/// What the tensor-core kernels' plans are chosen from: the device's MMA shapes `(m, n, k)` for
-/// the inputs' dtype with f32 accumulation, its plane size, threads a cube and shared memory.
-pub(crate) struct MmaDevice {
-    /// MMA shapes for the dtype with f32 accumulation.
-    pub shapes: Vec<(usize, usize, usize)>,
-    /// Threads a plane (fixed on this device).
-    pub plane_dim: usize,
-    /// Threads a cube, at most.
-    pub max_units: usize,
-    /// Shared memory a cube, in bytes.
-    pub max_shared: usize,
-}
-
-/// The device facts for `q`'s tensor-core kernels, or `None` where they do not run: the switch
-/// is off (`set_tensor_cores`, `BLIP3_ATTENTION_TENSOR_CORES`), the dtype is not f16/bf16, or the
-/// device's plane size is not fixed.
-pub(crate) fn mma_device(q: &CubeTensor) -> Option<MmaDevice> {
-    if !tensor_cores_enabled() || !matches!(q.dtype, DType::F16 | DType::BF16) {
-        return None;
-    }
-    let props = q.client.properties();
-    let hw = &props.hardware;
-    if hw.plane_size_min != hw.plane_size_max || hw.plane_size_max == 0 {
-        return None;
-    }
-    let half = dtype_to_elem_type(q.dtype);
-    let f32_type = ElemType::Float(FloatKind::F32);
-    let shapes = props
-        .features
-        .matmul
-        .cmma
-        .iter()
-        .filter(|c| c.a_type == half && c.b_type == half && c.cd_type == f32_type)
-        .map(|c| (c.m as usize, c.n as usize, c.k as usize))
-        .collect();
-    Some(MmaDevice {
-        shapes,
-        plane_dim: hw.plane_size_max as usize,
-        max_units: hw.max_units_per_cube as usize,
-        max_shared: hw.max_shared_memory_size,
-    })
-}
-
-/// The launch plan for `q` (`[B, H, Sq, Dh]`) against values of head size `dv`, or `None` where
-/// the kernel does not run ([`mma_device`]; no MMA for the dtype, or nothing fits the shared
-/// memory).
-pub(crate) fn plan(q: &CubeTensor, dv: usize) -> Option<MmaPlan> {
-    let dev = mma_device(q)?;
-    let dh = q.meta.shape().dims::<4>()[3];
-    MmaPlan::choose(
-        &dev.shapes,
-        dev.plane_dim,
-        dev.max_units,
-        dev.max_shared,
-        q.dtype.size(),
-        dh,
-        dv,
-    )
-}
-
-impl MmaPlan {
-    /// The plan for heads `dh`/`dv` of `half_bytes`-wide elements, given the device's MMA shapes
-    /// `(m, n, k)` for that type with f32 accumulation, its plane size, threads a cube and shared
-    /// memory: the 16×16×16 MMA where offered (every NVIDIA tensor core has it), else the
-    /// smallest; then the most planes and the longest key tile that fit.
-    fn choose(
-        shapes: &[(usize, usize, usize)],
-        plane_dim: usize,
-        max_units: usize,
-        max_shared: usize,
-        half_bytes: usize,
-        dh: usize,
-        dv: usize,
-    ) -> Option<MmaPlan> {
-        let &(tm, tn, tk) = shapes
-            .iter()
-            .min_by_key(|&&(m, n, k)| ((m, n, k) != (16, 16, 16), m * n * k))?;
-        // Keys a tile: a multiple of both `tn` (score blocks) and `tk` (output steps).
-        let step = tn / gcd(tn, tk) * tk;
-        let budget = max_shared.min(SHARED_BUDGET);
-        [(4, 2), (4, 1), (2, 2), (2, 1), (1, 1)]
-            .into_iter()
-            .map(|(planes, tiles)| MmaPlan {
-                tm,
-                tn,
-                tk,
-                plane_dim,
-                planes,
-                tile_keys: tiles * step,
-                dh_pad: dh.div_ceil(tk) * tk,
-                dv_pad: dv.div_ceil(tn) * tn,
-            })
-            .find(|p| p.shared_bytes(half_bytes) <= budget && p.planes * p.plane_dim <= max_units)
-    }
-}
-
-/// Greatest common divisor (of MMA sizes, all positive).
-pub(crate) fn gcd(a: usize, b: usize) -> usize {
-    if b == 0 { a } else { gcd(b, a % b) }
-}
-
-/// Launches the kernel with `plan` (from [`plan`]) into `out` (`[B, H, Sq, Dv]`, dtype of `q`).
+/// Launches the kernel with `plan` (from `mma_plan::plan` for `Side::Forward`) into `out`
+/// (`[B, H, Sq, Dv]`, dtype of `q`).
 /// `mask` is `[B, H, Sq, Sk]` (possibly a stride-0 view), true = masked out.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn launch(
-    plan: MmaPlan,
+    plan: TilePlan,
     q: CubeTensor,
     k: CubeTensor,
     v: CubeTensor,
@@ -222,7 +80,7 @@ pub(crate) fn launch(
             plan.tk,
             plan.plane_dim,
             plan.planes,
-            plan.tile_keys,
+            plan.tile,
             causal,
             args.has_mask,
             args.types,
@@ -412,41 +270,5 @@ fn mma_attention_kernel<F: Float, M: Numeric>(
             out[at] = F::cast_from(o_s[r * dv_pad + c] * inv);
         }
         i += threads;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::MmaPlan;
-
-    #[test]
-    fn plans_fit_the_shared_memory_of_cuda_and_lavapipe() {
-        // CUDA (warps of 32, 48 KiB): Phi-3's heads take 2 planes of 16 rows and 32-key tiles.
-        let cuda = [(16, 16, 16), (32, 8, 16), (8, 32, 16)];
-        let p = MmaPlan::choose(&cuda, 32, 1024, 49152, 2, 96, 96).expect("a plan");
-        assert_eq!(
-            (p.tm, p.tn, p.tk, p.planes, p.tile_keys),
-            (16, 16, 16, 2, 32)
-        );
-        assert_eq!((p.dh_pad, p.dv_pad, p.block_rows()), (96, 96, 32));
-        assert_eq!(p.shared_bytes(2), 37120);
-        // SigLIP's 72 is padded to the MMA depth.
-        let p = MmaPlan::choose(&cuda, 32, 1024, 49152, 2, 72, 72).expect("a plan");
-        assert_eq!((p.dh_pad, p.dv_pad), (80, 80));
-        // lavapipe (subgroups of 8, 32 KiB, 8×8×8 only): 4 planes of 8 rows, 16-key tiles.
-        let p = MmaPlan::choose(&[(8, 8, 8)], 8, 1024, 32768, 2, 96, 96).expect("a plan");
-        assert_eq!(
-            (p.tm, p.planes, p.tile_keys, p.block_rows()),
-            (8, 4, 16, 32)
-        );
-        assert!(p.shared_bytes(2) <= 32768);
-        // Unequal MMA sides: key tiles are multiples of both n and k.
-        let p = MmaPlan::choose(&[(16, 8, 16)], 32, 1024, 49152, 2, 64, 40).expect("a plan");
-        assert_eq!(p.tile_keys % 16, 0);
-        assert_eq!(p.dv_pad, 40);
-        // Nothing fits, no MMA, or too few threads a cube: no plan.
-        assert_eq!(MmaPlan::choose(&cuda, 32, 1024, 4096, 2, 256, 256), None);
-        assert_eq!(MmaPlan::choose(&[], 32, 1024, 49152, 2, 96, 96), None);
-        assert_eq!(MmaPlan::choose(&cuda, 32, 16, 49152, 2, 96, 96), None);
     }
 }

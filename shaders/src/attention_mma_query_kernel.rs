@@ -7,14 +7,14 @@ use cubecl::prelude::*;
 use std::sync::atomic::Ordering;
 
 use crate::attention::TENSOR_CORE_BACKWARD_LAUNCHES;
-use crate::attention_mma_backward_kernel::{FRAGMENT_ALIGN, NO_LSE, NO_MAX, TilePlan};
+use crate::attention_mma_backward_kernel::{NO_LSE, NO_MAX};
+use crate::mma_plan::{FRAGMENT_ALIGN, TilePlan};
 use crate::tiles::{
     LaunchArgs, accumulate_product, product_transposed, stage_rows, store_rows, visible,
     visible_key_end,
 };
 
-/// Launches the query kernel with `plan` (from `attention_mma_backward_kernel::plan` for
-/// `Side::Queries`): `grad_q` (a fresh tensor of the shape of `q`) and `stats` (`[B, H, Sq, 2]`
+/// Launches the query kernel with `plan` (from `mma_plan::plan` for `Side::Queries`): `grad_q` (a fresh tensor of the shape of `q`) and `stats` (`[B, H, Sq, 2]`
 /// f32, fresh: `lse` and `δ` a row, which the key kernel then reads).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn launch_queries(

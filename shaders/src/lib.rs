@@ -37,6 +37,8 @@ pub mod gemm;
 pub mod matvec;
 #[cfg(feature = "cube")]
 mod matvec_kernel;
+#[cfg(feature = "cube")]
+mod mma_plan;
 pub mod pillow;
 pub mod resample;
 #[cfg(feature = "cube")]
