@@ -18,7 +18,7 @@
 //!   first key is visible to.
 //!
 //! `dQ` and `dK` are scaled by `Dh^-0.5` at the end; all three are written in the input dtype.
-//! This file holds the plans of both kernels and the key kernel.
+//! This file holds the key kernel; the plans of all three tensor-core kernels are in `mma_plan`.
 
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;

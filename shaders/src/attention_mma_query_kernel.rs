@@ -1,6 +1,6 @@
 //! The tensor-core query kernel of the attention backward (`dQ`, and the per-row statistics
-//! `lse` and `δ` the key kernel reads); see `attention_mma_backward_kernel` for the pair, their
-//! plans and the conditions under which they run.
+//! `lse` and `δ` the key kernel reads); see `attention_mma_backward_kernel` for the pair and
+//! `mma_plan` for their plans and the conditions under which they run.
 
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
