@@ -8,7 +8,8 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "blip3", version, about, long_about = None)]
 struct Cli {
-    /// Log level (error, warn, info, debug, trace); `RUST_LOG` overrides it.
+    /// Log level of blip3's own messages (error, warn, info, debug, trace); dependencies log
+    /// warnings and errors only. `RUST_LOG` overrides both (e.g. `RUST_LOG=debug`).
     #[arg(long, global = true, default_value = "info")]
     log: String,
     #[command(subcommand)]
@@ -48,16 +49,22 @@ enum Command {
     Demo(cmd::demo::Args),
 }
 
+/// The default log filter: `level` for blip3's crates, warnings for every dependency.
+///
+/// Dependencies' info messages are not merely noise: Burn's learner logs every iteration, and the
+/// compiler behind Burn's CUDA and `cpu` backends (pliron, in `cubecl-llvm`) logs each kernel's
+/// whole IR after every pass at info level, which made the first training step on CUDA take
+/// minutes of formatting and writing IR (docs/kernels.md). The `blip3` directive matches every
+/// target starting with it: the binary and the `blip3_*` library crates.
+fn log_filter(level: &str) -> String {
+    format!("warn,blip3={level}")
+}
+
 fn main() {
     // Reuse freed activation memory instead of faulting it in again (see its docs).
     blip3_model::host::keep_freed_memory();
     let cli = Cli::parse();
-    // Burn's learner logs every iteration at info level; keep it at warn unless asked.
-    let filter = format!(
-        "{},burn_train=warn,burn_core=warn,cubecl=warn,wgpu=warn",
-        cli.log
-    );
-    let env = env_logger::Env::default().default_filter_or(filter);
+    let env = env_logger::Env::default().default_filter_or(log_filter(&cli.log));
     env_logger::Builder::from_env(env)
         .format_timestamp_secs()
         .init();
@@ -76,5 +83,46 @@ fn main() {
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+    use log::{Level, Log, Metadata};
+
+    fn enabled(filter: &str, target: &str, level: Level) -> bool {
+        let logger = env_logger::Builder::new().parse_filters(filter).build();
+        logger.enabled(&Metadata::builder().target(target).level(level).build())
+    }
+
+    #[test]
+    fn dependencies_log_warnings_only_and_blip3_logs_at_the_chosen_level() {
+        let info = log_filter("info");
+        for ours in [
+            "blip3::cmd::worker",
+            "blip3_train::launch",
+            "blip3_data::loader",
+        ] {
+            assert!(enabled(&info, ours, Level::Info), "{ours}");
+            assert!(!enabled(&info, ours, Level::Debug), "{ours}");
+        }
+        for theirs in [
+            "pliron::pass",
+            "burn_train::learner",
+            "cubecl_runtime",
+            "wgpu_core",
+        ] {
+            assert!(!enabled(&info, theirs, Level::Info), "{theirs}");
+            assert!(enabled(&info, theirs, Level::Warn), "{theirs}");
+        }
+        let debug = log_filter("debug");
+        assert!(enabled(&debug, "blip3_model::generate", Level::Debug));
+        assert!(!enabled(&debug, "pliron::pass", Level::Info));
+        assert!(!enabled(
+            &log_filter("error"),
+            "blip3::cmd::train",
+            Level::Warn
+        ));
     }
 }
