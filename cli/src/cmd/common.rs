@@ -43,6 +43,13 @@ pub fn device(kind: DeviceKindArg) -> Result<Device> {
              --device flex on this machine"
         );
     }
+    if matches!(kind, DeviceKindArg::Cpu) {
+        log::warn!(
+            "--device cpu autotunes its kernels on first use (minutes for a training step; the \
+             choices are cached on disk for later runs) and then runs far slower than --device \
+             flex, which is the CPU backend to use (docs/kernels.md)"
+        );
+    }
     Ok(device)
 }
 
