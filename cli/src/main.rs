@@ -51,11 +51,11 @@ enum Command {
 
 /// The default log filter: `level` for blip3's crates, warnings for every dependency.
 ///
-/// Dependencies' info messages are not merely noise: Burn's learner logs every iteration, and the
+/// Dependencies' info messages are more than noise: Burn's learner logs every iteration, and the
 /// compiler behind Burn's CUDA and `cpu` backends (pliron, in `cubecl-llvm`) logs each kernel's
-/// whole IR after every pass at info level, which made the first training step on CUDA take
-/// minutes of formatting and writing IR (docs/kernels.md). The `blip3` directive matches every
-/// target starting with it: the binary and the `blip3_*` library crates.
+/// whole IR after every pass at info level: 624 MB of stderr for one tiny training step on `cpu`,
+/// burying the run's own messages (docs/kernels.md). The `blip3` directive matches every target
+/// starting with it: the binary and the `blip3_*` library crates.
 fn log_filter(level: &str) -> String {
     format!("warn,blip3={level}")
 }
