@@ -315,6 +315,20 @@ fn a_full_queue_answers_429_and_a_cancelled_stream_frees_its_slot() {
             break;
         }
     }
+    // The role chunk is sent as soon as the request is accepted, possibly while it still waits
+    // for the scheduler: wait until it holds the slot.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, m) = f.get("/metrics");
+        if m.contains("blip3_active_sequences 1") && m.contains("blip3_queue_depth 0") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the long request never took the slot:\n{m}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
     // While it runs: one request waits in the queue, the next is refused with 429.
     let waiting = {
         let f = f.clone();
