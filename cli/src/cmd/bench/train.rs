@@ -69,6 +69,10 @@ struct Measurement {
     config: String,
     option: String,
     ms_per_step: f64,
+    /// The first (warm-up) step in seconds: on CubeCL devices it includes compiling and
+    /// autotuning the step's kernels, minutes on a fresh autotune cache (docs/kernels.md).
+    #[serde(default)]
+    first_step_s: f64,
     tokens_per_s: f64,
     peak_rss_mb: f64,
     /// GPU memory in use after the steps (GPU devices; Burn's pool keeps its pages, so this is
@@ -200,14 +204,22 @@ fn measure(config: &str, option: &str, args: &Args) -> Result<Measurement> {
             .sum()
     });
     let mut times = Vec::new();
+    let mut first_step_s = 0.0;
+    log::info!(
+        "{config}/{option}: first step (on CubeCL devices it compiles and autotunes the kernels)"
+    );
     for i in 0..=args.steps {
         let t0 = Instant::now();
         let out = TrainStep::step(&model, b.clone());
         model = TrainStep::optimize(model, &mut optim, 1e-4.into(), out.grads);
         // Synchronise: read one updated weight.
         let _ = model.policy.lang_model.model.norm.gamma.val().into_data();
-        if i > 0 {
-            times.push(t0.elapsed().as_secs_f64());
+        let took = t0.elapsed().as_secs_f64();
+        if i == 0 {
+            first_step_s = took;
+            log::info!("{config}/{option}: first step took {took:.2} s");
+        } else {
+            times.push(took);
         }
     }
     times.sort_by(f64::total_cmp);
@@ -219,6 +231,7 @@ fn measure(config: &str, option: &str, args: &Args) -> Result<Measurement> {
         config: config.into(),
         option: option.into(),
         ms_per_step: t * 1e3,
+        first_step_s,
         tokens_per_s: tokens as f64 / t,
         peak_rss_mb: peak_rss_mb(),
         gpu_mem_mb: (args.device.is_gpu()).then(gpu_mem_mb).flatten(),
@@ -230,7 +243,10 @@ fn measure(config: &str, option: &str, args: &Args) -> Result<Measurement> {
 
 fn child(args: &Args, config: &str, option: &str) -> Result<Measurement> {
     let exe = std::env::current_exe().context("locating the blip3 binary")?;
+    // The child's messages (its progress through the first step, warnings) go straight to our
+    // stderr, so a run stopped by a time limit still shows how far each measurement got.
     let out = Command::new(exe)
+        .stderr(std::process::Stdio::inherit())
         .args(["bench", "train", "--child", &format!("{config}:{option}")])
         .args([
             "--batch",
@@ -253,11 +269,8 @@ fn child(args: &Args, config: &str, option: &str) -> Result<Measurement> {
         .context("running a benchmark child")?;
     if !out.status.success() {
         bail!(
-            "{config}/{option}: {}",
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .last()
-                .unwrap_or("")
+            "{config}/{option}: the measuring process failed ({}); its messages are above",
+            out.status
         );
     }
     let text = String::from_utf8_lossy(&out.stdout);
@@ -325,8 +338,8 @@ pub fn run(args: Args) -> Result<()> {
     let gpu = args.device.is_gpu();
     let memory = if gpu { "GPU MiB" } else { "peak RSS MB" };
     println!(
-        "{:<6} {:<14} {:>11} {:>11} {:>12} {:>14} {:>8}",
-        "config", "option", "ms/step", "tokens/s", memory, "trainable", "MFU"
+        "{:<6} {:<14} {:>11} {:>9} {:>11} {:>12} {:>14} {:>8}",
+        "config", "option", "ms/step", "first s", "tokens/s", memory, "trainable", "MFU"
     );
     let mem = |m: &Measurement| {
         if gpu {
@@ -337,10 +350,11 @@ pub fn run(args: Args) -> Result<()> {
     };
     let print = |m: &Measurement| {
         println!(
-            "{:<6} {:<14} {:>11.1} {:>11.0} {:>12.0} {:>14} {:>8}",
+            "{:<6} {:<14} {:>11.1} {:>9.2} {:>11.0} {:>12.0} {:>14} {:>8}",
             m.config,
             m.option,
             m.ms_per_step,
+            m.first_step_s,
             m.tokens_per_s,
             mem(m),
             m.trainable_params,
@@ -350,10 +364,11 @@ pub fn run(args: Args) -> Result<()> {
     let print_torch = |config: &str, precision: &str, ours: &Measurement| {
         if let Some((ms, memory)) = torch(&args, config, precision) {
             println!(
-                "{:<6} {:<14} {:>11.1} {:>11} {:>12.0}   -> torch/blip3 time ratio {:.2}x (>1: blip3 faster)",
+                "{:<6} {:<14} {:>11.1} {:>9} {:>11} {:>12.0}   -> torch/blip3 time ratio {:.2}x (>1: blip3 faster)",
                 config,
                 format!("pytorch {precision}"),
                 ms,
+                "",
                 "",
                 memory,
                 ms / ours.ms_per_step
