@@ -316,10 +316,11 @@ fn main() {
 
 /// Training: forward and backward of `sum(attention(q, k, v) · w)` under autodiff, Burn's
 /// attention (its own autodiff, which keeps the `[Sq, Sk]` probabilities from the forward) against
-/// the blip3 path (the forward kernel, then the two backward kernels from the saved inputs). The
-/// memory columns give the attention's own transient bytes beyond inputs and outputs: Burn's
-/// `[B, H, Sq, Sk]` probabilities (kept from forward to backward) and, in the backward, about
-/// three more tensors of that size; blip3's `[B, H, Sq, 2]` f32 statistics.
+/// the blip3 path (the forward kernel, which also writes each row's log-sum-exp, then the two
+/// backward kernels from the saved inputs, output and log-sum-exp). The memory columns give the
+/// attention's own transient bytes beyond inputs and outputs: Burn's `[B, H, Sq, Sk]`
+/// probabilities (kept from forward to backward) and, in the backward, about three more tensors
+/// of that size; blip3's `[B, H, Sq]` f32 log-sum-exp (kept) and `[B, H, Sq, 2]` f32 statistics.
 fn backward_section(device: &Device, dtypes: &[DType], reps: usize, full: bool, filter: &str) {
     println!();
     println!("attention forward + backward (autodiff):");
@@ -374,7 +375,7 @@ fn backward_section(device: &Device, dtypes: &[DType], reps: usize, full: bool, 
                 s.name,
                 burn / ours,
                 mib(4 * scores),
-                mib(s.b * s.h * s.sq * 8)
+                mib(s.b * s.h * s.sq * 12)
             );
         }
     }

@@ -1,7 +1,8 @@
 //! Scaled dot-product attention: the public entry point, the choice between Burn's attention op
-//! and the blip3 kernel, and the [`FlashAttentionBackend`] extension with its Flex, Fusion and
-//! Autodiff implementations (the CubeCL one lives in `attention_kernel`, its tensor-core variant in
-//! `attention_mma_kernel`).
+//! and the blip3 kernel, and the [`FlashAttentionBackend`] extension with its Flex and Fusion
+//! implementations (the CubeCL one lives in `attention_kernel`, its tensor-core variant in
+//! `attention_mma_kernel`; the Autodiff one in `attention_autodiff`; the tensor-op backward and
+//! log-sum-exp in `attention_composed`).
 //!
 //! Contract, shared by both paths: `q` is `[B, H, Sq, Dh]`, `k` is `[B, H, Sk, Dh]`, `v` is
 //! `[B, H, Sk, Dv]`; scores are `q·kᵀ · Dh^-0.5`; `mask` is `[B, H|1, Sq, Sk]` with true = masked
@@ -15,18 +16,14 @@
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
-use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
-use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::{BoolTensor, FloatTensor};
-use burn::backend::{
-    Autodiff, Backend, Dispatch, DispatchDevice, TensorMetadata, backend_extension,
-    get_or_init_device_settings,
-};
+use burn::backend::{Backend, Dispatch, DispatchDevice, backend_extension};
 use burn::prelude::*;
 use burn::tensor::module::attention as burn_attention_op;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{DType, FloatDType, Shape, Slice};
+use burn::tensor::{DType, Shape};
+
+pub(crate) use crate::attention_composed::{composed_attention_backward, composed_lse};
 
 /// Name of the environment variable that forces an attention path (`burn`, `blip3` or `auto`).
 pub const ATTENTION_ENV: &str = "BLIP3_ATTENTION";
@@ -39,6 +36,10 @@ pub const MAX_KERNEL_HEAD_DIM: usize = 256;
 /// off (`0` or `off`; `1`/`on`, the default, leaves them on): half precision then takes the
 /// scalar kernels, as on devices without MMA instructions.
 pub const TENSOR_CORES_ENV: &str = "BLIP3_ATTENTION_TENSOR_CORES";
+
+/// The log-sum-exp [`flash_attention_with_lse`] gives a query row that sees no key: finite, and
+/// so large that `exp(s − lse)` is 0 for every real score `s`.
+pub const NO_KEY_LSE: f32 = 3.0e38;
 
 /// Largest head dimension (of queries/keys, and of values) the backward kernels accept; larger
 /// heads take the composed backward. Their per-element loops are unrolled so that the rows
@@ -174,6 +175,45 @@ pub fn flash_attention(
     Tensor::from_dispatch(out)
 }
 
+/// Attention along the extension (as [`flash_attention`]) with each query row's log-sum-exp of
+/// its visible scaled scores, `lse_i = ln Σ_j e^(q_i·k_j · Dh^-0.5)` (`[B, H, Sq]`, f32;
+/// [`NO_KEY_LSE`] for a row that sees no key): the forward kernels compute it on CubeCL devices,
+/// tensor ops elsewhere. It is what the autodiff backward reads; partial attentions over key
+/// blocks can also be merged with it.
+pub fn flash_attention_with_lse(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    mask: Option<Tensor<4, Bool>>,
+    causal: bool,
+) -> (Tensor<4>, Tensor<3>) {
+    let mask = mask.map(|m| expand_mask(m, &q, &k));
+    if !extension_available(&q.device()) {
+        let lse = composed_lse::<Dispatch>(
+            q.clone().into_dispatch(),
+            k.clone().into_dispatch(),
+            mask.clone().map(Tensor::into_dispatch),
+            causal,
+        );
+        return (
+            burn_attention(q, k, v, mask, causal),
+            Tensor::from_dispatch(lse),
+        );
+    }
+    let (q, k, v) = (q.into_dispatch(), k.into_dispatch(), v.into_dispatch());
+    let (out, lse) = match mask {
+        None => <Dispatch as FlashAttentionBackend>::flash_attention_lse(q, k, v, causal),
+        Some(mask) => <Dispatch as FlashAttentionBackend>::flash_attention_lse_masked(
+            q,
+            k,
+            v,
+            mask.into_dispatch(),
+            causal,
+        ),
+    };
+    (Tensor::from_dispatch(out), Tensor::from_dispatch(lse))
+}
+
 /// Gradients `[dq, dk, dv]` of attention (the module's contract) given the gradient of its
 /// output, `grad_out` (`[B, H, Sq, Dv]`), in O(Sq + Sk) memory on CubeCL devices (the backward
 /// kernels; docs/kernels.md), by tensor ops elsewhere. This is what the extension's autodiff
@@ -228,6 +268,16 @@ pub fn backward_kernel_launches() -> usize {
 
 /// The counter behind [`backward_kernel_launches`], raised by the kernels' launcher.
 pub(crate) static BACKWARD_KERNEL_LAUNCHES: AtomicUsize = AtomicUsize::new(0);
+
+/// How many of the [`backward_kernel_launches`] read the forward's saved output and
+/// log-sum-exp instead of recomputing them (the autodiff backward does; [`attention_backward`],
+/// which has no forward state, does not).
+pub fn saved_statistics_backward_launches() -> usize {
+    SAVED_STATISTICS_LAUNCHES.load(Ordering::Relaxed)
+}
+
+/// The counter behind [`saved_statistics_backward_launches`].
+pub(crate) static SAVED_STATISTICS_LAUNCHES: AtomicUsize = AtomicUsize::new(0);
 
 /// How many times this process has run the tensor-core forward kernel (half precision on a
 /// device with MMA instructions; always 0 elsewhere). Tests read it to tell it from the scalar
@@ -366,6 +416,22 @@ fn attention_out_shape(q: &Shape, v: &Shape) -> Shape {
     Shape::new([q[0], q[1], q[2], v[3]])
 }
 
+/// Output metadata of the `flash_attention_lse` ops under Fusion: the attention output and the
+/// `[B, H, Sq]` f32 log-sum-exp.
+#[cfg(feature = "cube")]
+fn lse_meta(
+    q: &burn::backend::fusion::custom::TensorSpec,
+    v: &burn::backend::fusion::custom::TensorSpec,
+) -> (
+    burn::backend::fusion::custom::TensorSpec,
+    burn::backend::fusion::custom::TensorSpec,
+) {
+    use burn::backend::fusion::custom::TensorSpec;
+    let out = TensorSpec::new(attention_out_shape(&q.shape, &v.shape), q.dtype);
+    let lse = TensorSpec::new(Shape::new([q.shape[0], q.shape[1], q.shape[2]]), DType::F32);
+    (out, lse)
+}
+
 /// Attention as a backend extension. `mask` is already broadcast to `[B, H, Sq, Sk]` (it may be a
 /// stride-0 view); see the module documentation for the rest of the contract.
 #[backend_extension(
@@ -393,6 +459,62 @@ pub trait FlashAttentionBackend: Backend {
         mask: BoolTensor<Self>,
         causal: bool,
     ) -> FloatTensor<Self>;
+
+    /// [`flash_attention`](Self::flash_attention) that also returns each query row's
+    /// log-sum-exp of its visible scaled scores, `lse_i = ln Σ_j e^(s_ij)` (`[B, H, Sq]`, f32;
+    /// [`NO_KEY_LSE`] for a row that sees no key): what
+    /// [`flash_attention_backward_saved`](Self::flash_attention_backward_saved) reads instead
+    /// of recomputing the softmax statistics.
+    #[fusion(meta = |q, _k, v, _causal| lse_meta(q, v))]
+    fn flash_attention_lse(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        causal: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// [`flash_attention_masked`](Self::flash_attention_masked) with the rows' log-sum-exp, as
+    /// [`flash_attention_lse`](Self::flash_attention_lse).
+    #[fusion(meta = |q, _k, v, _mask, _causal| lse_meta(q, v))]
+    fn flash_attention_lse_masked(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        mask: BoolTensor<Self>,
+        causal: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// Gradients `(dq, dk, dv)` given the forward's output `out` and row log-sum-exp `lse`
+    /// (from [`flash_attention_lse`](Self::flash_attention_lse)) and the gradient of the
+    /// output: one walk over the keys fewer than
+    /// [`flash_attention_backward`](Self::flash_attention_backward), which recomputes them.
+    #[fusion(meta = |q, k, v, _out, _lse, _grad_out, _causal| (q.clone(), k.clone(), v.clone()))]
+    fn flash_attention_backward_saved(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        out: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        grad_out: FloatTensor<Self>,
+        causal: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// [`flash_attention_backward_saved`](Self::flash_attention_backward_saved) for
+    /// [`flash_attention_lse_masked`](Self::flash_attention_lse_masked).
+    #[fusion(
+        meta = |q, k, v, _mask, _out, _lse, _grad_out, _causal| (q.clone(), k.clone(), v.clone())
+    )]
+    #[allow(clippy::too_many_arguments)]
+    fn flash_attention_backward_saved_masked(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        mask: BoolTensor<Self>,
+        out: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        grad_out: FloatTensor<Self>,
+        causal: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 
     /// Gradients `(dq, dk, dv)` of [`flash_attention`](Self::flash_attention) given the
     /// gradient of its output (`[B, H, Sq, Dv]`), in the inputs' dtype.
@@ -447,6 +569,54 @@ mod flex {
             Flex::attention(q, k, v, Some(mask), None, options(causal))
         }
 
+        fn flash_attention_lse(
+            q: FloatTensor<Self>,
+            k: FloatTensor<Self>,
+            v: FloatTensor<Self>,
+            causal: bool,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+            let lse = composed_lse::<Self>(q.clone(), k.clone(), None, causal);
+            (Self::flash_attention(q, k, v, causal), lse)
+        }
+
+        fn flash_attention_lse_masked(
+            q: FloatTensor<Self>,
+            k: FloatTensor<Self>,
+            v: FloatTensor<Self>,
+            mask: BoolTensor<Self>,
+            causal: bool,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+            let lse = composed_lse::<Self>(q.clone(), k.clone(), Some(mask.clone()), causal);
+            (Self::flash_attention_masked(q, k, v, mask, causal), lse)
+        }
+
+        /// The composed backward, which recomputes the probabilities whole (the saved output
+        /// and statistics would not spare it a product).
+        fn flash_attention_backward_saved(
+            q: FloatTensor<Self>,
+            k: FloatTensor<Self>,
+            v: FloatTensor<Self>,
+            _out: FloatTensor<Self>,
+            _lse: FloatTensor<Self>,
+            grad_out: FloatTensor<Self>,
+            causal: bool,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+            composed_attention_backward::<Self>(q, k, v, None, causal, grad_out)
+        }
+
+        fn flash_attention_backward_saved_masked(
+            q: FloatTensor<Self>,
+            k: FloatTensor<Self>,
+            v: FloatTensor<Self>,
+            mask: BoolTensor<Self>,
+            _out: FloatTensor<Self>,
+            _lse: FloatTensor<Self>,
+            grad_out: FloatTensor<Self>,
+            causal: bool,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+            composed_attention_backward::<Self>(q, k, v, Some(mask), causal, grad_out)
+        }
+
         fn flash_attention_backward(
             q: FloatTensor<Self>,
             k: FloatTensor<Self>,
@@ -475,276 +645,4 @@ mod flex {
             ..Default::default()
         }
     }
-}
-
-impl<B: FlashAttentionBackend, C: CheckpointStrategy> FlashAttentionBackend for Autodiff<B, C> {
-    fn flash_attention(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        causal: bool,
-    ) -> FloatTensor<Self> {
-        autodiff_attention::<B, C>(q, k, v, None, causal)
-    }
-
-    fn flash_attention_masked(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        mask: BoolTensor<Self>,
-        causal: bool,
-    ) -> FloatTensor<Self> {
-        autodiff_attention::<B, C>(q, k, v, Some(mask), causal)
-    }
-
-    /// Under autodiff the gradients are composed of differentiable tensor ops (so they can
-    /// themselves be differentiated); the kernels run in the backward of the forward above.
-    fn flash_attention_backward(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        grad_out: FloatTensor<Self>,
-        causal: bool,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        composed_attention_backward::<Self>(q, k, v, None, causal, grad_out)
-    }
-
-    fn flash_attention_backward_masked(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        mask: BoolTensor<Self>,
-        grad_out: FloatTensor<Self>,
-        causal: bool,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        composed_attention_backward::<Self>(q, k, v, Some(mask), causal, grad_out)
-    }
-}
-
-/// Runs the inner backend's forward and records a backward that recomputes the attention
-/// probabilities from the saved inputs (no `[Sq, Sk]` tensor is kept between the passes): the
-/// inner backend's [`FlashAttentionBackend::flash_attention_backward`] (the backward kernels on
-/// CubeCL devices, [`composed_attention_backward`] on Flex).
-fn autodiff_attention<B: FlashAttentionBackend, C: CheckpointStrategy>(
-    q: FloatTensor<Autodiff<B, C>>,
-    k: FloatTensor<Autodiff<B, C>>,
-    v: FloatTensor<Autodiff<B, C>>,
-    mask: Option<BoolTensor<B>>,
-    causal: bool,
-) -> FloatTensor<Autodiff<B, C>> {
-    #[derive(Debug)]
-    struct AttentionBackward;
-
-    impl<B: FlashAttentionBackend> Backward<B, 3> for AttentionBackward {
-        type State = SavedAttention<B>;
-
-        fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-            let [node_q, node_k, node_v] = ops.parents;
-            let grad_out = grads.consume::<B>(&ops.node);
-            let SavedAttention {
-                q,
-                k,
-                v,
-                mask,
-                causal,
-            } = ops.state;
-            let (dq, dk, dv) = match mask {
-                None => B::flash_attention_backward(q, k, v, grad_out, causal),
-                Some(mask) => B::flash_attention_backward_masked(q, k, v, mask, grad_out, causal),
-            };
-            for (node, grad) in [(node_q, dq), (node_k, dk), (node_v, dv)] {
-                if let Some(node) = node {
-                    grads.register::<B>(node.id, grad);
-                }
-            }
-        }
-    }
-
-    let forward = |q, k, v, mask: Option<BoolTensor<B>>| match mask {
-        None => B::flash_attention(q, k, v, causal),
-        Some(mask) => B::flash_attention_masked(q, k, v, mask, causal),
-    };
-    match AttentionBackward
-        .prepare::<C>([q.node(), k.node(), v.node()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => {
-            let saved = SavedAttention::<B> {
-                q: q.primitive().clone(),
-                k: k.primitive().clone(),
-                v: v.primitive().clone(),
-                mask: mask.clone(),
-                causal,
-            };
-            let out = forward(
-                q.into_primitive(),
-                k.into_primitive(),
-                v.into_primitive(),
-                mask,
-            );
-            prep.finish(saved, out)
-        }
-        OpsKind::UnTracked(prep) => prep.finish(forward(
-            q.into_primitive(),
-            k.into_primitive(),
-            v.into_primitive(),
-            mask,
-        )),
-    }
-}
-
-/// What the backward pass needs: the forward inputs.
-#[derive(Debug, Clone)]
-struct SavedAttention<B: Backend> {
-    q: FloatTensor<B>,
-    k: FloatTensor<B>,
-    v: FloatTensor<B>,
-    mask: Option<BoolTensor<B>>,
-    causal: bool,
-}
-
-/// Most score elements (`B·H·Sq·Sk` of one chunk) the backward materialises at once; larger
-/// problems are processed in chunks of heads.
-const BACKWARD_CHUNK_SCORES: usize = 1 << 26;
-
-/// Gradients of attention with respect to `q`, `k` and `v` composed of tensor ops, recomputing
-/// the probabilities (the Flex implementation of the backward, and the CubeCL fallback where the
-/// kernels cannot run):
-/// `P = softmax(S)`, `dV = Pᵀ·dO`, `dP = dO·Vᵀ`, `dS = P ∘ (dP − rowsum(P ∘ dP))`,
-/// `dQ = dS·K·scale`, `dK = dSᵀ·Q·scale`. Half-precision inputs are computed in f32 and the
-/// gradients cast back. Large problems are split over batch and heads so that at most
-/// [`BACKWARD_CHUNK_SCORES`] score elements live at once.
-pub(crate) fn composed_attention_backward<B: Backend>(
-    q: FloatTensor<B>,
-    k: FloatTensor<B>,
-    v: FloatTensor<B>,
-    mask: Option<BoolTensor<B>>,
-    causal: bool,
-    grad_out: FloatTensor<B>,
-) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
-    let dtype = q.dtype();
-    let work_dtype = match dtype {
-        DType::F16 | DType::BF16 => Some(FloatDType::F32),
-        _ => None,
-    };
-    let up = |t: FloatTensor<B>| match work_dtype {
-        Some(d) => B::float_cast(t, d),
-        None => t,
-    };
-    let (q, k, v, grad_out) = (up(q), up(k), up(v), up(grad_out));
-
-    let [b, h, sq, _] = q.shape().dims::<4>();
-    let [_, _, sk, _] = k.shape().dims::<4>();
-    let per_head = (sq * sk).max(1);
-    let heads_per_chunk = (BACKWARD_CHUNK_SCORES / per_head).clamp(1, h.max(1));
-    let grads = if b * h * per_head <= BACKWARD_CHUNK_SCORES || b * h == 0 {
-        attention_backward_chunk::<B>(q, k, v, mask, causal, grad_out)
-    } else {
-        let mut per_batch: Vec<[FloatTensor<B>; 3]> = Vec::with_capacity(b);
-        for bi in 0..b {
-            let mut parts: [Vec<FloatTensor<B>>; 3] = [Vec::new(), Vec::new(), Vec::new()];
-            let mut h0 = 0;
-            while h0 < h {
-                let h1 = (h0 + heads_per_chunk).min(h);
-                let slices = [
-                    Slice::from(bi..bi + 1),
-                    Slice::from(h0..h1),
-                    Slice::from(..),
-                    Slice::from(..),
-                ];
-                let part = attention_backward_chunk::<B>(
-                    B::float_slice(q.clone(), &slices),
-                    B::float_slice(k.clone(), &slices),
-                    B::float_slice(v.clone(), &slices),
-                    mask.clone().map(|m| B::bool_slice(m, &slices)),
-                    causal,
-                    B::float_slice(grad_out.clone(), &slices),
-                );
-                for (acc, g) in parts.iter_mut().zip(part) {
-                    acc.push(g);
-                }
-                h0 = h1;
-            }
-            per_batch.push(parts.map(|p| B::float_cat(p, 1)));
-        }
-        let mut columns: [Vec<FloatTensor<B>>; 3] = [Vec::new(), Vec::new(), Vec::new()];
-        for parts in per_batch {
-            for (col, g) in columns.iter_mut().zip(parts) {
-                col.push(g);
-            }
-        }
-        columns.map(|c| B::float_cat(c, 0))
-    };
-    let [dq, dk, dv] = match work_dtype {
-        Some(_) => grads.map(|g| B::float_cast(g, dtype.into())),
-        None => grads,
-    };
-    (dq, dk, dv)
-}
-
-/// One chunk of [`attention_backward`], all tensors materialised.
-fn attention_backward_chunk<B: Backend>(
-    q: FloatTensor<B>,
-    k: FloatTensor<B>,
-    v: FloatTensor<B>,
-    mask: Option<BoolTensor<B>>,
-    causal: bool,
-    grad_out: FloatTensor<B>,
-) -> [FloatTensor<B>; 3] {
-    let [b, h, sq, dh] = q.shape().dims::<4>();
-    let [_, _, sk, _] = k.shape().dims::<4>();
-    let scale = 1.0 / (dh as f64).sqrt();
-
-    let scores = B::float_mul_scalar(
-        B::float_matmul(q.clone(), B::float_transpose(k.clone())),
-        scale.into(),
-    );
-    let scores = match mask {
-        Some(mask) => B::float_mask_fill(scores, mask, f32::NEG_INFINITY.into()),
-        None => scores,
-    };
-    let scores = if causal {
-        let device = q.device();
-        let causal_mask = B::bool_expand(
-            causal_mask::<B>(&device, sq, sk),
-            Shape::new([b, h, sq, sk]),
-        );
-        B::float_mask_fill(scores, causal_mask, f32::NEG_INFINITY.into())
-    } else {
-        scores
-    };
-    // Softmax that gives 0 (not NaN) on fully masked rows, as the forward does.
-    let row_max = B::float_clamp_min(B::float_max_dim(scores.clone(), 3), f32::MIN.into());
-    let exp = B::float_exp(B::float_sub(scores, row_max));
-    let row_sum = B::float_clamp_min(B::float_sum_dim(exp.clone(), 3), f32::MIN_POSITIVE.into());
-    let probs = B::float_div(exp, row_sum);
-
-    let grad_v = B::float_matmul(B::float_transpose(probs.clone()), grad_out.clone());
-    let grad_probs = B::float_matmul(grad_out, B::float_transpose(v));
-    let row_dot = B::float_sum_dim(B::float_mul(probs.clone(), grad_probs.clone()), 3);
-    let grad_scores = B::float_mul(probs, B::float_sub(grad_probs, row_dot));
-    let grad_q = B::float_mul_scalar(B::float_matmul(grad_scores.clone(), k), scale.into());
-    let grad_k = B::float_mul_scalar(
-        B::float_matmul(B::float_transpose(grad_scores), q),
-        scale.into(),
-    );
-    [grad_q, grad_k, grad_v]
-}
-
-/// `[1, 1, Sq, Sk]`, true where key `j` lies after query `i` bottom-right aligned
-/// (`j > i + Sk - Sq`).
-fn causal_mask<B: Backend>(device: &B::Device, sq: usize, sk: usize) -> BoolTensor<B> {
-    let settings = get_or_init_device_settings::<B>(device);
-    let rows = B::int_reshape(
-        B::int_arange(0..sq as i64, device, settings.int_dtype),
-        Shape::new([sq, 1]),
-    );
-    let cols = B::int_reshape(
-        B::int_arange(0..sk as i64, device, settings.int_dtype),
-        Shape::new([1, sk]),
-    );
-    let shifted = B::int_add_scalar(rows, (sk as i64 - sq as i64).into());
-    let mask = B::int_lower(shifted, cols, settings.bool_dtype);
-    B::bool_reshape(mask, Shape::new([1, 1, sq, sk]))
 }

@@ -7,10 +7,12 @@
 //! `δ_i = dO_i·O_i`, `dQ_i = scale · Σ_j dS_ij k_j` and `dK_j = scale · Σ_i dS_ij q_i`. Two kernels
 //! compute them without atomics, each thread owning one output row:
 //!
-//! * **query kernel** — one thread a query row, key tiles staged in shared memory. A first walk
-//!   over the keys recomputes the row's softmax statistics and output (online, as the forward
-//!   does) to get `lse_i = m_i + ln l_i` and `δ_i`, which it writes to a small `[B, H, Sq, 2]`
-//!   f32 buffer; a second walk accumulates `dQ_i` in registers.
+//! * **query kernel** — one thread a query row, key tiles staged in shared memory. The row's
+//!   `lse_i = m_i + ln l_i` and `δ_i` live in a small `[B, H, Sq, 2]` f32 buffer: under autodiff
+//!   the host fills it from the forward's saved output and lse (`δ = dO·O` by tensor ops) and
+//!   the kernel reads it; without them (`attention_backward`) a first walk over the keys
+//!   recomputes the row's softmax statistics online, as the forward does, and writes them. A
+//!   walk over the keys then accumulates `dQ_i` in registers.
 //! * **key kernel** — one thread a key row, query tiles (with their `dO` rows, `lse` and `δ`)
 //!   staged in shared memory. Each visible pair recomputes `P_ij = exp(s_ij − lse_i)` and adds
 //!   to `dV_j` and `dK_j` in registers. Causal cubes start at the first query their first key is
@@ -22,7 +24,8 @@
 //! backward of `attention` (tensor ops, chunked).
 
 use burn::backend::Shape;
-use burn::tensor::DType;
+use burn::backend::ops::FloatTensorOps;
+use burn::tensor::{DType, FloatDType};
 use burn_cubecl::CubeBackend;
 use burn_cubecl::ops::numeric::{empty_device_dtype, zeros_client};
 use burn_cubecl::tensor::CubeTensor;
@@ -30,7 +33,8 @@ use cubecl::prelude::*;
 use std::sync::atomic::Ordering;
 
 use crate::attention::{
-    BACKWARD_KERNEL_LAUNCHES, MAX_BACKWARD_KERNEL_HEAD_DIM, composed_attention_backward,
+    BACKWARD_KERNEL_LAUNCHES, MAX_BACKWARD_KERNEL_HEAD_DIM, NO_KEY_LSE, SAVED_STATISTICS_LAUNCHES,
+    composed_attention_backward,
 };
 use crate::attention_mma_backward_kernel;
 use crate::attention_mma_query_kernel;
@@ -44,7 +48,7 @@ const SHARED_BUDGET: usize = 48 * 1024;
 /// Running maximum before any key is seen (finite: no infinity or NaN on any backend).
 const NO_MAX: f32 = -3.0e38;
 /// `lse` of a row that sees no key: `exp(s − NO_LSE)` is 0 for every real score.
-const NO_LSE: f32 = 3.0e38;
+const NO_LSE: f32 = NO_KEY_LSE;
 
 /// Rows of the staged tile (keys for the query kernel, queries for the key kernel): the largest
 /// power of two whose tile (`row_width` f32 values a row, plus `extra_per_row`) fits the budget.
@@ -56,7 +60,9 @@ fn tile_rows(row_width: usize, extra_per_row: usize, max_shared: usize) -> Optio
 }
 
 /// Gradients `(dq, dk, dv)` of attention with respect to its inputs given `grad_out`, by the
-/// kernels, or by the composed backward when the kernels cannot run these tensors.
+/// kernels, or by the composed backward when the kernels cannot run these tensors. With `saved`
+/// (the forward's output and its rows' log-sum-exp, `[B, H, Sq]` f32) the statistics buffer is
+/// filled from them (`δ = dO·O` by tensor ops) and the query kernels skip their first walk.
 pub(crate) fn launch_attention_backward(
     q: CubeTensor,
     k: CubeTensor,
@@ -64,6 +70,7 @@ pub(crate) fn launch_attention_backward(
     mask: Option<CubeTensor>,
     grad_out: CubeTensor,
     causal: bool,
+    saved: Option<(CubeTensor, CubeTensor)>,
 ) -> (CubeTensor, CubeTensor, CubeTensor) {
     let [b, h, sq, dh] = q.meta.shape().dims::<4>();
     let [_, _, sk, dv] = v.meta.shape().dims::<4>();
@@ -108,9 +115,16 @@ pub(crate) fn launch_attention_backward(
     let grad_q = empty(q_shape, q.dtype);
     let grad_k = empty(k_shape, q.dtype);
     let grad_v = empty(v_shape, q.dtype);
-    let stats = empty(Shape::new([b, h, sq, 2]), DType::F32);
+    let has_stats = saved.is_some();
+    let stats = match saved {
+        Some((out, lse)) => saved_statistics(out, lse, grad_out.clone()),
+        None => empty(Shape::new([b, h, sq, 2]), DType::F32),
+    };
 
     BACKWARD_KERNEL_LAUNCHES.fetch_add(1, Ordering::Relaxed);
+    if has_stats {
+        SAVED_STATISTICS_LAUNCHES.fetch_add(1, Ordering::Relaxed);
+    }
     // Half precision on devices with MMA instructions: the tensor-core kernels.
     if let (Some(queries), Some(keys)) = (
         mma_plan::plan(Side::Queries, &q, dv),
@@ -126,6 +140,7 @@ pub(crate) fn launch_attention_backward(
             grad_q.clone(),
             stats.clone(),
             causal,
+            has_stats,
         );
         attention_mma_backward_kernel::launch_keys(
             keys,
@@ -170,6 +185,7 @@ pub(crate) fn launch_attention_backward(
             key_tile,
             causal,
             has_mask,
+            has_stats,
             types,
         );
         key_grad_kernel::launch_unchecked(
@@ -194,6 +210,20 @@ pub(crate) fn launch_attention_backward(
         );
     }
     (grad_q, grad_k, grad_v)
+}
+
+/// The `[B, H, Sq, 2]` f32 statistics buffer `[lse, δ]` from the forward's output `out` and row
+/// log-sum-exp `lse` (`[B, H, Sq]`): `δ_i = dO_i·O_i`, summed in f32 (FlashAttention-2's
+/// preprocessing; for half precision `O` is the stored, rounded output).
+fn saved_statistics(out: CubeTensor, lse: CubeTensor, grad_out: CubeTensor) -> CubeTensor {
+    let [b, h, sq, _] = out.meta.shape().dims::<4>();
+    let up = |t: CubeTensor| match t.dtype {
+        DType::F32 => t,
+        _ => CubeBackend::float_cast(t, FloatDType::F32),
+    };
+    let delta = CubeBackend::float_sum_dim(CubeBackend::float_mul(up(out), up(grad_out)), 3);
+    let lse = CubeBackend::float_reshape(lse, Shape::new([b, h, sq, 1]));
+    CubeBackend::float_cat(vec![lse, delta], 3)
 }
 
 /// Stages keys and values `tile_start..tile_start + tile_keys` of one head (at `k_base`,
@@ -224,8 +254,9 @@ fn stage_keys_values<F: Float>(
     sync_cube();
 }
 
-/// The query kernel (see the module documentation): `dQ` and the `[lse, δ]` statistics of
-/// [`THREADS`] query rows of one head.
+/// The query kernel (see the module documentation): `dQ` of [`THREADS`] query rows of one head,
+/// and their `[lse, δ]` statistics (read from `stats` with `has_stats`, else computed by a
+/// first walk and written there).
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn query_grad_kernel<F: Float, M: Numeric>(
@@ -242,6 +273,7 @@ fn query_grad_kernel<F: Float, M: Numeric>(
     #[comptime] tile_keys: usize,
     #[comptime] causal: bool,
     #[comptime] has_mask: bool,
+    #[comptime] has_stats: bool,
     #[define(F, M)] _dtypes: [ElemType; 2],
 ) {
     let kt_stride = comptime!(tile_keys + 1);
@@ -287,55 +319,63 @@ fn query_grad_kernel<F: Float, M: Numeric>(
     let v_base = b * v.stride(0) + h * v.stride(1);
     let mask_row = b * mask.stride(0) + h * mask.stride(1) + row * mask.stride(2);
 
-    // First walk: the row's softmax statistics and δ = dO·O, with O recomputed online.
-    let mut m = f32::new(NO_MAX);
-    let mut l = 0.0f32;
-    // Σ_j e^(s_j − m) (dO·v_j): δ·l, rescaled as m grows (O itself is never needed).
-    let mut weighted = 0.0f32;
-    let mut tile_start = 0usize;
-    while tile_start < kv_end {
-        stage_keys_values::<F>(
-            k,
-            v,
-            k_base,
-            v_base,
-            tile_start,
-            kv_end,
-            &mut k_tile,
-            &mut v_tile,
-            head_dim,
-            val_dim,
-            tile_keys,
-        );
-        for j in 0..tile_keys {
-            let key = tile_start + j;
-            if visible::<M>(row, key, sq, sk, mask, mask_row, causal, has_mask) {
-                let s = dot_column(&q_row, &k_tile, j, kt_stride, head_dim);
-                let dp = dot_column(&go_row, &v_tile, j, kt_stride, val_dim);
-                if s > m {
-                    let correction = f32::exp(m - s);
-                    l *= correction;
-                    weighted *= correction;
-                    m = s;
-                }
-                let p = f32::exp(s - m);
-                l += p;
-                weighted += p * dp;
-            }
-        }
-        sync_cube();
-        tile_start += tile_keys;
-    }
     let mut lse = f32::new(NO_LSE);
     let mut delta = 0.0f32;
-    if l > 0.0f32 {
-        lse = m + l.ln();
-        delta = weighted / l;
-    }
-    if row_valid {
-        let at = (bh * sq + row) * 2;
-        stats[at] = lse;
-        stats[at + 1] = delta;
+    let at = (bh * sq + row) * 2;
+    if has_stats {
+        // Saved by the forward (lse) and computed from its output (δ).
+        if row_valid {
+            lse = stats[at];
+            delta = stats[at + 1];
+        }
+    } else {
+        // First walk: the row's softmax statistics and δ = dO·O, with O recomputed online.
+        let mut m = f32::new(NO_MAX);
+        let mut l = 0.0f32;
+        // Σ_j e^(s_j − m) (dO·v_j): δ·l, rescaled as m grows (O itself is never needed).
+        let mut weighted = 0.0f32;
+        let mut tile_start = 0usize;
+        while tile_start < kv_end {
+            stage_keys_values::<F>(
+                k,
+                v,
+                k_base,
+                v_base,
+                tile_start,
+                kv_end,
+                &mut k_tile,
+                &mut v_tile,
+                head_dim,
+                val_dim,
+                tile_keys,
+            );
+            for j in 0..tile_keys {
+                let key = tile_start + j;
+                if visible::<M>(row, key, sq, sk, mask, mask_row, causal, has_mask) {
+                    let s = dot_column(&q_row, &k_tile, j, kt_stride, head_dim);
+                    let dp = dot_column(&go_row, &v_tile, j, kt_stride, val_dim);
+                    if s > m {
+                        let correction = f32::exp(m - s);
+                        l *= correction;
+                        weighted *= correction;
+                        m = s;
+                    }
+                    let p = f32::exp(s - m);
+                    l += p;
+                    weighted += p * dp;
+                }
+            }
+            sync_cube();
+            tile_start += tile_keys;
+        }
+        if l > 0.0f32 {
+            lse = m + l.ln();
+            delta = weighted / l;
+        }
+        if row_valid {
+            stats[at] = lse;
+            stats[at + 1] = delta;
+        }
     }
 
     // Second walk: dQ = scale · Σ_j P_j (dO·v_j − δ) k_j.

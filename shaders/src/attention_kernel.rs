@@ -27,15 +27,15 @@
 //! tiles.)
 
 use burn::backend::Shape;
-use burn::backend::ops::{AttentionModuleOptions, ModuleOps};
+use burn::backend::ops::{AttentionModuleOptions, FloatTensorOps, ModuleOps};
 use burn::backend::tensor::{BoolTensor, FloatTensor};
-use burn::tensor::DType;
+use burn::tensor::{DType, FloatDType};
 use burn_cubecl::CubeBackend;
 use burn_cubecl::ops::numeric::{empty_device_dtype, zeros_client};
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
-use crate::attention::{FlashAttentionBackend, MAX_KERNEL_HEAD_DIM};
+use crate::attention::{FlashAttentionBackend, MAX_KERNEL_HEAD_DIM, NO_KEY_LSE, composed_lse};
 use crate::attention_backward_kernel::launch_attention_backward;
 use crate::attention_mma_kernel;
 use crate::mma_plan::{self, Side};
@@ -56,6 +56,8 @@ const SHARED_BUDGET: usize = 48 * 1024;
 const NO_MAX: f32 = -3.0e38;
 /// Scores above this are real; [`NO_MAX`] marks masked ones.
 const MASKED_BELOW: f32 = -1.0e38;
+/// Log-sum-exp of a row that sees no key (the public contract's value).
+const NO_LSE: f32 = NO_KEY_LSE;
 
 impl FlashAttentionBackend for CubeBackend {
     fn flash_attention(
@@ -64,7 +66,7 @@ impl FlashAttentionBackend for CubeBackend {
         v: FloatTensor<Self>,
         causal: bool,
     ) -> FloatTensor<Self> {
-        launch_attention(q, k, v, None, causal)
+        launch_attention(q, k, v, None, causal, false).0
     }
 
     fn flash_attention_masked(
@@ -74,7 +76,51 @@ impl FlashAttentionBackend for CubeBackend {
         mask: BoolTensor<Self>,
         causal: bool,
     ) -> FloatTensor<Self> {
-        launch_attention(q, k, v, Some(mask), causal)
+        launch_attention(q, k, v, Some(mask), causal, false).0
+    }
+
+    fn flash_attention_lse(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        causal: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        with_lse(launch_attention(q, k, v, None, causal, true))
+    }
+
+    fn flash_attention_lse_masked(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        mask: BoolTensor<Self>,
+        causal: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        with_lse(launch_attention(q, k, v, Some(mask), causal, true))
+    }
+
+    fn flash_attention_backward_saved(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        out: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        grad_out: FloatTensor<Self>,
+        causal: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        launch_attention_backward(q, k, v, None, grad_out, causal, Some((out, lse)))
+    }
+
+    fn flash_attention_backward_saved_masked(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        mask: BoolTensor<Self>,
+        out: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        grad_out: FloatTensor<Self>,
+        causal: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        launch_attention_backward(q, k, v, Some(mask), grad_out, causal, Some((out, lse)))
     }
 
     fn flash_attention_backward(
@@ -84,7 +130,7 @@ impl FlashAttentionBackend for CubeBackend {
         grad_out: FloatTensor<Self>,
         causal: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        launch_attention_backward(q, k, v, None, grad_out, causal)
+        launch_attention_backward(q, k, v, None, grad_out, causal, None)
     }
 
     fn flash_attention_backward_masked(
@@ -95,8 +141,16 @@ impl FlashAttentionBackend for CubeBackend {
         grad_out: FloatTensor<Self>,
         causal: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        launch_attention_backward(q, k, v, Some(mask), grad_out, causal)
+        launch_attention_backward(q, k, v, Some(mask), grad_out, causal, None)
     }
+}
+
+/// The output and the log-sum-exp of a [`launch_attention`] that was asked for it.
+fn with_lse((out, lse): (CubeTensor, Option<CubeTensor>)) -> (CubeTensor, CubeTensor) {
+    (
+        out,
+        lse.expect("launch_attention returns the log-sum-exp when asked for it"),
+    )
 }
 
 /// Which kernel runs and how it splits the work (compile-time constants of the kernel).
@@ -175,14 +229,17 @@ impl Plan {
 }
 
 /// Validates shapes and launches a kernel, or hands the call to Burn's attention op when the
-/// kernels cannot run it (dtype, head size, launch limits).
+/// kernels cannot run it (dtype, head size, launch limits). Returns the output and, with
+/// `want_lse`, each row's log-sum-exp (`[B, H, Sq]`, f32), which the kernels write as they go
+/// and tensor ops compute beside Burn's op.
 fn launch_attention(
     q: CubeTensor,
     k: CubeTensor,
     v: CubeTensor,
     mask: Option<CubeTensor>,
     causal: bool,
-) -> CubeTensor {
+    want_lse: bool,
+) -> (CubeTensor, Option<CubeTensor>) {
     let [b, h, sq, dh] = q.meta.shape().dims::<4>();
     let [_, _, sk, dv] = v.meta.shape().dims::<4>();
     let client = q.client.clone();
@@ -212,38 +269,56 @@ fn launch_attention(
             plan
         }
         _ => {
+            let lse = want_lse
+                .then(|| composed_lse::<CubeBackend>(q.clone(), k.clone(), mask.clone(), causal));
             let options = AttentionModuleOptions {
                 is_causal: causal,
                 ..Default::default()
             };
-            return CubeBackend::attention(q, k, v, mask, None, options);
+            return (CubeBackend::attention(q, k, v, mask, None, options), lse);
         }
     };
 
     let out_shape = Shape::new([b, h, sq, dv]);
+    let lse_shape = Shape::new([b, h, sq]);
     if b * h * sq == 0 {
-        return empty_device_dtype(client, q.device.clone(), out_shape, q.dtype);
+        let lse = want_lse
+            .then(|| empty_device_dtype(client.clone(), q.device.clone(), lse_shape, DType::F32));
+        return (
+            empty_device_dtype(client, q.device.clone(), out_shape, q.dtype),
+            lse,
+        );
     }
     if sk == 0 {
         // No keys: every row is fully masked.
-        return zeros_client(client, q.device.clone(), out_shape, q.dtype);
+        let lse = want_lse.then(|| {
+            CubeBackend::float_full(lse_shape, NO_KEY_LSE.into(), &q.device, FloatDType::F32)
+        });
+        return (
+            zeros_client(client, q.device.clone(), out_shape, q.dtype),
+            lse,
+        );
     }
     let out = empty_device_dtype(client.clone(), q.device.clone(), out_shape, q.dtype);
+    // The kernels always write the statistics (one float a row, next to `Dv` output values).
+    let lse = empty_device_dtype(client.clone(), q.device.clone(), lse_shape, DType::F32);
+    let result = (out.clone(), want_lse.then(|| lse.clone()));
     // Half precision on devices with MMA instructions: the tensor-core kernel.
     if matches!(plan, Plan::Block { .. })
         && let Some(mma) = mma_plan::plan(Side::Forward, &q, dv)
             .filter(|mma| sq.div_ceil(mma.block_rows()) <= hw.max_cube_count.0 as usize)
     {
-        attention_mma_kernel::launch(mma, q, k, v, mask, out.clone(), causal);
-        return out;
+        attention_mma_kernel::launch(mma, q, k, v, mask, out, lse, causal);
+        return result;
     }
     let args = LaunchArgs::new(&q, mask);
     let cube_count = CubeCount::Static(sq.div_ceil(plan.block_rows()) as u32, (b * h) as u32, 1);
-    let (q, k, v, o) = (
+    let (q, k, v, o, lse) = (
         q.into_tensor_arg(),
         k.into_tensor_arg(),
         v.into_tensor_arg(),
-        out.clone().into_tensor_arg(),
+        out.into_tensor_arg(),
+        lse.into_tensor_arg(),
     );
     let LaunchArgs {
         scale,
@@ -269,6 +344,7 @@ fn launch_attention(
                 v,
                 mask,
                 o,
+                lse,
                 scale,
                 dh,
                 dv,
@@ -293,6 +369,7 @@ fn launch_attention(
                 v,
                 mask,
                 o,
+                lse,
                 scale,
                 dh,
                 dv,
@@ -305,7 +382,7 @@ fn launch_attention(
             )
         },
     }
-    out
+    result
 }
 
 /// The block kernel (see the module documentation). `F` is the tensor float type, `M` the mask
@@ -319,6 +396,7 @@ fn block_attention_kernel<F: Float, M: Numeric>(
     v: &Tensor<F>,
     mask: &Tensor<M>,
     out: &mut Tensor<F>,
+    lse: &mut Tensor<f32>,
     scale: f32,
     #[comptime] head_dim: usize,
     #[comptime] val_dim: usize,
@@ -517,10 +595,16 @@ fn block_attention_kernel<F: Float, M: Numeric>(
 
     if unit < block_rows {
         let mut inv = 0.0f32;
+        let mut row_lse = f32::new(NO_LSE);
         if l > 0.0f32 {
             inv = 1.0f32 / l;
+            row_lse = m + l.ln();
         }
         row_factor[unit] = inv;
+        let row = block_start + unit;
+        if row < sq {
+            lse[bh * sq + row] = row_lse;
+        }
     }
     sync_cube();
     let out_base = b * out.stride(0) + h * out.stride(1);
@@ -554,6 +638,7 @@ fn row_attention_kernel<F: Float, M: Numeric>(
     v: &Tensor<F>,
     mask: &Tensor<M>,
     out: &mut Tensor<F>,
+    lse: &mut Tensor<f32>,
     scale: f32,
     #[comptime] head_dim: usize,
     #[comptime] val_dim: usize,
@@ -684,9 +769,12 @@ fn row_attention_kernel<F: Float, M: Numeric>(
     if comptime!(groups == 1) {
         if row_valid {
             let mut inv = 0.0f32;
+            let mut row_lse = f32::new(NO_LSE);
             if l > 0.0f32 {
                 inv = 1.0f32 / l;
+                row_lse = m + l.ln();
             }
+            lse[bh * sq + row] = row_lse;
             #[unroll]
             for d in 0..val_dim {
                 out[out_base + d * out_step] = F::cast_from(acc[d] * inv);
@@ -712,8 +800,13 @@ fn row_attention_kernel<F: Float, M: Numeric>(
         }
         let own_weight = f32::exp(m - m_row);
         let mut inv = 0.0f32;
+        let mut row_lse = f32::new(NO_LSE);
         if l_row > 0.0f32 {
             inv = 1.0f32 / l_row;
+            row_lse = m_row + l_row.ln();
+        }
+        if row_valid && g == 0 {
+            lse[bh * sq + row] = row_lse;
         }
         #[unroll]
         for chunk in 0..comptime!(val_dim.div_ceil(MERGE_CHUNK)) {

@@ -31,7 +31,7 @@ use crate::tiles::{
 };
 
 /// `lse` of a row that sees no key: `exp(s − NO_LSE)` is 0 for every real score.
-pub(crate) const NO_LSE: f32 = 3.0e38;
+pub(crate) const NO_LSE: f32 = crate::attention::NO_KEY_LSE;
 /// Running maximum before any key is seen (finite: no infinity or NaN on any backend).
 pub(crate) const NO_MAX: f32 = -3.0e38;
 

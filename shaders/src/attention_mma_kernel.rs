@@ -20,13 +20,14 @@
 //!
 //! The output accumulator stays in shared memory as f32 (an MMA accumulator cannot be rescaled
 //! row by row in place); at the end each row is divided by its normaliser, and a row without any
-//! visible key is written as zeros.
+//! visible key is written as zeros. Each row's log-sum-exp `m + ln l` goes to `lse` (the
+//! backward's saved statistics).
 
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 use std::sync::atomic::Ordering;
 
-use crate::attention::TENSOR_CORE_LAUNCHES;
+use crate::attention::{NO_KEY_LSE, TENSOR_CORE_LAUNCHES};
 use crate::mma_plan::{FRAGMENT_ALIGN, TilePlan};
 use crate::tiles::{
     LaunchArgs, accumulate_product, product_transposed, stage_rows, visible, visible_key_end,
@@ -37,9 +38,11 @@ use crate::tiles::{
 const NO_MAX: f32 = -3.0e38;
 /// Scores above this are real; [`NO_MAX`] marks masked ones.
 const MASKED_BELOW: f32 = -1.0e38;
+/// Log-sum-exp of a row that sees no key (the public contract's value).
+const NO_LSE: f32 = NO_KEY_LSE;
 
 /// Launches the kernel with `plan` (from `mma_plan::plan` for `Side::Forward`) into `out`
-/// (`[B, H, Sq, Dv]`, dtype of `q`).
+/// (`[B, H, Sq, Dv]`, dtype of `q`) and `lse` (`[B, H, Sq]` f32, fresh: each row's log-sum-exp).
 /// `mask` is `[B, H, Sq, Sk]` (possibly a stride-0 view), true = masked out.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn launch(
@@ -49,6 +52,7 @@ pub(crate) fn launch(
     v: CubeTensor,
     mask: Option<CubeTensor>,
     out: CubeTensor,
+    lse: CubeTensor,
     causal: bool,
 ) {
     let [b, h, sq, dh] = q.meta.shape().dims::<4>();
@@ -70,6 +74,7 @@ pub(crate) fn launch(
             v.into_tensor_arg(),
             args.mask.into_tensor_arg(),
             out.into_tensor_arg(),
+            lse.into_tensor_arg(),
             args.scale,
             dh,
             dv,
@@ -98,6 +103,7 @@ fn mma_attention_kernel<F: Float, M: Numeric>(
     v: &Tensor<F>,
     mask: &Tensor<M>,
     out: &mut Tensor<F>,
+    lse: &mut Tensor<f32>,
     scale: f32,
     #[comptime] head_dim: usize,
     #[comptime] val_dim: usize,
@@ -270,5 +276,18 @@ fn mma_attention_kernel<F: Float, M: Numeric>(
             out[at] = F::cast_from(o_s[r * dv_pad + c] * inv);
         }
         i += threads;
+    }
+    let mut r = unit;
+    while r < block_rows {
+        let row = block_start + r;
+        if row < sq {
+            let l = stats[r * 2 + 1];
+            let mut row_lse = f32::new(NO_LSE);
+            if l > 0.0f32 {
+                row_lse = stats[r * 2] + l.ln();
+            }
+            lse[bh * sq + row] = row_lse;
+        }
+        r += threads;
     }
 }

@@ -14,8 +14,10 @@ use crate::tiles::{
     visible_key_end,
 };
 
-/// Launches the query kernel with `plan` (from `mma_plan::plan` for `Side::Queries`): `grad_q` (a fresh tensor of the shape of `q`) and `stats` (`[B, H, Sq, 2]`
-/// f32, fresh: `lse` and `δ` a row, which the key kernel then reads).
+/// Launches the query kernel with `plan` (from `mma_plan::plan` for `Side::Queries`): `grad_q`
+/// (a fresh tensor of the shape of `q`) and `stats` (`[B, H, Sq, 2]` f32: `lse` and `δ` a row,
+/// which the key kernel then reads; written here, or with `has_stats` already filled from the
+/// forward's saved output and log-sum-exp, and then only read).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn launch_queries(
     plan: TilePlan,
@@ -27,6 +29,7 @@ pub(crate) fn launch_queries(
     grad_q: CubeTensor,
     stats: CubeTensor,
     causal: bool,
+    has_stats: bool,
 ) {
     let [b, h, sq, dh] = q.meta.shape().dims::<4>();
     let dv = v.meta.shape().dims::<4>()[3];
@@ -60,6 +63,7 @@ pub(crate) fn launch_queries(
             plan.tile,
             causal,
             args.has_mask,
+            has_stats,
             args.types,
         )
     }
@@ -146,9 +150,10 @@ fn query_tile_products<F: Float>(
     sync_cube();
 }
 
-/// The tensor-core query kernel: per query row `lse` and `δ` (first walk over the keys, online as
-/// the forward does, with `δ = Σ_j P_j dP_j`), then `dQ = scale · Σ_j P_j (dP_j − δ) k_j`
-/// (second walk, the last product on MMAs). A plane owns `tm` queries; `F` is the tensor float
+/// The tensor-core query kernel: per query row `lse` and `δ` (read from `stats` with
+/// `has_stats`; else a first walk over the keys, online as the forward does, with
+/// `δ = Σ_j P_j dP_j`), then `dQ = scale · Σ_j P_j (dP_j − δ) k_j` (a walk with the last
+/// product on MMAs). A plane owns `tm` queries; `F` is the tensor float
 /// type (f16 or bf16), `M` the mask storage type (any non-zero value = masked).
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
@@ -173,6 +178,7 @@ fn mma_query_grad_kernel<F: Float, M: Numeric>(
     #[comptime] tile_k: usize,
     #[comptime] causal: bool,
     #[comptime] has_mask: bool,
+    #[comptime] has_stats: bool,
     #[define(F, M)] _dtypes: [ElemType; 2],
 ) {
     let threads = comptime!(plane_dim * planes);
@@ -245,67 +251,87 @@ fn mma_query_grad_kernel<F: Float, M: Numeric>(
     let v_base = b * v.stride(0) + h * v.stride(1);
     let mask_head = b * mask.stride(0) + h * mask.stride(1);
 
-    // First walk: lse and δ, online, one thread a row.
-    let mut tile_start = 0usize;
-    while tile_start < kv_end {
-        stage_key_tile::<F>(
-            k, v, k_base, v_base, tile_start, kv_end, &mut k_s, &mut v_s, unit, head_dim, val_dim,
-            dh_pad, dv_pad, tile_k, threads,
-        );
-        query_tile_products::<F>(
-            &q_s, &go_s, &k_s, &v_s, &mut s_s, &mut dp_s, row0, dh_pad, dv_pad, tile_k, tm, tn, tk,
-        );
+    if has_stats {
+        // lse saved by the forward, δ computed from its output: read, not recomputed.
         let mut r = unit;
         while r < block_rows {
             let row = block_start + r;
-            let mask_row = mask_head + row * mask.stride(2);
-            let mut m = row_s[r * 4];
-            let mut l = row_s[r * 4 + 1];
-            let mut weighted = row_s[r * 4 + 2];
-            for j in 0..tile_k {
-                let key = tile_start + j;
-                if visible::<M>(row, key, sq, sk, mask, mask_row, causal, has_mask) {
-                    let score = s_s[r * tile_k + j] * scale;
-                    if score > m {
-                        let correction = f32::exp(m - score);
-                        l *= correction;
-                        weighted *= correction;
-                        m = score;
-                    }
-                    let p = f32::exp(score - m);
-                    l += p;
-                    weighted += p * dp_s[r * tile_k + j];
-                }
+            let mut lse = f32::new(NO_LSE);
+            let mut delta = 0.0f32;
+            if row < sq {
+                let at = (bh * sq + row) * 2;
+                lse = stats[at];
+                delta = stats[at + 1];
             }
-            row_s[r * 4] = m;
-            row_s[r * 4 + 1] = l;
-            row_s[r * 4 + 2] = weighted;
+            row_s[r * 4] = lse;
+            row_s[r * 4 + 2] = delta;
             r += threads;
         }
         sync_cube();
-        tile_start += tile_k;
-    }
-    // lse and δ of each row, kept for the second walk and written for the key kernel.
-    let mut r = unit;
-    while r < block_rows {
-        let row = block_start + r;
-        let l = row_s[r * 4 + 1];
-        let mut lse = f32::new(NO_LSE);
-        let mut delta = 0.0f32;
-        if l > 0.0f32 {
-            lse = row_s[r * 4] + l.ln();
-            delta = row_s[r * 4 + 2] / l;
+    } else {
+        // First walk: lse and δ, online, one thread a row.
+        let mut tile_start = 0usize;
+        while tile_start < kv_end {
+            stage_key_tile::<F>(
+                k, v, k_base, v_base, tile_start, kv_end, &mut k_s, &mut v_s, unit, head_dim,
+                val_dim, dh_pad, dv_pad, tile_k, threads,
+            );
+            query_tile_products::<F>(
+                &q_s, &go_s, &k_s, &v_s, &mut s_s, &mut dp_s, row0, dh_pad, dv_pad, tile_k, tm, tn,
+                tk,
+            );
+            let mut r = unit;
+            while r < block_rows {
+                let row = block_start + r;
+                let mask_row = mask_head + row * mask.stride(2);
+                let mut m = row_s[r * 4];
+                let mut l = row_s[r * 4 + 1];
+                let mut weighted = row_s[r * 4 + 2];
+                for j in 0..tile_k {
+                    let key = tile_start + j;
+                    if visible::<M>(row, key, sq, sk, mask, mask_row, causal, has_mask) {
+                        let score = s_s[r * tile_k + j] * scale;
+                        if score > m {
+                            let correction = f32::exp(m - score);
+                            l *= correction;
+                            weighted *= correction;
+                            m = score;
+                        }
+                        let p = f32::exp(score - m);
+                        l += p;
+                        weighted += p * dp_s[r * tile_k + j];
+                    }
+                }
+                row_s[r * 4] = m;
+                row_s[r * 4 + 1] = l;
+                row_s[r * 4 + 2] = weighted;
+                r += threads;
+            }
+            sync_cube();
+            tile_start += tile_k;
         }
-        row_s[r * 4] = lse;
-        row_s[r * 4 + 2] = delta;
-        if row < sq {
-            let at = (bh * sq + row) * 2;
-            stats[at] = lse;
-            stats[at + 1] = delta;
+        // lse and δ of each row, kept for the second walk and written for the key kernel.
+        let mut r = unit;
+        while r < block_rows {
+            let row = block_start + r;
+            let l = row_s[r * 4 + 1];
+            let mut lse = f32::new(NO_LSE);
+            let mut delta = 0.0f32;
+            if l > 0.0f32 {
+                lse = row_s[r * 4] + l.ln();
+                delta = row_s[r * 4 + 2] / l;
+            }
+            row_s[r * 4] = lse;
+            row_s[r * 4 + 2] = delta;
+            if row < sq {
+                let at = (bh * sq + row) * 2;
+                stats[at] = lse;
+                stats[at + 1] = delta;
+            }
+            r += threads;
         }
-        r += threads;
+        sync_cube();
     }
-    sync_cube();
 
     // Second walk: dS = P ∘ (dP − δ), dQ += dS·K.
     let mut tile_start = 0usize;

@@ -3,9 +3,10 @@
 //! * [`attention`]: scaled dot-product attention. On CubeCL devices (wgpu, CUDA) it runs a
 //!   flash-style kernel (online softmax, f32 accumulation, key tiles in shared memory; in half
 //!   precision on devices with cooperative-matrix instructions, both products on them); on Flex,
-//!   and wherever the kernel does not apply, Burn's own attention op. Under autodiff the gradient
-//!   is recomputed from the saved inputs: by two backward kernels in O(S) memory on CubeCL
-//!   devices, by ordinary tensor operations on Flex.
+//!   and wherever the kernel does not apply, Burn's own attention op. Under autodiff the forward
+//!   saves its output and each row's log-sum-exp, and the gradient comes from them and the saved
+//!   inputs: by two backward kernels in O(S) memory on CubeCL devices, by ordinary tensor
+//!   operations on Flex.
 //! * [`resample`]: Pillow-exact separable image resampling (8-bit fixed point) of a batch of
 //!   images on the device, from coefficient tables computed on the host.
 //! * [`pillow`]: the same resampling on the host (the data crate's image pipeline uses it), bit
@@ -20,8 +21,10 @@
 #![warn(missing_docs)]
 
 pub mod attention;
+mod attention_autodiff;
 #[cfg(feature = "cube")]
 mod attention_backward_kernel;
+mod attention_composed;
 #[cfg(feature = "cube")]
 mod attention_kernel;
 #[cfg(feature = "cube")]
@@ -48,6 +51,7 @@ mod tiles;
 
 pub use attention::{
     AttentionPath, attention, attention_backward, attention_with, burn_attention, flash_attention,
+    flash_attention_with_lse,
 };
 
 /// The choice named by the environment variable `var` (parsed by `parse`), or `T::default()` when

@@ -5,9 +5,10 @@
 mod common;
 
 use blip3_shaders::attention::{
-    AttentionPath, MAX_BACKWARD_KERNEL_HEAD_DIM, MIN_KERNEL_ROWS, attention_backward,
-    attention_with, backward_kernel_launches, burn_attention, is_cube_device, kernel_applies,
-    kernel_supports, tensor_core_backward_launches, tensor_core_launches,
+    AttentionPath, MAX_BACKWARD_KERNEL_HEAD_DIM, MIN_KERNEL_ROWS, NO_KEY_LSE, attention_backward,
+    attention_with, backward_kernel_launches, burn_attention, flash_attention_with_lse,
+    is_cube_device, kernel_applies, kernel_supports, saved_statistics_backward_launches,
+    tensor_core_backward_launches, tensor_core_launches,
 };
 use burn::prelude::*;
 use burn::tensor::DType;
@@ -106,9 +107,9 @@ impl Case {
         Inputs { q, k, v, mask }
     }
 
-    /// Float64 attention probabilities of query row `i` of head `(bi, hi)`, or `None` when the
-    /// row sees no key.
-    fn probabilities(&self, x: &Inputs, bi: usize, hi: usize, i: usize) -> Option<Vec<f64>> {
+    /// Float64 scaled scores of query row `i` of head `(bi, hi)`, `-inf` where the key is
+    /// hidden (mask or causality).
+    fn scores(&self, x: &Inputs, bi: usize, hi: usize, i: usize) -> Vec<f64> {
         let (h, sq, sk, dh) = (self.h, self.sq, self.sk, self.dh);
         let scale = 1.0 / (dh as f64).sqrt();
         let bh = bi * h + hi;
@@ -132,6 +133,13 @@ impl Case {
                     * scale;
             }
         }
+        scores
+    }
+
+    /// Float64 attention probabilities of query row `i` of head `(bi, hi)`, or `None` when the
+    /// row sees no key.
+    fn probabilities(&self, x: &Inputs, bi: usize, hi: usize, i: usize) -> Option<Vec<f64>> {
+        let scores = self.scores(x, bi, hi, i);
         let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         if max == f64::NEG_INFINITY {
             return None;
@@ -139,6 +147,26 @@ impl Case {
         let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
         let total: f64 = weights.iter().sum();
         Some(weights.into_iter().map(|w| w / total).collect())
+    }
+
+    /// Float64 log-sum-exp of each query row's visible scores (`[B, H, Sq]`), `None` for a row
+    /// that sees no key.
+    fn reference_lse(&self, x: &Inputs) -> Vec<Option<f64>> {
+        let mut lse = Vec::with_capacity(self.b * self.h * self.sq);
+        for bi in 0..self.b {
+            for hi in 0..self.h {
+                for i in 0..self.sq {
+                    let scores = self.scores(x, bi, hi, i);
+                    let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    lse.push(
+                        (max > f64::NEG_INFINITY).then(|| {
+                            max + scores.iter().map(|s| (s - max).exp()).sum::<f64>().ln()
+                        }),
+                    );
+                }
+            }
+        }
+        lse
     }
 
     /// Float64 softmax attention on the host with the documented semantics.
@@ -477,7 +505,8 @@ fn fully_masked_rows_give_zeros() {
     assert!(want[..8].iter().any(|&v| v != 0.0));
 }
 
-/// The three gradients of `sum(attention(q, k, v) * w)` along `path` on `device` (autodiff).
+/// The three gradients of `sum(attention(q, k, v) * w)` along `path` on `device` (autodiff),
+/// with the weights `w` drawn from a fixed seed.
 fn gradients(
     path: AttentionPath,
     c: &Case,
@@ -485,12 +514,25 @@ fn gradients(
     device: &Device,
     dtype: DType,
 ) -> [Vec<f64>; 3] {
+    let w = Rng::new(99).vec(c.b * c.h * c.sq * c.dv, 1.0);
+    weighted_gradients(path, c, x, device, dtype, &w)
+}
+
+/// The three gradients of `sum(attention(q, k, v) * w)` along `path` on `device` (autodiff):
+/// the backward given the output gradient `w` (`[B, H, Sq, Dv]`).
+fn weighted_gradients(
+    path: AttentionPath,
+    c: &Case,
+    x: &Inputs,
+    device: &Device,
+    dtype: DType,
+    w: &[f32],
+) -> [Vec<f64>; 3] {
     let ad = device.clone().autodiff();
     let (q, k, v, mask) = c.tensors(x, &ad, dtype);
     let (q, k, v) = (q.require_grad(), k.require_grad(), v.require_grad());
-    let w_data = Rng::new(99).vec(c.b * c.h * c.sq * c.dv, 1.0);
-    let w =
-        Tensor::<4>::from_data(TensorData::new(w_data, [c.b, c.h, c.sq, c.dv]), &ad).cast(dtype);
+    let w = Tensor::<4>::from_data(TensorData::new(w.to_vec(), [c.b, c.h, c.sq, c.dv]), &ad)
+        .cast(dtype);
     let out = attention_with(path, q.clone(), k.clone(), v.clone(), mask, c.causal);
     let grads = (out * w).sum().backward();
     [q, k, v].map(|t| doubles(t.grad(&grads).expect("gradient")))
@@ -555,11 +597,18 @@ fn gradients_match_burn_autodiff() {
         for (seed, c) in cases.iter().enumerate() {
             let x = c.inputs(100 + seed as u64);
             let launches = backward_kernel_launches();
+            let saved = saved_statistics_backward_launches();
             let ours = gradients(AttentionPath::Blip3, c, &x, &device, DType::F32);
             assert_eq!(
                 backward_kernel_launches() > launches,
                 is_cube_device(&device),
                 "{device_name} {}: the autodiff backward should run the kernels exactly on CubeCL",
+                c.name
+            );
+            assert_eq!(
+                saved_statistics_backward_launches() - saved,
+                backward_kernel_launches() - launches,
+                "{device_name} {}: the autodiff backward reads the forward's statistics",
                 c.name
             );
             let burn = gradients(AttentionPath::Burn, c, &x, &device, DType::F32);
@@ -717,6 +766,102 @@ fn backward_matches_reference() {
                     &want,
                     tol,
                 );
+                // The same gradients through autodiff: the forward saves its output and
+                // log-sum-exp, and the backward kernels read them instead of recomputing.
+                let (launches, saved) = (
+                    backward_kernel_launches(),
+                    saved_statistics_backward_launches(),
+                );
+                let got = weighted_gradients(AttentionPath::Blip3, c, &x, &device, dtype, &go);
+                if cube {
+                    let kernel = c.dh.max(c.dv) <= MAX_BACKWARD_KERNEL_HEAD_DIM;
+                    assert_eq!(
+                        (
+                            backward_kernel_launches() - launches,
+                            saved_statistics_backward_launches() - saved
+                        ),
+                        if kernel { (1, 1) } else { (0, 0) },
+                        "{device_name} {}: one backward from saved statistics",
+                        c.name
+                    );
+                }
+                check_gradients(
+                    &format!("{device_name} {dtype:?} {} (autodiff, saved)", c.name),
+                    &got,
+                    &want,
+                    tol,
+                );
+            }
+        }
+    }
+}
+
+/// The rows' log-sum-exp of the forward (`flash_attention_with_lse`: the kernels' statistics on
+/// CubeCL devices, block, row and tensor-core kernels and the fallback; tensor ops on Flex)
+/// against the float64 reference, with the output beside it; a row that sees no key gives
+/// exactly `NO_KEY_LSE`.
+#[test]
+fn log_sum_exp_matches_reference() {
+    let _serial = HALF_PRECISION.lock().unwrap_or_else(|e| e.into_inner());
+    let cases = [
+        case("lse block kernel, several tiles", 2, 3, 70, 90, 64),
+        Case {
+            mask: MaskKind::Random { p: 0.5, full: 4 },
+            causal: true,
+            strided: true,
+            ..case("lse random mask, full rows, causal", 2, 2, 40, 40, 24)
+        },
+        Case {
+            causal: true,
+            ..case("lse causal sq<sk", 1, 2, 20, 57, 96)
+        },
+        Case {
+            mask: MaskKind::LeftPadding(vec![3, 0]),
+            ..case("lse decode rows, long cache", 2, 2, 1, 300, 64)
+        },
+        Case {
+            mask: MaskKind::Random { p: 0.3, full: 3 },
+            ..case("lse three rows, one fully masked", 2, 1, 3, 50, 32)
+        },
+        case("lse head 300 (Burn's op and tensor ops)", 1, 1, 9, 20, 300),
+    ];
+    for (device_name, device) in devices() {
+        let mut dtypes = vec![(DType::F32, 1e-5f64, 1e-5f32)];
+        if device_name != "flex" && device.supports_dtype(DType::F16) {
+            dtypes.push((DType::F16, 2e-3, 2e-2));
+        }
+        for (seed, c) in cases.iter().enumerate() {
+            let x = c.inputs(500 + seed as u64);
+            let want = c.reference_lse(&x);
+            let want_out = c.reference(&x);
+            assert!(
+                want.iter().any(Option::is_some),
+                "{}: every row masked",
+                c.name
+            );
+            for &(dtype, tol, out_tol) in &dtypes {
+                let label = format!("{device_name} {dtype:?} {}", c.name);
+                let (q, k, v, mask) = c.tensors(&x, &device, dtype);
+                let (out, lse) = flash_attention_with_lse(q, k, v, mask, c.causal);
+                assert_eq!(lse.dims(), [c.b, c.h, c.sq], "{label}: lse shape");
+                assert_eq!(lse.dtype(), DType::F32, "{label}: lse dtype");
+                let err = max_abs_diff(&floats(out), &want_out);
+                assert!(err <= out_tol, "{label}: output differs by {err}");
+                let got = doubles(lse);
+                let mut worst = 0.0f64;
+                for (row, (g, w)) in got.iter().zip(&want).enumerate() {
+                    match w {
+                        Some(w) => {
+                            let err = (g - w).abs() / (1.0 + w.abs());
+                            assert!(err <= tol, "{label}: row {row}: lse {g} vs {w}");
+                            worst = worst.max(err);
+                        }
+                        None => {
+                            assert_eq!(*g, f64::from(NO_KEY_LSE), "{label}: row {row} sees no key")
+                        }
+                    }
+                }
+                eprintln!("{label}: lse relative error {worst:.2e}");
             }
         }
     }

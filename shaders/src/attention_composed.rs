@@ -1,0 +1,189 @@
+//! Attention's statistics and gradients composed of Burn tensor ops (any backend): the Flex
+//! implementation of the extension's backward and log-sum-exp, the autodiff one (differentiable),
+//! and the CubeCL fallback where the kernels cannot run. They materialise the `[Sq, Sk]` scores;
+//! the backward bounds that by processing large problems in chunks of heads.
+
+use burn::backend::tensor::{BoolTensor, FloatTensor};
+use burn::backend::{Backend, TensorMetadata, get_or_init_device_settings};
+use burn::tensor::{DType, FloatDType, Shape, Slice};
+
+use crate::attention::NO_KEY_LSE;
+
+/// Most score elements (`B·H·Sq·Sk` of one chunk) the backward materialises at once; larger
+/// problems are processed in chunks of heads.
+const BACKWARD_CHUNK_SCORES: usize = 1 << 26;
+
+/// Gradients of attention with respect to `q`, `k` and `v` composed of tensor ops, recomputing
+/// the probabilities (the Flex implementation of the backward, and the CubeCL fallback where the
+/// kernels cannot run):
+/// `P = softmax(S)`, `dV = Pᵀ·dO`, `dP = dO·Vᵀ`, `dS = P ∘ (dP − rowsum(P ∘ dP))`,
+/// `dQ = dS·K·scale`, `dK = dSᵀ·Q·scale`. Half-precision inputs are computed in f32 and the
+/// gradients cast back. Large problems are split over batch and heads so that at most
+/// [`BACKWARD_CHUNK_SCORES`] score elements live at once.
+pub(crate) fn composed_attention_backward<B: Backend>(
+    q: FloatTensor<B>,
+    k: FloatTensor<B>,
+    v: FloatTensor<B>,
+    mask: Option<BoolTensor<B>>,
+    causal: bool,
+    grad_out: FloatTensor<B>,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let dtype = q.dtype();
+    let work_dtype = match dtype {
+        DType::F16 | DType::BF16 => Some(FloatDType::F32),
+        _ => None,
+    };
+    let up = |t: FloatTensor<B>| match work_dtype {
+        Some(d) => B::float_cast(t, d),
+        None => t,
+    };
+    let (q, k, v, grad_out) = (up(q), up(k), up(v), up(grad_out));
+
+    let [b, h, sq, _] = q.shape().dims::<4>();
+    let [_, _, sk, _] = k.shape().dims::<4>();
+    let per_head = (sq * sk).max(1);
+    let heads_per_chunk = (BACKWARD_CHUNK_SCORES / per_head).clamp(1, h.max(1));
+    let grads = if b * h * per_head <= BACKWARD_CHUNK_SCORES || b * h == 0 {
+        attention_backward_chunk::<B>(q, k, v, mask, causal, grad_out)
+    } else {
+        let mut per_batch: Vec<[FloatTensor<B>; 3]> = Vec::with_capacity(b);
+        for bi in 0..b {
+            let mut parts: [Vec<FloatTensor<B>>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+            let mut h0 = 0;
+            while h0 < h {
+                let h1 = (h0 + heads_per_chunk).min(h);
+                let slices = [
+                    Slice::from(bi..bi + 1),
+                    Slice::from(h0..h1),
+                    Slice::from(..),
+                    Slice::from(..),
+                ];
+                let part = attention_backward_chunk::<B>(
+                    B::float_slice(q.clone(), &slices),
+                    B::float_slice(k.clone(), &slices),
+                    B::float_slice(v.clone(), &slices),
+                    mask.clone().map(|m| B::bool_slice(m, &slices)),
+                    causal,
+                    B::float_slice(grad_out.clone(), &slices),
+                );
+                for (acc, g) in parts.iter_mut().zip(part) {
+                    acc.push(g);
+                }
+                h0 = h1;
+            }
+            per_batch.push(parts.map(|p| B::float_cat(p, 1)));
+        }
+        let mut columns: [Vec<FloatTensor<B>>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+        for parts in per_batch {
+            for (col, g) in columns.iter_mut().zip(parts) {
+                col.push(g);
+            }
+        }
+        columns.map(|c| B::float_cat(c, 0))
+    };
+    let [dq, dk, dv] = match work_dtype {
+        Some(_) => grads.map(|g| B::float_cast(g, dtype.into())),
+        None => grads,
+    };
+    (dq, dk, dv)
+}
+
+/// One chunk of [`attention_backward`], all tensors materialised.
+fn attention_backward_chunk<B: Backend>(
+    q: FloatTensor<B>,
+    k: FloatTensor<B>,
+    v: FloatTensor<B>,
+    mask: Option<BoolTensor<B>>,
+    causal: bool,
+    grad_out: FloatTensor<B>,
+) -> [FloatTensor<B>; 3] {
+    let dh = q.shape().dims::<4>()[3];
+    let scale = 1.0 / (dh as f64).sqrt();
+    let scores = masked_scores::<B>(q.clone(), k.clone(), mask, causal);
+    // Softmax that gives 0 (not NaN) on fully masked rows, as the forward does.
+    let row_max = B::float_clamp_min(B::float_max_dim(scores.clone(), 3), f32::MIN.into());
+    let exp = B::float_exp(B::float_sub(scores, row_max));
+    let row_sum = B::float_clamp_min(B::float_sum_dim(exp.clone(), 3), f32::MIN_POSITIVE.into());
+    let probs = B::float_div(exp, row_sum);
+
+    let grad_v = B::float_matmul(B::float_transpose(probs.clone()), grad_out.clone());
+    let grad_probs = B::float_matmul(grad_out, B::float_transpose(v));
+    let row_dot = B::float_sum_dim(B::float_mul(probs.clone(), grad_probs.clone()), 3);
+    let grad_scores = B::float_mul(probs, B::float_sub(grad_probs, row_dot));
+    let grad_q = B::float_mul_scalar(B::float_matmul(grad_scores.clone(), k), scale.into());
+    let grad_k = B::float_mul_scalar(
+        B::float_matmul(B::float_transpose(grad_scores), q),
+        scale.into(),
+    );
+    [grad_q, grad_k, grad_v]
+}
+
+/// The scaled scores `q·kᵀ · Dh^-0.5` (`[B, H, Sq, Sk]`), `-inf` where `mask` or causality hides
+/// the key.
+fn masked_scores<B: Backend>(
+    q: FloatTensor<B>,
+    k: FloatTensor<B>,
+    mask: Option<BoolTensor<B>>,
+    causal: bool,
+) -> FloatTensor<B> {
+    let [b, h, sq, dh] = q.shape().dims::<4>();
+    let [_, _, sk, _] = k.shape().dims::<4>();
+    let device = q.device();
+    let scale = 1.0 / (dh as f64).sqrt();
+    let scores = B::float_mul_scalar(B::float_matmul(q, B::float_transpose(k)), scale.into());
+    let scores = match mask {
+        Some(mask) => B::float_mask_fill(scores, mask, f32::NEG_INFINITY.into()),
+        None => scores,
+    };
+    if causal {
+        let causal_mask = B::bool_expand(
+            causal_mask::<B>(&device, sq, sk),
+            Shape::new([b, h, sq, sk]),
+        );
+        B::float_mask_fill(scores, causal_mask, f32::NEG_INFINITY.into())
+    } else {
+        scores
+    }
+}
+
+/// Each query row's log-sum-exp of its visible scaled scores (`[B, H, Sq]`, f32;
+/// [`NO_KEY_LSE`] for a row that sees no key) composed of tensor ops, materialising the scores:
+/// the statistics of [`FlashAttentionBackend::flash_attention_lse`] where no kernel computes
+/// them (Flex, autodiff, the kernels' fallback).
+pub(crate) fn composed_lse<B: Backend>(
+    q: FloatTensor<B>,
+    k: FloatTensor<B>,
+    mask: Option<BoolTensor<B>>,
+    causal: bool,
+) -> FloatTensor<B> {
+    let [b, h, sq, _] = q.shape().dims::<4>();
+    let up = |t: FloatTensor<B>| match t.dtype() {
+        DType::F32 => t,
+        _ => B::float_cast(t, FloatDType::F32),
+    };
+    let scores = masked_scores::<B>(up(q), up(k), mask, causal);
+    let row_max = B::float_clamp_min(B::float_max_dim(scores.clone(), 3), f32::MIN.into());
+    let sum = B::float_sum_dim(B::float_exp(B::float_sub(scores, row_max.clone())), 3);
+    let settings = get_or_init_device_settings::<B>(&sum.device());
+    let no_key = B::float_lower_equal_elem(sum.clone(), 0.0f32.into(), settings.bool_dtype);
+    let lse = B::float_add(row_max, B::float_log(sum));
+    let lse = B::float_mask_fill(lse, no_key, NO_KEY_LSE.into());
+    B::float_reshape(lse, Shape::new([b, h, sq]))
+}
+
+/// `[1, 1, Sq, Sk]`, true where key `j` lies after query `i` bottom-right aligned
+/// (`j > i + Sk - Sq`).
+fn causal_mask<B: Backend>(device: &B::Device, sq: usize, sk: usize) -> BoolTensor<B> {
+    let settings = get_or_init_device_settings::<B>(device);
+    let rows = B::int_reshape(
+        B::int_arange(0..sq as i64, device, settings.int_dtype),
+        Shape::new([sq, 1]),
+    );
+    let cols = B::int_reshape(
+        B::int_arange(0..sk as i64, device, settings.int_dtype),
+        Shape::new([1, sk]),
+    );
+    let shifted = B::int_add_scalar(rows, (sk as i64 - sq as i64).into());
+    let mask = B::int_lower(shifted, cols, settings.bool_dtype);
+    B::bool_reshape(mask, Shape::new([1, 1, sq, sk]))
+}
