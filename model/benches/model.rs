@@ -5,8 +5,9 @@
 //! Run: `cargo bench -p blip3-model` (set `BLIP3_BENCH_CONFIGS=tiny` to skip `mid`; `full` is
 //! the released size with random weights). On a GPU machine: `BLIP3_BENCH_DEVICE=cuda` (built with
 //! the `cuda` feature) or `BLIP3_BENCH_DEVICE=wgpu` (Vulkan) with `BLIP3_BENCH_TORCH_DEVICE=cuda`,
-//! and `BLIP3_BENCH_DTYPE=f16|bf16`; PyTorch then runs on the same GPU. Speed is measured here,
-//! never in tests.
+//! and `BLIP3_BENCH_DTYPE=f16|bf16`; PyTorch then runs on the same GPU. After each config, a
+//! table of where one decoder layer's time goes (decoding and prefill; `BLIP3_BENCH_PARTS=0`
+//! skips it). Speed is measured here, never in tests.
 
 use std::process::Command;
 use std::time::Instant;
@@ -129,6 +130,279 @@ fn bench_rust(name: &str, cfg: &XGenMMConfig, reps: usize) -> Timing {
     t
 }
 
+/// Runs `part` `calls` times back to back (as a decoding step issues its operations: no sync in
+/// between, so a lazy backend may queue and fuse them) and returns the milliseconds per call,
+/// the round ended by a device sync; outputs are kept until the sync so no queued operation is
+/// dropped.
+fn time_round<T>(device: &Device, calls: usize, part: &impl Fn() -> T) -> f64 {
+    let _ = device.sync();
+    let t0 = Instant::now();
+    let outputs: Vec<T> = (0..calls).map(|_| part()).collect();
+    let _ = device.sync();
+    let ms = t0.elapsed().as_secs_f64() * 1e3 / calls as f64;
+    drop(outputs);
+    ms
+}
+
+/// The median of `reps` [`time_round`]s of `part`, after one warm-up round.
+fn time_part<T>(device: &Device, calls: usize, reps: usize, part: impl Fn() -> T) -> f64 {
+    time_round(device, calls, &part);
+    median(
+        (0..reps)
+            .map(|_| time_round(device, calls, &part))
+            .collect(),
+    )
+}
+
+/// How much slower `with` is than `without`: the median of the differences of rounds run in
+/// alternation (so that drifts of a shared machine hit both alike), after one warm-up pair.
+fn time_difference<T, U>(
+    device: &Device,
+    calls: usize,
+    reps: usize,
+    with: impl Fn() -> T,
+    without: impl Fn() -> U,
+) -> f64 {
+    time_round(device, calls, &with);
+    time_round(device, calls, &without);
+    median(
+        (0..reps)
+            .map(|_| time_round(device, calls, &with) - time_round(device, calls, &without))
+            .collect(),
+    )
+}
+
+/// Where one decoder layer's time goes: each part of the layer (the model's own modules and
+/// functions, random weights of the config's sizes, `BLIP3_BENCH_DTYPE`) timed alone, for a
+/// decoding step (one token against a cache of the benchmark prompt's length) and for the
+/// prefill of that prompt, then the whole layer's parts back to back. This is the profile that
+/// decides whether a part (the RMSNorms, the rotary embedding) deserves a fused kernel. Timed
+/// alone, a part runs with its weights and inputs hot in the caches, which flatters the
+/// memory-bound ones; so the parts that can be dropped without changing shapes are also timed
+/// in place, as the whole layer minus the layer without that part (rounds of the two in
+/// alternation, the median difference): what fusing it away could save at most; on a noisy
+/// machine a small part's figure can come out below zero. `BLIP3_BENCH_PARTS=0` skips it.
+fn bench_layer_parts(name: &str, cfg: &XGenMMConfig, reps: usize) {
+    use blip3_model::attention::{
+        merge_heads, repeat_kv, scaled_dot_product_attention, split_heads,
+    };
+    use blip3_model::lora::adapted;
+    use blip3_model::rope::{Rope, apply_rotary};
+    use burn::tensor::activation::silu;
+
+    if std::env::var("BLIP3_BENCH_PARTS").as_deref() == Ok("0") {
+        return;
+    }
+    let (dev_name, device, dtype) = bench_device();
+    let mut text = cfg.text.clone();
+    text.num_hidden_layers = 1;
+    text.vocab_size = 64;
+    let mut lm = text.init(&device);
+    if dtype != DType::F32 {
+        lm = blip3_model::loader::cast_module(lm, dtype);
+    }
+    let layer = &lm.model.layers[0];
+    let (d, hd) = (text.hidden_size, text.head_dim());
+    let (heads, kv_heads) = (text.num_attention_heads, text.num_key_value_heads);
+    let group = heads / kv_heads;
+    // The benchmark prompt: every view's latents plus the text tokens.
+    let context = 5 * cfg.resampler.num_latents + TEXT_TOKENS;
+    let rope = Rope::new(&text);
+    println!();
+    println!(
+        "decoder layer parts, {name} ({dev_name}, {dtype:?}; d {d}, {heads} heads of {hd}, \
+         prompt {context} tokens; ms per call, back to back):"
+    );
+    println!(
+        "| phase | part | alone ms | in the layer ms (layer − layer without it) | share of the layer |"
+    );
+    println!("|---|---|---:|---:|---:|");
+    for (phase, t, calls) in [("decode", 1, 20), ("prefill", context, 3)] {
+        let rand = |shape: [usize; 3]| {
+            Tensor::<3>::random(shape, Distribution::Uniform(-1.0, 1.0), &device).cast(dtype)
+        };
+        let past = |w: usize| {
+            Tensor::<4>::random(
+                [1, kv_heads, context - 1, w],
+                Distribution::Uniform(-1.0, 1.0),
+                &device,
+            )
+            .cast(dtype)
+        };
+        let x = rand([1, t, d]);
+        let positions = vec![((context - t) as i64..context as i64).collect::<Vec<_>>()];
+        let (cos, sin) = rope.cos_sin(&positions, &device);
+        let attn = &layer.self_attn;
+        let mlp = &layer.mlp;
+        let normed = layer.input_layernorm.forward(x.clone());
+        let qkv = adapted(&attn.qkv_proj, None, normed.clone());
+        let (q_width, kv_width) = (heads * hd, kv_heads * hd);
+        let split = |qkv: Tensor<3>| {
+            (
+                split_heads(qkv.clone().narrow(2, 0, q_width), heads),
+                split_heads(qkv.clone().narrow(2, q_width, kv_width), kv_heads),
+                split_heads(qkv.narrow(2, q_width + kv_width, kv_width), kv_heads),
+            )
+        };
+        let (q, k, v) = split(qkv.clone());
+        let (past_k, past_v) = (past(hd), past(hd));
+        let append = |k: Tensor<4>, v: Tensor<4>| {
+            if phase == "decode" {
+                (
+                    Tensor::cat(vec![past_k.clone(), k], 2),
+                    Tensor::cat(vec![past_v.clone(), v], 2),
+                )
+            } else {
+                (k, v)
+            }
+        };
+        let (keys, values) = append(k.clone(), v.clone());
+        let causal = phase == "prefill";
+        let attend = |q: Tensor<4>, keys: Tensor<4>, values: Tensor<4>| {
+            scaled_dot_product_attention(
+                q,
+                repeat_kv(keys, group),
+                repeat_kv(values, group),
+                None,
+                causal,
+            )
+        };
+        let attended = merge_heads(attend(q.clone(), keys.clone(), values.clone()));
+        let h = x.clone() + adapted(&attn.o_proj, None, attended.clone());
+        let post = layer.post_attention_layernorm.forward(h.clone());
+        let gate_up = adapted(&mlp.gate_up_proj, None, post.clone());
+        let inner = text.intermediate_size;
+        let swiglu = |gate_up: Tensor<3>| {
+            gate_up.clone().narrow(2, inner, inner) * silu(gate_up.narrow(2, 0, inner))
+        };
+        let act = swiglu(gate_up.clone());
+        // The layer with one part left out (`skip`), back to back: what the part costs in place,
+        // where the layer's other memory traffic and the backend's fusion surround it.
+        let layer_without = |skip: &str| {
+            let normed = if skip == NORM {
+                x.clone()
+            } else {
+                layer.input_layernorm.forward(x.clone())
+            };
+            let (q, k, v) = split(adapted(&attn.qkv_proj, None, normed));
+            let (q, k) = if skip == ROTARY {
+                (q, k)
+            } else {
+                (apply_rotary(q, &cos, &sin), apply_rotary(k, &cos, &sin))
+            };
+            let (keys, values) = if skip == APPEND && phase == "decode" {
+                (past_k.clone(), past_v.clone())
+            } else {
+                append(k, v)
+            };
+            let attended = if skip == ATTENTION {
+                merge_heads(q)
+            } else {
+                merge_heads(attend(q, keys, values))
+            };
+            let h = x.clone() + adapted(&attn.o_proj, None, attended);
+            let post = if skip == POST_NORM {
+                h.clone()
+            } else {
+                layer.post_attention_layernorm.forward(h.clone())
+            };
+            let gate_up = adapted(&mlp.gate_up_proj, None, post);
+            let act = if skip == SWIGLU {
+                gate_up.narrow(2, 0, inner)
+            } else {
+                swiglu(gate_up)
+            };
+            h + adapted(&mlp.down_proj, None, act)
+        };
+        let whole = time_part(&device, calls, reps, || layer_without(""));
+        let alone: Vec<(&str, f64)> = vec![
+            (
+                NORM,
+                time_part(&device, calls, reps, || {
+                    layer.input_layernorm.forward(x.clone())
+                }),
+            ),
+            (
+                "qkv projection",
+                time_part(&device, calls, reps, || {
+                    adapted(&attn.qkv_proj, None, normed.clone())
+                }),
+            ),
+            (
+                ROTARY,
+                time_part(&device, calls, reps, || {
+                    let (q, k, _) = split(qkv.clone());
+                    (apply_rotary(q, &cos, &sin), apply_rotary(k, &cos, &sin))
+                }),
+            ),
+            (
+                APPEND,
+                time_part(&device, calls, reps, || append(k.clone(), v.clone())),
+            ),
+            (
+                ATTENTION,
+                time_part(&device, calls, reps, || {
+                    attend(q.clone(), keys.clone(), values.clone())
+                }),
+            ),
+            (
+                "o projection + residual",
+                time_part(&device, calls, reps, || {
+                    x.clone() + adapted(&attn.o_proj, None, attended.clone())
+                }),
+            ),
+            (
+                POST_NORM,
+                time_part(&device, calls, reps, || {
+                    layer.post_attention_layernorm.forward(h.clone())
+                }),
+            ),
+            (
+                "gate_up projection",
+                time_part(&device, calls, reps, || {
+                    adapted(&mlp.gate_up_proj, None, post.clone())
+                }),
+            ),
+            (
+                SWIGLU,
+                time_part(&device, calls, reps, || swiglu(gate_up.clone())),
+            ),
+            (
+                "down projection + residual",
+                time_part(&device, calls, reps, || {
+                    h.clone() + adapted(&mlp.down_proj, None, act.clone())
+                }),
+            ),
+        ];
+        for (part, ms) in &alone {
+            let in_layer = if [NORM, ROTARY, APPEND, ATTENTION, POST_NORM, SWIGLU].contains(part)
+                && (*part != APPEND || phase == "decode")
+            {
+                let cost = time_difference(
+                    &device,
+                    calls,
+                    2 * reps + 1,
+                    || layer_without(""),
+                    || layer_without(part),
+                );
+                format!("{cost:.3} | {:.1}%", 100.0 * cost / whole)
+            } else {
+                "- | -".to_string()
+            };
+            println!("| {phase} | {part} | {ms:.3} | {in_layer} |");
+        }
+        println!("| {phase} | whole layer | {whole:.3} | {whole:.3} | 100% |");
+    }
+}
+
+/// The parts [`bench_layer_parts`] can leave out of the layer.
+const NORM: &str = "input RMSNorm";
+const ROTARY: &str = "split heads + rotary (q, k)";
+const APPEND: &str = "KV cache append";
+const ATTENTION: &str = "attention";
+const POST_NORM: &str = "post-attention RMSNorm";
+const SWIGLU: &str = "SiLU(gate) · up";
+
 fn bench_torch(name: &str, cfg: &XGenMMConfig, reps: usize) -> Option<Timing> {
     let python = std::env::var("BLIP3_PYTHON").unwrap_or_else(|_| "python3".into());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/torch_reference.py");
@@ -209,6 +483,7 @@ fn main() {
             }
         };
         let r = bench_rust(name, &cfg, reps);
+        bench_layer_parts(name, &cfg, reps);
         if let Some(t) = bench_torch(name, &cfg, reps) {
             println!(
                 "ratio      {name:5}  forward torch/rust = {:.2}x   decode torch/rust = {:.2}x  (>1 means blip3 is faster)",
