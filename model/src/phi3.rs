@@ -14,8 +14,11 @@ use crate::attention::{merge_heads, repeat_kv, scaled_dot_product_attention, spl
 use crate::config::Phi3Config;
 use crate::decoupled::{DecoupledEmbedding, DecoupledLinear};
 use crate::error::ModelError;
+use crate::kv_cache::{KvBuffers, KvSlot};
 use crate::lora::{LoraBranch, LoraConfig, adapted};
 use crate::rope::{Rope, apply_rotary};
+
+pub use crate::kv_cache::KvCache;
 
 /// Self-attention with a fused QKV projection.
 #[derive(Module, Debug)]
@@ -85,134 +88,6 @@ pub struct Phi3ForCausalLM {
     pub lm_head: DecoupledLinear,
     #[module(skip)]
     settings: Phi3Settings,
-}
-
-/// Per-layer key/value cache plus the attention mask seen so far.
-#[derive(Debug, Clone, Default)]
-pub struct KvCache {
-    layers: Vec<KvSlot>,
-    mask: Vec<Vec<bool>>,
-}
-
-impl KvCache {
-    /// An empty cache.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Cached positions (including padding).
-    pub fn len(&self) -> usize {
-        self.mask.first().map_or(0, Vec::len)
-    }
-
-    /// True before the first forward.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Rows (sequences) held.
-    pub fn rows(&self) -> usize {
-        self.mask.len()
-    }
-
-    /// Appends the rows of `other` after this cache's rows, for continuous batching: the shorter
-    /// of the two is left-padded with masked positions to the common length, which leaves every
-    /// row's positions (`cumsum(mask) - 1`) and attention unchanged. Both caches must come from
-    /// the same model.
-    pub fn append_rows(&mut self, other: KvCache) -> Result<(), ModelError> {
-        if other.rows() == 0 {
-            return Ok(());
-        }
-        if self.rows() == 0 {
-            *self = other;
-            return Ok(());
-        }
-        if self.layers.len() != other.layers.len() {
-            return Err(ModelError::Input(format!(
-                "cannot join caches of {} and {} layers",
-                self.layers.len(),
-                other.layers.len()
-            )));
-        }
-        let len = self.len().max(other.len());
-        let (mine, theirs) = (len - self.len(), len - other.len());
-        let mut layers = Vec::with_capacity(self.layers.len());
-        for (a, b) in std::mem::take(&mut self.layers)
-            .into_iter()
-            .zip(other.layers)
-        {
-            layers.push(match (a, b) {
-                (Some((ka, va)), Some((kb, vb))) => Some((
-                    Tensor::cat(vec![left_pad_seq(ka, mine), left_pad_seq(kb, theirs)], 0),
-                    Tensor::cat(vec![left_pad_seq(va, mine), left_pad_seq(vb, theirs)], 0),
-                )),
-                _ => {
-                    return Err(ModelError::Input(
-                        "cannot join a cache that has not been filled".into(),
-                    ));
-                }
-            });
-        }
-        self.layers = layers;
-        for row in &mut self.mask {
-            row.splice(0..0, std::iter::repeat_n(false, mine));
-        }
-        for mut row in other.mask {
-            row.splice(0..0, std::iter::repeat_n(false, theirs));
-            self.mask.push(row);
-        }
-        Ok(())
-    }
-
-    /// Keeps only the rows `keep` (indices into the current rows, in the order given; an index
-    /// may repeat, which copies the row, as beam search does when a beam splits), then drops
-    /// leading positions that no kept row attends to.
-    pub fn retain_rows(&mut self, keep: &[usize]) -> Result<(), ModelError> {
-        if let Some(&bad) = keep.iter().find(|&&r| r >= self.rows()) {
-            return Err(ModelError::Input(format!(
-                "row {bad} is not in a cache of {} rows",
-                self.rows()
-            )));
-        }
-        if keep.is_empty() {
-            *self = KvCache::new();
-            return Ok(());
-        }
-        let mask: Vec<Vec<bool>> = keep.iter().map(|&r| self.mask[r].clone()).collect();
-        let unused = (0..self.len())
-            .take_while(|&c| mask.iter().all(|row| !row[c]))
-            .count();
-        let len = self.len();
-        let device = self.layers.iter().flatten().next().map(|(k, _)| k.device());
-        if let Some(device) = device {
-            let index = Tensor::<1, Int>::from_data(
-                TensorData::new(
-                    keep.iter().map(|&r| r as i64).collect::<Vec<_>>(),
-                    [keep.len()],
-                ),
-                &device,
-            );
-            for slot in self.layers.iter_mut() {
-                if let Some((k, v)) = slot.take() {
-                    let k = k.select(0, index.clone()).narrow(2, unused, len - unused);
-                    let v = v.select(0, index.clone()).narrow(2, unused, len - unused);
-                    *slot = Some((k, v));
-                }
-            }
-        }
-        self.mask = mask.into_iter().map(|row| row[unused..].to_vec()).collect();
-        Ok(())
-    }
-}
-
-/// `t` `[B, H, S, D]` with `pad` zero positions before the first.
-fn left_pad_seq(t: Tensor<4>, pad: usize) -> Tensor<4> {
-    if pad == 0 {
-        return t;
-    }
-    let [b, h, _, d] = t.dims();
-    let zeros = Tensor::<4>::zeros([b, h, pad, d], (&t.device(), t.dtype()));
-    Tensor::cat(vec![zeros, t], 2)
 }
 
 /// Which positions get logits.
@@ -501,9 +376,6 @@ impl Phi3ForCausalLM {
     }
 }
 
-/// One layer's cached keys and values `[B, kv_heads, S, head_dim]`, after RoPE.
-type KvSlot = Option<(Tensor<4>, Tensor<4>)>;
-
 impl Phi3Attention {
     /// Causal self-attention of `x` `[B, T, D]` (already normalised): the fused projection is
     /// split into queries (`heads` heads), keys and values (`kv_heads` heads each), RoPE rotates
@@ -530,11 +402,15 @@ impl Phi3Attention {
         let mut keys = apply_rotary(keys, cos, sin);
         let mut values = values;
         if let Some(slot) = cache {
-            if let Some((past_keys, past_values)) = slot.take() {
-                keys = Tensor::cat(vec![past_keys, keys], 2);
-                values = Tensor::cat(vec![past_values, values], 2);
-            }
-            *slot = Some((keys.clone(), values.clone()));
+            (keys, values) = match slot {
+                Some(buffers) => buffers.append(keys, values),
+                None => {
+                    let buffers = KvBuffers::new(keys, values);
+                    let filled = buffers.filled();
+                    *slot = Some(buffers);
+                    filled
+                }
+            };
         }
         let group = self.heads / self.kv_heads;
         let attended = scaled_dot_product_attention(

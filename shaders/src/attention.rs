@@ -23,7 +23,10 @@ use burn::tensor::module::attention as burn_attention_op;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{DType, Shape};
 
-pub(crate) use crate::attention_composed::{composed_attention_backward, composed_lse};
+pub use crate::attention_composed::NO_KEY_LSE;
+pub(crate) use crate::attention_composed::{
+    composed_attention, composed_attention_backward, composed_lse,
+};
 
 /// Name of the environment variable that forces an attention path (`burn`, `blip3` or `auto`).
 pub const ATTENTION_ENV: &str = "BLIP3_ATTENTION";
@@ -36,10 +39,6 @@ pub const MAX_KERNEL_HEAD_DIM: usize = 256;
 /// off (`0` or `off`; `1`/`on`, the default, leaves them on): half precision then takes the
 /// scalar kernels, as on devices without MMA instructions.
 pub const TENSOR_CORES_ENV: &str = "BLIP3_ATTENTION_TENSOR_CORES";
-
-/// The log-sum-exp [`flash_attention_with_lse`] gives a query row that sees no key: finite, and
-/// so large that `exp(s − lse)` is 0 for every real score `s`.
-pub const NO_KEY_LSE: f32 = 3.0e38;
 
 /// Largest head dimension (of queries/keys, and of values) the backward kernels accept; larger
 /// heads take the composed backward. Their per-element loops are unrolled so that the rows
@@ -58,8 +57,9 @@ pub const MIN_KERNEL_ROWS: usize = 32_768;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AttentionPath {
     /// The default: the blip3 kernel on CubeCL devices where it applies
-    /// ([`kernel_supports`]) and is faster ([`MIN_KERNEL_ROWS`] query rows or more), Burn's op
-    /// everywhere else (Flex, decoding, the resampler).
+    /// ([`kernel_supports`]) and is faster ([`MIN_KERNEL_ROWS`] query rows or more); on Flex,
+    /// decoding ([`host_rows_apply`]) composed of tensor ops ([`composed_forward`]); Burn's op
+    /// everywhere else (Flex prefill and training, GPU decoding, the resampler).
     #[default]
     Auto,
     /// Always Burn's `attention` op.
@@ -116,6 +116,9 @@ pub fn attention_with(
     let use_extension = match path {
         AttentionPath::Burn => false,
         AttentionPath::Blip3 => extension_available(&q.device()),
+        AttentionPath::Auto if host_rows_apply(&q) => {
+            return composed_forward(q, k, v, mask, causal);
+        }
         AttentionPath::Auto => kernel_applies(&q, &k, &v),
     };
     if use_extension {
@@ -123,6 +126,36 @@ pub fn attention_with(
     } else {
         burn_attention(q, k, v, mask, causal)
     }
+}
+
+/// Attention composed of tensor ops: the products and a softmax, with the module's contract.
+/// [`AttentionPath::Auto`] takes it for decoding on Flex ([`host_rows_apply`]), where it reads
+/// the KV cache's buffer views in place; Burn's op first copies strided keys and values into
+/// contiguous tensors (6× the time of the whole attention for a 352-position cache view).
+pub fn composed_forward(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    mask: Option<Tensor<4, Bool>>,
+    causal: bool,
+) -> Tensor<4> {
+    let mask = mask.map(|m| expand_mask(m, &q, &k));
+    Tensor::from_dispatch(composed_attention::<Dispatch>(
+        q.into_dispatch(),
+        k.into_dispatch(),
+        v.into_dispatch(),
+        mask.map(Tensor::into_dispatch),
+        causal,
+    ))
+}
+
+/// Most query rows (`Sq`) for which [`AttentionPath::Auto`] composes attention on Flex.
+pub const MAX_HOST_ROWS: usize = 8;
+
+/// The [`AttentionPath::Auto`] rule for [`composed_forward`]: a Flex device without autodiff
+/// (inference) and at most [`MAX_HOST_ROWS`] query rows (decoding).
+pub fn host_rows_apply(q: &Tensor<4>) -> bool {
+    q.dims()[2] <= MAX_HOST_ROWS && is_plain_flex(&q.device())
 }
 
 /// Burn's attention op with this module's contract (the mask may broadcast over heads).
@@ -366,6 +399,23 @@ pub fn is_cube_device(device: &Device) -> bool {
         )
     }
     #[cfg(not(feature = "cube"))]
+    {
+        let _ = device;
+        false
+    }
+}
+
+/// Whether `device` is Flex without autodiff (where tensors are eager host memory).
+pub(crate) fn is_plain_flex(device: &Device) -> bool {
+    #[cfg(feature = "flex")]
+    {
+        !device.is_autodiff()
+            && matches!(
+                device.clone().as_dispatch(),
+                burn::backend::DispatchDevice::Flex(_)
+            )
+    }
+    #[cfg(not(feature = "flex"))]
     {
         let _ = device;
         false

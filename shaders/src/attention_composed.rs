@@ -7,7 +7,9 @@ use burn::backend::tensor::{BoolTensor, FloatTensor};
 use burn::backend::{Backend, TensorMetadata, get_or_init_device_settings};
 use burn::tensor::{DType, FloatDType, Shape, Slice};
 
-use crate::attention::NO_KEY_LSE;
+/// The log-sum-exp `flash_attention_with_lse` gives a query row that sees no key: finite, and
+/// so large that `exp(s − lse)` is 0 for every real score `s`.
+pub const NO_KEY_LSE: f32 = 3.0e38;
 
 /// Most score elements (`B·H·Sq·Sk` of one chunk) the backward materialises at once; larger
 /// problems are processed in chunks of heads.
@@ -99,12 +101,7 @@ fn attention_backward_chunk<B: Backend>(
 ) -> [FloatTensor<B>; 3] {
     let dh = q.shape().dims::<4>()[3];
     let scale = 1.0 / (dh as f64).sqrt();
-    let scores = masked_scores::<B>(q.clone(), k.clone(), mask, causal);
-    // Softmax that gives 0 (not NaN) on fully masked rows, as the forward does.
-    let row_max = B::float_clamp_min(B::float_max_dim(scores.clone(), 3), f32::MIN.into());
-    let exp = B::float_exp(B::float_sub(scores, row_max));
-    let row_sum = B::float_clamp_min(B::float_sum_dim(exp.clone(), 3), f32::MIN_POSITIVE.into());
-    let probs = B::float_div(exp, row_sum);
+    let probs = probabilities::<B>(masked_scores::<B>(q.clone(), k.clone(), mask, causal));
 
     let grad_v = B::float_matmul(B::float_transpose(probs.clone()), grad_out.clone());
     let grad_probs = B::float_matmul(grad_out, B::float_transpose(v));
@@ -116,6 +113,44 @@ fn attention_backward_chunk<B: Backend>(
         scale.into(),
     );
     [grad_q, grad_k, grad_v]
+}
+
+/// Attention composed of tensor ops (two products and a softmax, `[B, H, Sq, Sk]` scores
+/// materialised; half precision computed in f32 and cast back), with the module's contract:
+/// fully masked rows give zeros. The products read `k` and `v` through their strides, so a view
+/// of a larger buffer (the KV cache's) is used in place.
+pub(crate) fn composed_attention<B: Backend>(
+    q: FloatTensor<B>,
+    k: FloatTensor<B>,
+    v: FloatTensor<B>,
+    mask: Option<BoolTensor<B>>,
+    causal: bool,
+) -> FloatTensor<B> {
+    let dtype = q.dtype();
+    let half = matches!(dtype, DType::F16 | DType::BF16);
+    let up = |t: FloatTensor<B>| {
+        if half {
+            B::float_cast(t, FloatDType::F32)
+        } else {
+            t
+        }
+    };
+    let probs = probabilities::<B>(masked_scores::<B>(up(q), up(k), mask, causal));
+    let out = B::float_matmul(probs, up(v));
+    if half {
+        B::float_cast(out, dtype.into())
+    } else {
+        out
+    }
+}
+
+/// Softmax over the last axis of masked scores (`-inf` = hidden) that gives 0, not NaN, on a
+/// row whose keys are all hidden, as the kernels do.
+fn probabilities<B: Backend>(scores: FloatTensor<B>) -> FloatTensor<B> {
+    let row_max = B::float_clamp_min(B::float_max_dim(scores.clone(), 3), f32::MIN.into());
+    let exp = B::float_exp(B::float_sub(scores, row_max));
+    let row_sum = B::float_clamp_min(B::float_sum_dim(exp.clone(), 3), f32::MIN_POSITIVE.into());
+    B::float_div(exp, row_sum)
 }
 
 /// The scaled scores `q·kᵀ · Dh^-0.5` (`[B, H, Sq, Sk]`), `-inf` where `mask` or causality hides

@@ -132,28 +132,11 @@ pub fn row_matmul(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
 /// How many column blocks [`row_matmul`] splits `[M, K] · [K, N]` into on `device` from the
 /// current rayon pool (1: no split).
 pub fn column_blocks(m: usize, k: usize, n: usize, device: &Device) -> usize {
-    if m != 1 || !is_plain_flex(device) {
+    if m != 1 || !crate::attention::is_plain_flex(device) {
         return 1;
     }
     rayon::current_num_threads()
         .min(k * n / MIN_BLOCK_WEIGHTS)
         .min(n / 16)
         .max(1)
-}
-
-/// Whether `device` is Flex without autodiff (where tensors are eager host memory).
-fn is_plain_flex(device: &Device) -> bool {
-    #[cfg(feature = "flex")]
-    {
-        !device.is_autodiff()
-            && matches!(
-                device.clone().as_dispatch(),
-                burn::backend::DispatchDevice::Flex(_)
-            )
-    }
-    #[cfg(not(feature = "flex"))]
-    {
-        let _ = device;
-        false
-    }
 }

@@ -5,10 +5,10 @@
 mod common;
 
 use blip3_shaders::attention::{
-    AttentionPath, MAX_BACKWARD_KERNEL_HEAD_DIM, MIN_KERNEL_ROWS, NO_KEY_LSE, attention_backward,
-    attention_with, backward_kernel_launches, burn_attention, flash_attention_with_lse,
-    is_cube_device, kernel_applies, kernel_supports, saved_statistics_backward_launches,
-    tensor_core_backward_launches, tensor_core_launches,
+    AttentionPath, MAX_BACKWARD_KERNEL_HEAD_DIM, MAX_HOST_ROWS, MIN_KERNEL_ROWS, NO_KEY_LSE,
+    attention_backward, attention_with, backward_kernel_launches, burn_attention, composed_forward,
+    flash_attention_with_lse, host_rows_apply, is_cube_device, kernel_applies, kernel_supports,
+    saved_statistics_backward_launches, tensor_core_backward_launches, tensor_core_launches,
 };
 use burn::prelude::*;
 use burn::tensor::DType;
@@ -480,6 +480,75 @@ fn decode_with_long_cache_matches_reference() {
             ..case("decode 3000 dh96", 1, 2, 1, 3000, 96)
         },
     ]);
+}
+
+/// Decoding on Flex (`AttentionPath::Auto`) composes attention of tensor ops that read the KV
+/// cache's buffer views in place: keys and values here are the filled prefix of larger buffers,
+/// as `blip3_model::kv_cache` hands them over. Checked against the float64 reference on every
+/// device (the composed path is backend-independent), with the routing rule.
+#[test]
+fn decoding_reads_cache_views() {
+    let cases = [
+        Case {
+            mask: MaskKind::LeftPadding(vec![0, 37]),
+            ..case("view decode masked dh96", 2, 4, 1, 300, 96)
+        },
+        Case {
+            causal: true,
+            ..case("view 3 rows causal dh64", 1, 2, 3, 129, 64)
+        },
+        Case {
+            mask: MaskKind::Random { p: 0.4, full: 3 },
+            ..case("view 8 rows, fully masked rows dh32", 2, 2, 8, 50, 32)
+        },
+    ];
+    let view = |t: Tensor<4>| {
+        let [b, h, s, d] = t.dims();
+        let buffer = Tensor::<4>::ones([b, h, s + 37, d], (&t.device(), t.dtype()));
+        buffer
+            .slice_assign([0..b, 0..h, 0..s, 0..d], t)
+            .narrow(2, 0, s)
+    };
+    for (device_name, device) in devices() {
+        for (seed, c) in cases.iter().enumerate() {
+            let x = c.inputs(700 + seed as u64);
+            let want = c.reference(&x);
+            let (q, k, v, mask) = c.tensors(&x, &device, DType::F32);
+            let (k, v) = (view(k), view(v));
+            assert_eq!(
+                host_rows_apply(&q),
+                device_name == "flex",
+                "{device_name} {}: decoding composes on Flex only",
+                c.name
+            );
+            for (path, got) in [
+                (
+                    "composed",
+                    composed_forward(q.clone(), k.clone(), v.clone(), mask.clone(), c.causal),
+                ),
+                (
+                    "auto",
+                    attention_with(AttentionPath::Auto, q, k, v, mask, c.causal),
+                ),
+            ] {
+                let err = max_abs_diff(&floats(got), &want);
+                eprintln!("{device_name} {} {path}: |ours-ref| {err:.2e}", c.name);
+                assert!(
+                    err <= 2e-5,
+                    "{device_name} {} {path}: differs by {err}",
+                    c.name
+                );
+            }
+        }
+    }
+    let flex = Device::flex();
+    let rows = |n: usize, device: &Device| Tensor::<4>::zeros([1, 2, n, 8], device);
+    assert!(host_rows_apply(&rows(MAX_HOST_ROWS, &flex)));
+    assert!(!host_rows_apply(&rows(MAX_HOST_ROWS + 1, &flex)), "prefill");
+    assert!(
+        !host_rows_apply(&rows(1, &flex.clone().autodiff())),
+        "training keeps Burn's op"
+    );
 }
 
 #[test]
