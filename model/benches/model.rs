@@ -7,7 +7,7 @@
 //! the `cuda` feature) or `BLIP3_BENCH_DEVICE=wgpu` (Vulkan) with `BLIP3_BENCH_TORCH_DEVICE=cuda`,
 //! and `BLIP3_BENCH_DTYPE=f16|bf16`; PyTorch then runs on the same GPU. After each config, a
 //! table of where one decoder layer's time goes (decoding and prefill; `BLIP3_BENCH_PARTS=0`
-//! skips it). Speed is measured here, never in tests.
+//! skips it, `BLIP3_BENCH_PARTS=only` prints only it). Speed is measured here, never in tests.
 
 use std::process::Command;
 use std::time::Instant;
@@ -192,7 +192,7 @@ fn bench_layer_parts(name: &str, cfg: &XGenMMConfig, reps: usize) {
     use burn::tensor::activation::silu;
     use std::cell::RefCell;
 
-    if std::env::var("BLIP3_BENCH_PARTS").as_deref() == Ok("0") {
+    if parts_mode() == PartsMode::Skip {
         return;
     }
     let (dev_name, device, dtype) = bench_device();
@@ -410,6 +410,23 @@ fn bench_layer_parts(name: &str, cfg: &XGenMMConfig, reps: usize) {
     }
 }
 
+/// What `BLIP3_BENCH_PARTS` asks for: `0` skips the decoder-layer parts table, `only` prints
+/// nothing else (no forward, decoding or PyTorch runs), anything else prints it after them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PartsMode {
+    Skip,
+    Also,
+    Only,
+}
+
+fn parts_mode() -> PartsMode {
+    match std::env::var("BLIP3_BENCH_PARTS").as_deref() {
+        Ok("0") => PartsMode::Skip,
+        Ok("only") => PartsMode::Only,
+        _ => PartsMode::Also,
+    }
+}
+
 /// The parts [`bench_layer_parts`] can leave out of the layer.
 const NORM: &str = "input RMSNorm";
 const ROTARY: &str = "split heads + rotary (q, k)";
@@ -497,14 +514,16 @@ fn main() {
                 continue;
             }
         };
-        let r = bench_rust(name, &cfg, reps);
-        bench_layer_parts(name, &cfg, reps);
-        if let Some(t) = bench_torch(name, &cfg, reps) {
-            println!(
-                "ratio      {name:5}  forward torch/rust = {:.2}x   decode torch/rust = {:.2}x  (>1 means blip3 is faster)",
-                t.forward_ms / r.forward_ms,
-                t.token_ms / r.token_ms
-            );
+        if parts_mode() != PartsMode::Only {
+            let r = bench_rust(name, &cfg, reps);
+            if let Some(t) = bench_torch(name, &cfg, reps) {
+                println!(
+                    "ratio      {name:5}  forward torch/rust = {:.2}x   decode torch/rust = {:.2}x  (>1 means blip3 is faster)",
+                    t.forward_ms / r.forward_ms,
+                    t.token_ms / r.token_ms
+                );
+            }
         }
+        bench_layer_parts(name, &cfg, reps);
     }
 }
