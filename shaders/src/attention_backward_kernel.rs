@@ -8,11 +8,11 @@
 //! compute them without atomics, each thread owning one output row:
 //!
 //! * **query kernel** — one thread a query row, key tiles staged in shared memory. The row's
-//!   `lse_i = m_i + ln l_i` and `δ_i` live in a small `[B, H, Sq, 2]` f32 buffer: under autodiff
-//!   the host fills it from the forward's saved output and lse (`δ = dO·O` by tensor ops) and
-//!   the kernel reads it; without them (`attention_backward`) a first walk over the keys
-//!   recomputes the row's softmax statistics online, as the forward does, and writes them. A
-//!   walk over the keys then accumulates `dQ_i` in registers.
+//!   `lse_i = m_i + ln l_i` and `δ_i` go to a small `[B, H, Sq, 2]` f32 buffer for the key
+//!   kernel: under autodiff the thread reads `lse_i` saved by the forward and computes
+//!   `δ_i = dO_i·O_i` from its saved output; without them (`attention_backward`) a first walk
+//!   over the keys recomputes the row's softmax statistics online, as the forward does. A walk
+//!   over the keys then accumulates `dQ_i` in registers.
 //! * **key kernel** — one thread a key row, query tiles (with their `dO` rows, `lse` and `δ`)
 //!   staged in shared memory. Each visible pair recomputes `P_ij = exp(s_ij − lse_i)` and adds
 //!   to `dV_j` and `dK_j` in registers. Causal cubes start at the first query their first key is
@@ -24,8 +24,7 @@
 //! backward of `attention` (tensor ops, chunked).
 
 use burn::backend::Shape;
-use burn::backend::ops::FloatTensorOps;
-use burn::tensor::{DType, FloatDType};
+use burn::tensor::DType;
 use burn_cubecl::CubeBackend;
 use burn_cubecl::ops::numeric::{empty_device_dtype, zeros_client};
 use burn_cubecl::tensor::CubeTensor;
@@ -61,8 +60,8 @@ fn tile_rows(row_width: usize, extra_per_row: usize, max_shared: usize) -> Optio
 
 /// Gradients `(dq, dk, dv)` of attention with respect to its inputs given `grad_out`, by the
 /// kernels, or by the composed backward when the kernels cannot run these tensors. With `saved`
-/// (the forward's output and its rows' log-sum-exp, `[B, H, Sq]` f32) the statistics buffer is
-/// filled from them (`δ = dO·O` by tensor ops) and the query kernels skip their first walk.
+/// (the forward's output and its rows' log-sum-exp, `[B, H, Sq]` f32) the query kernels take
+/// the statistics from them (`δ = dO·O`) and skip their first walk.
 pub(crate) fn launch_attention_backward(
     q: CubeTensor,
     k: CubeTensor,
@@ -115,11 +114,11 @@ pub(crate) fn launch_attention_backward(
     let grad_q = empty(q_shape, q.dtype);
     let grad_k = empty(k_shape, q.dtype);
     let grad_v = empty(v_shape, q.dtype);
+    let stats = empty(Shape::new([b, h, sq, 2]), DType::F32);
+    // Without saved values the query kernels never read `out` and `lse`: `q` and a one-float
+    // buffer stand in for them.
     let has_stats = saved.is_some();
-    let stats = match saved {
-        Some((out, lse)) => saved_statistics(out, lse, grad_out.clone()),
-        None => empty(Shape::new([b, h, sq, 2]), DType::F32),
-    };
+    let (out, lse) = saved.unwrap_or_else(|| (q.clone(), empty(Shape::new([1]), DType::F32)));
 
     BACKWARD_KERNEL_LAUNCHES.fetch_add(1, Ordering::Relaxed);
     if has_stats {
@@ -139,6 +138,8 @@ pub(crate) fn launch_attention_backward(
             grad_out.clone(),
             grad_q.clone(),
             stats.clone(),
+            out,
+            lse,
             causal,
             has_stats,
         );
@@ -179,6 +180,8 @@ pub(crate) fn launch_attention_backward(
             grad_out.clone().into_tensor_arg(),
             grad_q.clone().into_tensor_arg(),
             stats.clone().into_tensor_arg(),
+            out.into_tensor_arg(),
+            lse.into_tensor_arg(),
             scale,
             dh,
             dv,
@@ -212,20 +215,6 @@ pub(crate) fn launch_attention_backward(
     (grad_q, grad_k, grad_v)
 }
 
-/// The `[B, H, Sq, 2]` f32 statistics buffer `[lse, δ]` from the forward's output `out` and row
-/// log-sum-exp `lse` (`[B, H, Sq]`): `δ_i = dO_i·O_i`, summed in f32 (FlashAttention-2's
-/// preprocessing; for half precision `O` is the stored, rounded output).
-fn saved_statistics(out: CubeTensor, lse: CubeTensor, grad_out: CubeTensor) -> CubeTensor {
-    let [b, h, sq, _] = out.meta.shape().dims::<4>();
-    let up = |t: CubeTensor| match t.dtype {
-        DType::F32 => t,
-        _ => CubeBackend::float_cast(t, FloatDType::F32),
-    };
-    let delta = CubeBackend::float_sum_dim(CubeBackend::float_mul(up(out), up(grad_out)), 3);
-    let lse = CubeBackend::float_reshape(lse, Shape::new([b, h, sq, 1]));
-    CubeBackend::float_cat(vec![lse, delta], 3)
-}
-
 /// Stages keys and values `tile_start..tile_start + tile_keys` of one head (at `k_base`,
 /// `v_base`) transposed into the query kernel's tiles, then waits for the cube.
 #[cube]
@@ -255,8 +244,8 @@ fn stage_keys_values<F: Float>(
 }
 
 /// The query kernel (see the module documentation): `dQ` of [`THREADS`] query rows of one head,
-/// and their `[lse, δ]` statistics (read from `stats` with `has_stats`, else computed by a
-/// first walk and written there).
+/// and their `[lse, δ]` statistics, written to `stats` for the key kernel: from the forward's
+/// saved `out` and `saved_lse` with `has_stats` (`δ = dO·O`), else by a first walk.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn query_grad_kernel<F: Float, M: Numeric>(
@@ -267,6 +256,8 @@ fn query_grad_kernel<F: Float, M: Numeric>(
     grad_out: &Tensor<F>,
     grad_q: &mut Tensor<F>,
     stats: &mut Tensor<f32>,
+    out: &Tensor<F>,
+    saved_lse: &Tensor<f32>,
     scale: f32,
     #[comptime] head_dim: usize,
     #[comptime] val_dim: usize,
@@ -323,10 +314,17 @@ fn query_grad_kernel<F: Float, M: Numeric>(
     let mut delta = 0.0f32;
     let at = (bh * sq + row) * 2;
     if has_stats {
-        // Saved by the forward (lse) and computed from its output (δ).
+        // lse saved by the forward; δ = dO·O from its saved output (FlashAttention-2's
+        // preprocessing, done here for the row the thread owns).
         if row_valid {
-            lse = stats[at];
-            delta = stats[at + 1];
+            lse = saved_lse[bh * sq + row];
+            let o_base = b * out.stride(0) + h * out.stride(1) + row * out.stride(2);
+            #[unroll]
+            for d in 0..val_dim {
+                delta += go_row[d] * f32::cast_from(out[o_base + d * out.stride(3)]);
+            }
+            stats[at] = lse;
+            stats[at + 1] = delta;
         }
     } else {
         // First walk: the row's softmax statistics and δ = dO·O, with O recomputed online.

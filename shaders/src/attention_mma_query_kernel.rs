@@ -15,9 +15,10 @@ use crate::tiles::{
 };
 
 /// Launches the query kernel with `plan` (from `mma_plan::plan` for `Side::Queries`): `grad_q`
-/// (a fresh tensor of the shape of `q`) and `stats` (`[B, H, Sq, 2]` f32: `lse` and `δ` a row,
-/// which the key kernel then reads; written here, or with `has_stats` already filled from the
-/// forward's saved output and log-sum-exp, and then only read).
+/// (a fresh tensor of the shape of `q`) and `stats` (`[B, H, Sq, 2]` f32, fresh: `lse` and `δ`
+/// a row, which the key kernel then reads), from the forward's saved output `out` and
+/// log-sum-exp `lse` (`[B, H, Sq]` f32) with `has_stats`, else by a first walk over the keys
+/// (`out` and `lse` are then stand-ins, never read).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn launch_queries(
     plan: TilePlan,
@@ -28,6 +29,8 @@ pub(crate) fn launch_queries(
     grad_out: CubeTensor,
     grad_q: CubeTensor,
     stats: CubeTensor,
+    out: CubeTensor,
+    lse: CubeTensor,
     causal: bool,
     has_stats: bool,
 ) {
@@ -50,6 +53,8 @@ pub(crate) fn launch_queries(
             grad_out.into_tensor_arg(),
             grad_q.into_tensor_arg(),
             stats.into_tensor_arg(),
+            out.into_tensor_arg(),
+            lse.into_tensor_arg(),
             args.scale,
             dh,
             dv,
@@ -150,9 +155,9 @@ fn query_tile_products<F: Float>(
     sync_cube();
 }
 
-/// The tensor-core query kernel: per query row `lse` and `δ` (read from `stats` with
-/// `has_stats`; else a first walk over the keys, online as the forward does, with
-/// `δ = Σ_j P_j dP_j`), then `dQ = scale · Σ_j P_j (dP_j − δ) k_j` (a walk with the last
+/// The tensor-core query kernel: per query row `lse` and `δ` (with `has_stats`, `lse` saved by
+/// the forward and `δ = dO·O` from its saved output; else a first walk over the keys, online as
+/// the forward does, with `δ = Σ_j P_j dP_j`), then `dQ = scale · Σ_j P_j (dP_j − δ) k_j` (a walk with the last
 /// product on MMAs). A plane owns `tm` queries; `F` is the tensor float
 /// type (f16 or bf16), `M` the mask storage type (any non-zero value = masked).
 #[cube(launch_unchecked)]
@@ -165,6 +170,8 @@ fn mma_query_grad_kernel<F: Float, M: Numeric>(
     grad_out: &Tensor<F>,
     grad_q: &mut Tensor<F>,
     stats: &mut Tensor<f32>,
+    out: &Tensor<F>,
+    saved_lse: &Tensor<f32>,
     scale: f32,
     #[comptime] head_dim: usize,
     #[comptime] val_dim: usize,
@@ -252,16 +259,25 @@ fn mma_query_grad_kernel<F: Float, M: Numeric>(
     let mask_head = b * mask.stride(0) + h * mask.stride(1);
 
     if has_stats {
-        // lse saved by the forward, δ computed from its output: read, not recomputed.
+        // lse saved by the forward; δ = dO·O from its saved output, one thread a row (the
+        // staged dO rows are read by other threads than staged them).
+        sync_cube();
+        let o_head = b * out.stride(0) + h * out.stride(1);
         let mut r = unit;
         while r < block_rows {
             let row = block_start + r;
             let mut lse = f32::new(NO_LSE);
             let mut delta = 0.0f32;
             if row < sq {
+                lse = saved_lse[bh * sq + row];
+                let o_row = o_head + row * out.stride(2);
+                for c in 0..val_dim {
+                    delta += f32::cast_from(go_s[r * dv_pad + c])
+                        * f32::cast_from(out[o_row + c * out.stride(3)]);
+                }
                 let at = (bh * sq + row) * 2;
-                lse = stats[at];
-                delta = stats[at + 1];
+                stats[at] = lse;
+                stats[at + 1] = delta;
             }
             row_s[r * 4] = lse;
             row_s[r * 4 + 2] = delta;
