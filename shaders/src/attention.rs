@@ -25,7 +25,7 @@ use burn::tensor::{DType, Shape};
 
 pub use crate::attention_composed::NO_KEY_LSE;
 pub(crate) use crate::attention_composed::{
-    composed_attention, composed_attention_backward, composed_lse,
+    composed_attention, composed_attention_backward, composed_attention_lse,
 };
 
 /// Name of the environment variable that forces an attention path (`burn`, `blip3` or `auto`).
@@ -222,16 +222,14 @@ pub fn flash_attention_with_lse(
 ) -> (Tensor<4>, Tensor<3>) {
     let mask = mask.map(|m| expand_mask(m, &q, &k));
     if !extension_available(&q.device()) {
-        let lse = composed_lse::<Dispatch>(
-            q.clone().into_dispatch(),
-            k.clone().into_dispatch(),
-            mask.clone().map(Tensor::into_dispatch),
+        let (out, lse) = composed_attention_lse::<Dispatch>(
+            q.into_dispatch(),
+            k.into_dispatch(),
+            v.into_dispatch(),
+            mask.map(Tensor::into_dispatch),
             causal,
         );
-        return (
-            burn_attention(q, k, v, mask, causal),
-            Tensor::from_dispatch(lse),
-        );
+        return (Tensor::from_dispatch(out), Tensor::from_dispatch(lse));
     }
     let (q, k, v) = (q.into_dispatch(), k.into_dispatch(), v.into_dispatch());
     let (out, lse) = match mask {
@@ -625,8 +623,7 @@ mod flex {
             v: FloatTensor<Self>,
             causal: bool,
         ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-            let lse = composed_lse::<Self>(q.clone(), k.clone(), None, causal);
-            (Self::flash_attention(q, k, v, causal), lse)
+            composed_attention_lse::<Self>(q, k, v, None, causal)
         }
 
         fn flash_attention_lse_masked(
@@ -636,8 +633,7 @@ mod flex {
             mask: BoolTensor<Self>,
             causal: bool,
         ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-            let lse = composed_lse::<Self>(q.clone(), k.clone(), Some(mask.clone()), causal);
-            (Self::flash_attention_masked(q, k, v, mask, causal), lse)
+            composed_attention_lse::<Self>(q, k, v, Some(mask), causal)
         }
 
         /// The composed backward, which recomputes the probabilities whole (the saved output

@@ -2,7 +2,7 @@
 //! tracked forward saves the inputs, the output and each row's log-sum-exp, and whose backward
 //! is the inner backend's `flash_attention_backward_saved` (the backward kernels on CubeCL
 //! devices, reading the saved statistics; the composed backward on Flex). Called directly on
-//! an autodiff backend, the backward and log-sum-exp ops are composed of differentiable tensor
+//! an autodiff backend, the log-sum-exp and backward ops are composed of differentiable tensor
 //! ops, so that they can themselves be differentiated.
 
 use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
@@ -12,7 +12,7 @@ use burn::backend::tensor::{BoolTensor, FloatTensor};
 use burn::backend::{Autodiff, Backend};
 
 use crate::attention::FlashAttentionBackend;
-use crate::attention_composed::{composed_attention_backward, composed_lse};
+use crate::attention_composed::{composed_attention_backward, composed_attention_lse};
 
 impl<B: FlashAttentionBackend, C: CheckpointStrategy> FlashAttentionBackend for Autodiff<B, C> {
     fn flash_attention(
@@ -34,16 +34,15 @@ impl<B: FlashAttentionBackend, C: CheckpointStrategy> FlashAttentionBackend for 
         autodiff_attention::<B, C>(q, k, v, Some(mask), causal)
     }
 
-    /// The output through the tracked forward above; the log-sum-exp composed of
-    /// differentiable tensor ops.
+    /// Output and log-sum-exp composed of differentiable tensor ops (one pass over the scores
+    /// for both; the tracked kernel forward above has no gradient for the log-sum-exp).
     fn flash_attention_lse(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
         causal: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let lse = composed_lse::<Self>(q.clone(), k.clone(), None, causal);
-        (autodiff_attention::<B, C>(q, k, v, None, causal), lse)
+        composed_attention_lse::<Self>(q, k, v, None, causal)
     }
 
     fn flash_attention_lse_masked(
@@ -53,8 +52,7 @@ impl<B: FlashAttentionBackend, C: CheckpointStrategy> FlashAttentionBackend for 
         mask: BoolTensor<Self>,
         causal: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let lse = composed_lse::<Self>(q.clone(), k.clone(), Some(mask.clone()), causal);
-        (autodiff_attention::<B, C>(q, k, v, Some(mask), causal), lse)
+        composed_attention_lse::<Self>(q, k, v, Some(mask), causal)
     }
 
     /// Composed of differentiable tensor ops, as the backward below.

@@ -101,7 +101,8 @@ fn attention_backward_chunk<B: Backend>(
 ) -> [FloatTensor<B>; 3] {
     let dh = q.shape().dims::<4>()[3];
     let scale = 1.0 / (dh as f64).sqrt();
-    let probs = probabilities::<B>(masked_scores::<B>(q.clone(), k.clone(), mask, causal));
+    let (exp, _, row_sum) = softmax_parts::<B>(q.clone(), k.clone(), mask, causal);
+    let probs = normalised::<B>(exp, row_sum);
 
     let grad_v = B::float_matmul(B::float_transpose(probs.clone()), grad_out.clone());
     let grad_probs = B::float_matmul(grad_out, B::float_transpose(v));
@@ -127,30 +128,76 @@ pub(crate) fn composed_attention<B: Backend>(
     causal: bool,
 ) -> FloatTensor<B> {
     let dtype = q.dtype();
-    let half = matches!(dtype, DType::F16 | DType::BF16);
-    let up = |t: FloatTensor<B>| {
-        if half {
-            B::float_cast(t, FloatDType::F32)
-        } else {
-            t
-        }
-    };
-    let probs = probabilities::<B>(masked_scores::<B>(up(q), up(k), mask, causal));
-    let out = B::float_matmul(probs, up(v));
-    if half {
-        B::float_cast(out, dtype.into())
-    } else {
-        out
-    }
+    let (exp, _, row_sum) = softmax_parts::<B>(q, k, mask, causal);
+    attended::<B>(exp, row_sum, v, dtype)
 }
 
-/// Softmax over the last axis of masked scores (`-inf` = hidden) that gives 0, not NaN, on a
-/// row whose keys are all hidden, as the kernels do.
-fn probabilities<B: Backend>(scores: FloatTensor<B>) -> FloatTensor<B> {
+/// [`composed_attention`] with each query row's log-sum-exp (`[B, H, Sq]`, f32;
+/// [`NO_KEY_LSE`] for a row that sees no key) from the same scores: the statistics of
+/// [`FlashAttentionBackend::flash_attention_lse`](crate::attention::FlashAttentionBackend)
+/// where no kernel computes them (Flex, autodiff, the kernels' fallback).
+pub(crate) fn composed_attention_lse<B: Backend>(
+    q: FloatTensor<B>,
+    k: FloatTensor<B>,
+    v: FloatTensor<B>,
+    mask: Option<BoolTensor<B>>,
+    causal: bool,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let dtype = q.dtype();
+    let [b, h, sq, _] = q.shape().dims::<4>();
+    let (exp, row_max, row_sum) = softmax_parts::<B>(q, k, mask, causal);
+    let settings = get_or_init_device_settings::<B>(&row_sum.device());
+    let no_key = B::float_lower_equal_elem(row_sum.clone(), 0.0f32.into(), settings.bool_dtype);
+    let lse = B::float_add(row_max, B::float_log(row_sum.clone()));
+    let lse = B::float_mask_fill(lse, no_key, NO_KEY_LSE.into());
+    (
+        attended::<B>(exp, row_sum, v, dtype),
+        B::float_reshape(lse, Shape::new([b, h, sq])),
+    )
+}
+
+/// The pieces of a softmax over the masked scores of `q` and `k`, in f32: `exp(s − max)`, the
+/// row maximum (at least `f32::MIN`, so a row whose keys are all hidden gives `exp = 0`, not
+/// NaN) and the row sum (0 for such a row), both `[B, H, Sq, 1]`.
+fn softmax_parts<B: Backend>(
+    q: FloatTensor<B>,
+    k: FloatTensor<B>,
+    mask: Option<BoolTensor<B>>,
+    causal: bool,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let up = |t: FloatTensor<B>| match t.dtype() {
+        DType::F16 | DType::BF16 => B::float_cast(t, FloatDType::F32),
+        _ => t,
+    };
+    let scores = masked_scores::<B>(up(q), up(k), mask, causal);
     let row_max = B::float_clamp_min(B::float_max_dim(scores.clone(), 3), f32::MIN.into());
-    let exp = B::float_exp(B::float_sub(scores, row_max));
-    let row_sum = B::float_clamp_min(B::float_sum_dim(exp.clone(), 3), f32::MIN_POSITIVE.into());
-    B::float_div(exp, row_sum)
+    let exp = B::float_exp(B::float_sub(scores, row_max.clone()));
+    let row_sum = B::float_sum_dim(exp.clone(), 3);
+    (exp, row_max, row_sum)
+}
+
+/// The probabilities `exp / row_sum` from [`softmax_parts`] (0 on a row that sees no key).
+fn normalised<B: Backend>(exp: FloatTensor<B>, row_sum: FloatTensor<B>) -> FloatTensor<B> {
+    B::float_div(exp, B::float_clamp_min(row_sum, f32::MIN_POSITIVE.into()))
+}
+
+/// `softmax · v` from [`softmax_parts`] (zeros for a row that sees no key), cast to `dtype`.
+fn attended<B: Backend>(
+    exp: FloatTensor<B>,
+    row_sum: FloatTensor<B>,
+    v: FloatTensor<B>,
+    dtype: DType,
+) -> FloatTensor<B> {
+    let probs = normalised::<B>(exp, row_sum);
+    let v = match v.dtype() {
+        DType::F16 | DType::BF16 => B::float_cast(v, FloatDType::F32),
+        _ => v,
+    };
+    let out = B::float_matmul(probs, v);
+    match dtype {
+        DType::F16 | DType::BF16 => B::float_cast(out, dtype.into()),
+        _ => out,
+    }
 }
 
 /// The scaled scores `q·kᵀ · Dh^-0.5` (`[B, H, Sq, Sk]`), `-inf` where `mask` or causality hides
@@ -179,31 +226,6 @@ fn masked_scores<B: Backend>(
     } else {
         scores
     }
-}
-
-/// Each query row's log-sum-exp of its visible scaled scores (`[B, H, Sq]`, f32;
-/// [`NO_KEY_LSE`] for a row that sees no key) composed of tensor ops, materialising the scores:
-/// the statistics of [`FlashAttentionBackend::flash_attention_lse`] where no kernel computes
-/// them (Flex, autodiff, the kernels' fallback).
-pub(crate) fn composed_lse<B: Backend>(
-    q: FloatTensor<B>,
-    k: FloatTensor<B>,
-    mask: Option<BoolTensor<B>>,
-    causal: bool,
-) -> FloatTensor<B> {
-    let [b, h, sq, _] = q.shape().dims::<4>();
-    let up = |t: FloatTensor<B>| match t.dtype() {
-        DType::F32 => t,
-        _ => B::float_cast(t, FloatDType::F32),
-    };
-    let scores = masked_scores::<B>(up(q), up(k), mask, causal);
-    let row_max = B::float_clamp_min(B::float_max_dim(scores.clone(), 3), f32::MIN.into());
-    let sum = B::float_sum_dim(B::float_exp(B::float_sub(scores, row_max.clone())), 3);
-    let settings = get_or_init_device_settings::<B>(&sum.device());
-    let no_key = B::float_lower_equal_elem(sum.clone(), 0.0f32.into(), settings.bool_dtype);
-    let lse = B::float_add(row_max, B::float_log(sum));
-    let lse = B::float_mask_fill(lse, no_key, NO_KEY_LSE.into());
-    B::float_reshape(lse, Shape::new([b, h, sq]))
 }
 
 /// `[1, 1, Sq, Sk]`, true where key `j` lies after query `i` bottom-right aligned

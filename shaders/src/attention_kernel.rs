@@ -35,7 +35,9 @@ use burn_cubecl::ops::numeric::{empty_device_dtype, zeros_client};
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
-use crate::attention::{FlashAttentionBackend, MAX_KERNEL_HEAD_DIM, NO_KEY_LSE, composed_lse};
+use crate::attention::{
+    FlashAttentionBackend, MAX_KERNEL_HEAD_DIM, NO_KEY_LSE, composed_attention_lse,
+};
 use crate::attention_backward_kernel::launch_attention_backward;
 use crate::attention_mma_kernel;
 use crate::mma_plan::{self, Side};
@@ -230,8 +232,9 @@ impl Plan {
 
 /// Validates shapes and launches a kernel, or hands the call to Burn's attention op when the
 /// kernels cannot run it (dtype, head size, launch limits). Returns the output and, with
-/// `want_lse`, each row's log-sum-exp (`[B, H, Sq]`, f32), which the kernels write as they go
-/// and tensor ops compute beside Burn's op.
+/// `want_lse`, each row's log-sum-exp (`[B, H, Sq]`, f32), which the kernels write as they go;
+/// where they cannot run, output and log-sum-exp are composed of tensor ops (one pass over the
+/// scores for both), or, without `want_lse`, the output is Burn's op.
 fn launch_attention(
     q: CubeTensor,
     k: CubeTensor,
@@ -268,14 +271,16 @@ fn launch_attention(
         {
             plan
         }
+        _ if want_lse => {
+            let (out, lse) = composed_attention_lse::<CubeBackend>(q, k, v, mask, causal);
+            return (out, Some(lse));
+        }
         _ => {
-            let lse = want_lse
-                .then(|| composed_lse::<CubeBackend>(q.clone(), k.clone(), mask.clone(), causal));
             let options = AttentionModuleOptions {
                 is_causal: causal,
                 ..Default::default()
             };
-            return (CubeBackend::attention(q, k, v, mask, None, options), lse);
+            return (CubeBackend::attention(q, k, v, mask, None, options), None);
         }
     };
 
