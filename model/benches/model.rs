@@ -437,7 +437,7 @@ const SWIGLU: &str = "SiLU(gate) · up";
 
 fn bench_torch(name: &str, cfg: &XGenMMConfig, reps: usize) -> Option<Timing> {
     let python = std::env::var("BLIP3_PYTHON").unwrap_or_else(|_| "python3".into());
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/torch_reference.py");
+    let script = blip3_fixtures::checkout().join("model/benches/torch_reference.py");
     let cfg_json = serde_json::to_string(&cfg.to_hf_value()).ok()?;
     // PyTorch runs on `BLIP3_BENCH_TORCH_DEVICE` (cpu or cuda; default cuda when blip3 runs on
     // cuda) in `BLIP3_BENCH_TORCH_DTYPE` (default: blip3's dtype).
@@ -495,7 +495,8 @@ fn bench_torch(name: &str, cfg: &XGenMMConfig, reps: usize) -> Option<Timing> {
     Some(t)
 }
 
-fn main() {
+/// Runs the benchmark (public so that the GPU check's suite binary can carry it).
+pub fn main() {
     // As the `blip3` binary does.
     blip3_model::host::keep_freed_memory();
     let which = std::env::var("BLIP3_BENCH_CONFIGS").unwrap_or_else(|_| "tiny,mid".into());

@@ -1,7 +1,7 @@
 //! Kernel benchmark: the blip3 attention kernel against Burn's attention op for the shapes the
 //! model produces (SigLIP so400m, the perceiver resampler, Phi-3 mini prefill and decode; in half
 //! precision on devices with MMA instructions also the tensor-core kernel against the scalar
-//! one), the
+//! one), decoding on a KV cache's strided view against Burn's op on the view and on a copy, the
 //! same for a training step's forward and backward (the backward kernels against Burn's
 //! autodiff), and
 //! the decode GEMV kernel against Burn's matmul on Phi-3's weight products (with the bandwidth
@@ -10,7 +10,7 @@
 //! and the ratio.
 //!
 //! Run: `cargo bench --workspace --bench kernels`. The device is wgpu by default
-//! (`BLIP3_BENCH_DEVICE=cuda` with the `cuda` feature); `BLIP3_BENCH_SCALE=full` uses the real
+//! (`BLIP3_BENCH_DEVICE=flex`, or `cuda` with the `cuda` feature); `BLIP3_BENCH_SCALE=full` uses the real
 //! sequence lengths and batch sizes, the default `small` shrinks the long ones so that a CPU
 //! Vulkan driver (lavapipe) finishes in minutes. Each shape is warmed up (kernel compilation,
 //! Burn's autotuning) before timing; every timed call gets fresh inputs and ends in a device
@@ -178,9 +178,11 @@ fn bench_device() -> Option<(String, Device)> {
         #[cfg(feature = "vulkan")]
         "vulkan" => Device::vulkan(DeviceKind::DefaultDevice),
         "wgpu" => Device::wgpu(DeviceKind::DefaultDevice),
+        "flex" => Device::flex(),
         other => {
             eprintln!(
-                "unknown BLIP3_BENCH_DEVICE={other} (wgpu; vulkan or cuda with their features)"
+                "unknown BLIP3_BENCH_DEVICE={other} (wgpu, flex; vulkan or cuda with their \
+                 features)"
             );
             return None;
         }
@@ -204,7 +206,8 @@ fn bench_device() -> Option<(String, Device)> {
     }
 }
 
-fn main() {
+/// Runs the benchmark (public so that the GPU check's suite binary can carry it).
+pub fn main() {
     let Some((name, device)) = bench_device() else {
         return;
     };
@@ -265,6 +268,7 @@ fn main() {
         }
     }
 
+    cache_view_section(&device, &dtypes, reps, &filter);
     backward_section(&device, &dtypes, reps, full, &filter);
     gemv_section(&device, &dtypes, reps, full, &filter);
     gemm_section(&device, reps, full, &filter);
@@ -312,6 +316,76 @@ fn main() {
          one thread) {:.2} ms (medians of {reps})",
         cpu[cpu.len() / 2]
     );
+}
+
+/// Decoding against a KV cache kept in place (the model's `KvBuffers`): the keys and values are
+/// the filled prefix of a larger buffer, a strided view. Burn's op on the view, Burn's op on a
+/// contiguous copy of it (the copy untimed: what a cache that concatenates hands attention), and
+/// the `Auto` path on the view (on Flex attention composed of tensor ops, which read the view in
+/// place; on CubeCL devices the kernel). Mid and full-size decoder layers, one query row.
+fn cache_view_section(device: &Device, dtypes: &[DType], reps: usize, filter: &str) {
+    // (name, heads, head dim, filled positions, buffer positions)
+    let cases = [
+        ("cache view, mid layer", 12, 64, 352, 480),
+        ("cache view, full-size layer", 32, 96, 704, 832),
+    ];
+    let cases: Vec<_> = cases.iter().filter(|c| c.0.contains(filter)).collect();
+    if cases.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "decoding on a KV-cache view (1 query row; keys and values the filled prefix of a buffer):"
+    );
+    println!();
+    println!(
+        "| shape | H×S(buffer)×Dh | dtype | burn on view ms | burn contiguous ms | auto on view ms | \
+         burn view/auto |"
+    );
+    println!("|---|---|---|---:|---:|---:|---:|");
+    for &&(name, h, dh, filled, capacity) in &cases {
+        let shape = Shape {
+            name,
+            b: 1,
+            h,
+            sq: 1,
+            sk: filled,
+            dh,
+            mask: MaskKind::None,
+            causal: false,
+        };
+        for &dtype in dtypes {
+            let warmup = 2;
+            let random = |len: usize| {
+                Tensor::<4>::random([1, h, len, dh], Distribution::Uniform(-1.0, 1.0), device)
+                    .cast(dtype)
+            };
+            let view = |buffer: Tensor<4>| buffer.slice([0..1, 0..h, 0..filled, 0..dh]);
+            let views: Vec<Inputs> = (0..warmup + reps)
+                .map(|_| {
+                    (
+                        random(1),
+                        view(random(capacity)),
+                        view(random(capacity)),
+                        None,
+                    )
+                })
+                .collect();
+            let copy = |t: &Tensor<4>| Tensor::<4>::from_data(t.to_data(), device).cast(dtype);
+            let contiguous: Vec<Inputs> = views
+                .iter()
+                .map(|(q, k, v, _)| (q.clone(), copy(k), copy(v), None))
+                .collect();
+            let on_view = time_path(AttentionPath::Burn, &shape, &views, device, warmup);
+            let copied = time_path(AttentionPath::Burn, &shape, &contiguous, device, warmup);
+            let auto = time_path(AttentionPath::Auto, &shape, &views, device, warmup);
+            println!(
+                "| {name} | {h}×{filled}({capacity})×{dh} | {dtype:?} | {on_view:.3} | \
+                 {copied:.3} | {auto:.3} | {:.2} |",
+                on_view / auto
+            );
+        }
+    }
 }
 
 /// Training: forward and backward of `sum(attention(q, k, v) · w)` under autodiff, Burn's
@@ -577,7 +651,7 @@ fn torch_gemv_times(specs: &[String], reps: usize) -> Vec<(String, f64)> {
         }
         .into()
     });
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/torch_gemv.py");
+    let script = blip3_fixtures::checkout().join("shaders/benches/torch_gemv.py");
     let out = std::process::Command::new(&python)
         .arg(script)
         .arg(&torch_device)

@@ -9,6 +9,17 @@ use blip3_processor::{Loaded, TokenizerSource};
 use burn::prelude::*;
 use burn::tensor::DType;
 
+/// The program this command line starts for its own child processes (a benchmark's measuring
+/// process, loopback workers, timed training runs): `BLIP3_EXE` when set, else this executable.
+/// A program that carries the CLI inside another binary sets it to a launcher that runs the CLI
+/// (the GPU check's suite binary: docs/kernels.md, "GPU check script").
+pub fn own_executable() -> Result<std::path::PathBuf> {
+    match std::env::var_os("BLIP3_EXE") {
+        Some(exe) if !exe.is_empty() => Ok(exe.into()),
+        _ => std::env::current_exe().context("locating the blip3 executable"),
+    }
+}
+
 /// The compute device, chosen at run time: `--device cuda|vulkan|metal|wgpu|cpu|flex`.
 pub use blip3_model::Backend as DeviceKindArg;
 

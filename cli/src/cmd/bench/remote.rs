@@ -73,7 +73,7 @@ struct Worker {
 
 impl Worker {
     fn start(token: &str, device: &str) -> Result<Worker> {
-        let exe = std::env::current_exe().context("the blip3 executable")?;
+        let exe = crate::cmd::common::own_executable()?;
         let mut child = Command::new(exe)
             .args([
                 "worker",
@@ -116,7 +116,7 @@ const TOKEN_ENV: &str = "BLIP3_BENCH_WORKER_TOKEN";
 
 /// Runs `blip3 train` on `config` and returns (seconds, trainable parameters).
 fn timed_train(config: &Path, token: &str) -> Result<(f64, usize)> {
-    let exe = std::env::current_exe()?;
+    let exe = crate::cmd::common::own_executable()?;
     let t0 = Instant::now();
     let out = Command::new(exe)
         .args(["train", "--config"])

@@ -242,7 +242,7 @@ fn measure(config: &str, option: &str, args: &Args) -> Result<Measurement> {
 }
 
 fn child(args: &Args, config: &str, option: &str) -> Result<Measurement> {
-    let exe = std::env::current_exe().context("locating the blip3 binary")?;
+    let exe = crate::cmd::common::own_executable()?;
     // The child's messages (its progress through the first step, warnings) go straight to our
     // stderr, so a run stopped by a time limit still shows how far each measurement got.
     let out = Command::new(exe)
