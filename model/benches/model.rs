@@ -189,7 +189,7 @@ fn bench_layer_parts(name: &str, cfg: &XGenMMConfig, reps: usize) {
     use blip3_model::kv_cache::KvBuffers;
     use blip3_model::lora::adapted;
     use blip3_model::rope::{Rope, apply_rotary};
-    use burn::tensor::activation::silu;
+    use blip3_shaders::activation::swiglu;
     use std::cell::RefCell;
 
     if parts_mode() == PartsMode::Skip {
@@ -284,9 +284,6 @@ fn bench_layer_parts(name: &str, cfg: &XGenMMConfig, reps: usize) {
         let post = layer.post_attention_layernorm.forward(h.clone());
         let gate_up = adapted(&mlp.gate_up_proj, None, post.clone());
         let inner = text.intermediate_size;
-        let swiglu = |gate_up: Tensor<3>| {
-            gate_up.clone().narrow(2, inner, inner) * silu(gate_up.narrow(2, 0, inner))
-        };
         let act = swiglu(gate_up.clone());
         // The layer with one part left out (`skip`), back to back: what the part costs in place,
         // where the layer's other memory traffic and the backend's fusion surround it.

@@ -6,9 +6,9 @@
 //! batches are built anyway; positions are `cumsum(mask) - 1` (clamped at 0), the rule HF's
 //! `generate` uses, which equals plain `0..T` for unpadded or right-padded rows.
 
+use blip3_shaders::activation::swiglu;
 use burn::nn::{Linear, LinearConfig, RmsNorm, RmsNormConfig};
 use burn::prelude::*;
-use burn::tensor::activation::silu;
 
 use crate::attention::{merge_heads, repeat_kv, scaled_dot_product_attention, split_heads};
 use crate::config::Phi3Config;
@@ -429,11 +429,7 @@ impl Phi3Mlp {
     /// taken from the two halves of the fused projection.
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let gate_up = adapted(&self.gate_up_proj, self.gate_up_lora.as_ref(), x);
-        let [_, _, fused_width] = gate_up.dims();
-        let inner = fused_width / 2;
-        let gate = gate_up.clone().narrow(2, 0, inner);
-        let up = gate_up.narrow(2, inner, inner);
-        adapted(&self.down_proj, self.down_lora.as_ref(), up * silu(gate))
+        adapted(&self.down_proj, self.down_lora.as_ref(), swiglu(gate_up))
     }
 }
 

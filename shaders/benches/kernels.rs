@@ -2,6 +2,7 @@
 //! model produces (SigLIP so400m, the perceiver resampler, Phi-3 mini prefill and decode; in half
 //! precision on devices with MMA instructions also the tensor-core kernel against the scalar
 //! one), decoding on a KV cache's strided view against Burn's op on the view and on a copy, the
+//! MLP activations against Burn's tensor ops, the
 //! same for a training step's forward and backward (the backward kernels against Burn's
 //! autodiff), and
 //! the decode GEMV kernel against Burn's matmul on Phi-3's weight products (with the bandwidth
@@ -269,6 +270,7 @@ pub fn main() {
     }
 
     cache_view_section(&device, &dtypes, reps, &filter);
+    activation_section(&device, reps, full, &filter);
     backward_section(&device, &dtypes, reps, full, &filter);
     gemv_section(&device, &dtypes, reps, full, &filter);
     gemm_section(&device, reps, full, &filter);
@@ -385,6 +387,77 @@ fn cache_view_section(device: &Device, dtypes: &[DType], reps: usize, filter: &s
                 on_view / auto
             );
         }
+    }
+}
+
+/// The MLPs' activations in f32: Burn's tensor ops (`up · silu(gate)` on the two halves of the
+/// fused projection; `x · sigmoid(2u)` for tanh-GELU) against `blip3_shaders::activation` (on
+/// Flex one vectorised pass over the values; elsewhere the same tensor ops).
+fn activation_section(device: &Device, reps: usize, full: bool, filter: &str) {
+    use blip3_shaders::activation::{gelu_tanh, swiglu};
+    use burn::tensor::activation::{sigmoid, silu};
+    // (name, rows, width): a mid and a full-size prefill's SwiGLU (352 and 704 positions), the
+    // mid and full-size SigLIP MLPs over 5 views (196 and 729 patches a view).
+    let mut cases = vec![
+        ("activation silu·up, mid prefill", 352, 2048),
+        ("activation gelu-tanh, mid SigLIP", 5 * 196, 3072),
+    ];
+    if full {
+        cases.push(("activation silu·up, full-size prefill", 704, 8192));
+        cases.push(("activation gelu-tanh, full-size SigLIP", 5 * 729, 4304));
+    }
+    cases.retain(|c| c.0.contains(filter));
+    if cases.is_empty() {
+        return;
+    }
+    println!();
+    println!("activations, f32:");
+    println!();
+    println!("| shape | rows×width | burn ops ms | blip3 ms | burn/blip3 |");
+    println!("|---|---|---:|---:|---:|");
+    const TWO_C: f64 = 2.0 * std::f64::consts::FRAC_2_SQRT_PI * std::f64::consts::FRAC_1_SQRT_2;
+    for (name, rows, width) in cases {
+        let gating = name.contains("silu");
+        let make = || {
+            Tensor::<2>::random(
+                [rows, if gating { 2 * width } else { width }],
+                Distribution::Uniform(-4.0, 4.0),
+                device,
+            )
+        };
+        let time = |f: &dyn Fn(Tensor<2>) -> Tensor<2>| {
+            let mut times = Vec::new();
+            for i in 0..reps + 2 {
+                let x = make();
+                let _ = device.sync();
+                let t0 = Instant::now();
+                let _ = f(x).slice([0..1, 0..1]).into_data();
+                let _ = device.sync();
+                if i >= 2 {
+                    times.push(t0.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+            times.sort_by(f64::total_cmp);
+            times[times.len() / 2]
+        };
+        let (burn, ours) = if gating {
+            (
+                time(&|x| x.clone().narrow(1, width, width) * silu(x.narrow(1, 0, width))),
+                time(&|x| swiglu(x)),
+            )
+        } else {
+            (
+                time(&|x| {
+                    let u2 = (x.clone() * x.clone() * (0.044715 * TWO_C) + TWO_C) * x.clone();
+                    x * sigmoid(u2)
+                }),
+                time(&|x| gelu_tanh(x)),
+            )
+        };
+        println!(
+            "| {name} | {rows}×{width} | {burn:.2} | {ours:.2} | {:.2} |",
+            burn / ours
+        );
     }
 }
 

@@ -1,5 +1,7 @@
 //! blip3-shaders: custom CubeCL kernels for blip3, packaged as Burn backend extensions.
 //!
+//! * [`activation`]: the MLPs' element-wise activations (`silu(gate) · up`, tanh-GELU): one
+//!   vectorised pass over the values on Flex, Burn's tensor ops elsewhere.
 //! * [`attention`]: scaled dot-product attention. On CubeCL devices (wgpu, CUDA) it runs a
 //!   flash-style kernel (online softmax, f32 accumulation, key tiles in shared memory; in half
 //!   precision on devices with cooperative-matrix instructions, both products on them); on Flex,
@@ -20,6 +22,7 @@
 //! Kernels know tensors, not models: shapes, dtypes and masks are their whole contract.
 #![warn(missing_docs)]
 
+pub mod activation;
 pub mod attention;
 mod attention_autodiff;
 #[cfg(feature = "cube")]

@@ -24,6 +24,8 @@
 //! `vulkan`, `metal`, `cpu`, as named in the crates it comes from), and its dependencies must be
 //! this crate's too.
 
+#[path = "../../shaders/tests/activation.rs"]
+mod activation;
 #[path = "../../shaders/tests/attention.rs"]
 mod attention;
 #[path = "../../shaders/tests/gemm.rs"]
