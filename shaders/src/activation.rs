@@ -6,8 +6,9 @@
 //! product (docs/measurements/2026-12-08-decoder-layer/flex-activations.log). For inference on
 //! plain Flex in f32 ([`host_applies`]) these functions read their operands once and compute each
 //! output in one pass, with an exponential the compiler vectorises ([`exp`]; the loops are built
-//! for AVX-512, AVX2 and the baseline, picked at run time), split over the rayon threads. Everywhere else (CubeCL devices, where Fusion fuses the element-wise ops;
-//! autodiff, which needs the ops' own backward; half precision) they are Burn's tensor ops.
+//! for AVX-512, AVX2 and the baseline, picked at run time), split over the rayon threads.
+//! Everywhere else (CubeCL devices, where Fusion fuses the element-wise ops; autodiff, which
+//! needs the ops' own backward; half precision) they are Burn's tensor ops.
 
 use burn::prelude::*;
 use burn::tensor::DType;
