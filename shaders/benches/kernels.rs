@@ -394,8 +394,7 @@ fn cache_view_section(device: &Device, dtypes: &[DType], reps: usize, filter: &s
 /// fused projection; `x · sigmoid(2u)` for tanh-GELU) against `blip3_shaders::activation` (on
 /// Flex one vectorised pass over the values; elsewhere the same tensor ops).
 fn activation_section(device: &Device, reps: usize, full: bool, filter: &str) {
-    use blip3_shaders::activation::{gelu_tanh, swiglu};
-    use burn::tensor::activation::{sigmoid, silu};
+    use blip3_shaders::activation::{gelu_tanh, gelu_tanh_tensor_ops, swiglu, swiglu_tensor_ops};
     // (name, rows, width): a mid and a full-size prefill's SwiGLU (352 and 704 positions), the
     // mid and full-size SigLIP MLPs over 5 views (196 and 729 patches a view).
     let mut cases = vec![
@@ -415,7 +414,6 @@ fn activation_section(device: &Device, reps: usize, full: bool, filter: &str) {
     println!();
     println!("| shape | rows×width | burn ops ms | blip3 ms | burn/blip3 |");
     println!("|---|---|---:|---:|---:|");
-    const TWO_C: f64 = 2.0 * std::f64::consts::FRAC_2_SQRT_PI * std::f64::consts::FRAC_1_SQRT_2;
     for (name, rows, width) in cases {
         let gating = name.contains("silu");
         let make = || {
@@ -441,18 +439,9 @@ fn activation_section(device: &Device, reps: usize, full: bool, filter: &str) {
             times[times.len() / 2]
         };
         let (burn, ours) = if gating {
-            (
-                time(&|x| x.clone().narrow(1, width, width) * silu(x.narrow(1, 0, width))),
-                time(&|x| swiglu(x)),
-            )
+            (time(&swiglu_tensor_ops), time(&swiglu))
         } else {
-            (
-                time(&|x| {
-                    let u2 = (x.clone() * x.clone() * (0.044715 * TWO_C) + TWO_C) * x.clone();
-                    x * sigmoid(u2)
-                }),
-                time(&|x| gelu_tanh(x)),
-            )
+            (time(&gelu_tanh_tensor_ops), time(&gelu_tanh))
         };
         println!(
             "| {name} | {rows}×{width} | {burn:.2} | {ours:.2} | {:.2} |",

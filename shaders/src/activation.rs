@@ -38,6 +38,13 @@ pub fn swiglu<const D: usize>(gate_up: Tensor<D>) -> Tensor<D> {
         shape[D - 1] = width;
         return Tensor::from_data(TensorData::new(out, shape), &device);
     }
+    swiglu_tensor_ops(gate_up)
+}
+
+/// [`swiglu`] as Burn's tensor ops (`up · silu(gate)` on the two halves): the path off the host,
+/// and the benchmark's baseline.
+pub fn swiglu_tensor_ops<const D: usize>(gate_up: Tensor<D>) -> Tensor<D> {
+    let width = gate_up.dims()[D - 1] / 2;
     let gate = gate_up.clone().narrow(D - 1, 0, width);
     let up = gate_up.narrow(D - 1, width, width);
     up * silu(gate)
@@ -61,6 +68,12 @@ pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
         }
         return Tensor::from_data(TensorData::new(out, shape), &device);
     }
+    gelu_tanh_tensor_ops(x)
+}
+
+/// [`gelu_tanh`] as Burn's tensor ops, `x · sigmoid(2u)`: the path off the host, and the
+/// benchmark's baseline.
+pub fn gelu_tanh_tensor_ops<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     let u2 = (x.clone() * x.clone() * (0.044715 * TWO_C) + TWO_C) * x.clone();
     x * sigmoid(u2)
 }

@@ -4,11 +4,13 @@
 
 mod common;
 
-use blip3_shaders::activation::{gelu_tanh, host_applies, swiglu};
+use blip3_shaders::activation::{
+    gelu_tanh, gelu_tanh_tensor_ops, host_applies, swiglu, swiglu_tensor_ops,
+};
 use burn::prelude::*;
 use common::{Rng, devices, floats};
 
-fn silu_mul_ref(g: f64, u: f64) -> f64 {
+fn swiglu_ref(g: f64, u: f64) -> f64 {
     u * g / (1.0 + (-g).exp())
 }
 
@@ -31,6 +33,9 @@ fn values(rng: &mut Rng, n: usize) -> Vec<f32> {
     v[..edges.len()].copy_from_slice(&edges);
     v
 }
+
+/// One check: its name, the output, the float64 answer and the (absolute, relative) tolerance.
+type Case<'a> = (&'a str, Tensor<2>, &'a [f64], (f64, f64));
 
 /// Largest error of `got` beyond `abs + rel·|want|` (≤ 0 passes), and where.
 fn worst(got: &[f32], want: &[f64], abs: f64, rel: f64) -> (f64, usize) {
@@ -77,7 +82,7 @@ fn activations_match_float64_on_every_device() {
     let silu_want: Vec<f64> = fused[0]
         .iter()
         .zip(&fused[1])
-        .map(|(&g, &u)| silu_mul_ref(g as f64, u as f64))
+        .map(|(&g, &u)| swiglu_ref(g as f64, u as f64))
         .collect();
     let gelu_want: Vec<f64> = fused[0].iter().map(|&x| gelu_tanh_ref(x as f64)).collect();
     for (name, device) in devices() {
@@ -92,25 +97,36 @@ fn activations_match_float64_on_every_device() {
         // f32's own conditioning: the argument of the exponential is rounded, so the relative
         // error grows with its size (up to about 50 here).
         let (abs, rel) = if host { (1e-30, 1e-5) } else { (1e-6, 1e-5) };
-        let got = floats(swiglu(gate_up));
-        let (excess, i) = worst(&got, &silu_want, abs, rel);
-        assert!(
-            excess <= 0.0,
-            "{name} swiglu at {i}: got {}, want {} (gate {}, up {})",
-            got[i],
-            silu_want[i],
-            fused[0][i],
-            fused[1][i]
-        );
-        let got = floats(gelu_tanh(gate));
-        let (excess, i) = worst(&got, &gelu_want, abs, rel);
-        assert!(
-            excess <= 0.0,
-            "{name} gelu_tanh at {i}: got {}, want {} (x {})",
-            got[i],
-            gelu_want[i],
-            fused[0][i]
-        );
+        // The functions, then the tensor-op forms they fall back to (on Flex too: autodiff and
+        // half precision take them there).
+        let cases: [Case; 4] = [
+            ("swiglu", swiglu(gate_up.clone()), &silu_want, (abs, rel)),
+            ("gelu_tanh", gelu_tanh(gate.clone()), &gelu_want, (abs, rel)),
+            (
+                "swiglu_tensor_ops",
+                swiglu_tensor_ops(gate_up),
+                &silu_want,
+                (1e-6, 1e-5),
+            ),
+            (
+                "gelu_tanh_tensor_ops",
+                gelu_tanh_tensor_ops(gate),
+                &gelu_want,
+                (1e-6, 1e-5),
+            ),
+        ];
+        for (what, out, want, (abs, rel)) in cases {
+            let got = floats(out);
+            let (excess, i) = worst(&got, want, abs, rel);
+            assert!(
+                excess <= 0.0,
+                "{name} {what} at {i}: got {}, want {} (gate or x {}, up {})",
+                got[i],
+                want[i],
+                fused[0][i],
+                fused[1][i]
+            );
+        }
         println!("{name}: activations match (host path: {host})");
     }
 }
@@ -130,5 +146,5 @@ fn the_host_path_keeps_nan_and_infinities_as_the_formulas_do() {
     assert!(silu[0].is_nan());
     assert_eq!(silu[1], f32::INFINITY);
     assert!(silu[2].is_nan());
-    assert!((silu[3] as f64 - silu_mul_ref(1.0, 1.0)).abs() < 1e-7);
+    assert!((silu[3] as f64 - swiglu_ref(1.0, 1.0)).abs() < 1e-7);
 }

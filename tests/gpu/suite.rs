@@ -1,9 +1,9 @@
 //! The GPU check's one binary: every test and benchmark `.ci/gpu-check` runs on a lent GPU, and
 //! the `blip3` command line, linked once.
 //!
-//! With the CUDA backend each binary links LLVM statically (150-200 MB stripped, about 32 MB
-//! compressed), and the GPU machine takes 64 MiB of files a call: separate binaries fitted three
-//! of the eight the check runs. This target includes the other crates' test and benchmark files
+//! With the CUDA backend each binary links LLVM statically (150-200 MB stripped; three packed
+//! into 56 MB on 2026-12-04), and the GPU machine takes 64 MiB of files a call: separate binaries
+//! fitted three of the eight the check runs. This target includes the other crates' test and benchmark files
 //! as modules, so the code they share is carried once (docs/kernels.md, "GPU check script").
 //! It is not part of `cargo test` (`test = false`: those tests already run from their own
 //! crates); `.ci/gpu-pack` builds it with the CUDA and Vulkan features, and CI compiles it.
